@@ -1,0 +1,280 @@
+//! A service's servers: gRPC (its API plus the standard `grpc.health.v1.Health`) and
+//! admin HTTP (`/metrics`, `/livez`, `/readyz`), with the drain on shutdown.
+//!
+//! Binding and serving are two steps so that a caller binding port 0 (tests, `phone`)
+//! learns the addresses before anything runs.
+//!
+//! ```text
+//!  bind ──> serve: SERVING ──SIGTERM──> NOT_SERVING ──drain_delay──> stop accepting
+//!                                                        └──> wait for in-flight RPCs
+//!                                                             and tracked tasks, at most
+//!                                                             drain_deadline ──> exit
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::task::TaskTracker;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+
+use crate::grpc::{GrpcMetrics, ServerTraceLayer};
+use crate::settings::CommonArgs;
+use crate::shutdown::Shutdown;
+use crate::Error;
+
+/// What a running service tells `phone` and the logs about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub name: &'static str,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    /// Other addresses the service listens on, as `label=value` (`sip=udp:...`).
+    pub extra: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for ServiceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} grpc={} admin={}", self.name, self.grpc, self.admin)?;
+        for (label, value) in &self.extra {
+            write!(f, " {label}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A service's bound but not yet serving listeners, its metrics registry and the
+/// tracker for in-flight work that the drain waits for.
+pub struct GrpcServer {
+    name: &'static str,
+    grpc: TcpListener,
+    admin: TcpListener,
+    drain_delay: Duration,
+    drain_deadline: Duration,
+    registry: Registry,
+    in_flight: TaskTracker,
+}
+
+impl GrpcServer {
+    /// Binds the gRPC and admin listeners of `common`.
+    pub async fn bind(name: &'static str, common: &CommonArgs) -> Result<Self, Error> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+                addr: addr.to_string(),
+                source,
+            })
+        };
+        let mut registry = Registry::with_prefix("phone");
+        registry.register(
+            "build_info",
+            "The running version",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("service", name),
+                ("version", env!("CARGO_PKG_VERSION")),
+            ]),
+        );
+        Ok(Self {
+            name,
+            grpc: bind(common.grpc_bind).await?,
+            admin: bind(common.admin_bind).await?,
+            drain_delay: common.drain_delay,
+            drain_deadline: common.drain_deadline,
+            registry,
+            in_flight: TaskTracker::new(),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn info(&self) -> ServiceInfo {
+        ServiceInfo {
+            name: self.name,
+            grpc: self.grpc_addr(),
+            admin: self.admin_addr(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Where the service registers its own metrics (prefixed `phone_`).
+    pub fn registry(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Work the drain waits for: spawn calls and sessions on it.
+    pub fn in_flight(&self) -> TaskTracker {
+        self.in_flight.clone()
+    }
+
+    /// Serves `routes` (the service's gRPC API) with health and admin until `shutdown`,
+    /// then drains. `health_names` are the gRPC service names reported in the health
+    /// service (besides "", the whole server).
+    pub async fn serve(
+        mut self,
+        routes: Routes,
+        health_names: &[&str],
+        shutdown: Shutdown,
+    ) -> Result<(), Error> {
+        let name = self.name;
+        let metrics = GrpcMetrics::register(&mut self.registry);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut names: Vec<String> = vec![String::new()];
+        names.extend(health_names.iter().map(|n| (*n).to_owned()));
+        for n in &names {
+            health.set_service_status(n, ServingStatus::Serving).await;
+        }
+        let ready = Arc::new(AtomicBool::new(true));
+
+        // The admin server runs until the very end, so /metrics stays scrapeable while
+        // draining.
+        let admin_stop = Shutdown::new();
+        let admin = tokio::spawn(serve_admin(
+            self.admin,
+            Arc::new(Mutex::new(self.registry)),
+            ready.clone(),
+            admin_stop.clone(),
+        ));
+
+        // The gRPC server stops accepting only after the drain delay.
+        let stop_accepting = Shutdown::new();
+        let grpc = tonic::transport::Server::builder()
+            .layer(ServerTraceLayer::new(name, metrics))
+            .add_routes(routes.add_service(health_service))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.grpc),
+                {
+                    let stop = stop_accepting.clone();
+                    async move { stop.triggered().await }
+                },
+            );
+        tokio::pin!(grpc);
+        tracing::info!(service = name, "serving");
+
+        let early = tokio::select! {
+            result = &mut grpc => Some(result),
+            _ = shutdown.triggered() => None,
+        };
+        if let Some(result) = early {
+            admin_stop.trigger();
+            let _ = admin.await;
+            return result.map_err(Error::from);
+        }
+
+        // Drain: NOT_SERVING first, so probes and callers move away.
+        ready.store(false, Ordering::SeqCst);
+        for n in &names {
+            health.set_service_status(n, ServingStatus::NotServing).await;
+        }
+        tracing::info!(
+            service = name,
+            delay = ?self.drain_delay,
+            deadline = ?self.drain_deadline,
+            "draining: health is NOT_SERVING"
+        );
+        let deadline = tokio::time::Instant::now() + self.drain_deadline;
+        tokio::select! {
+            result = &mut grpc => {
+                // The server ended on its own during the delay.
+                admin_stop.trigger();
+                let _ = admin.await;
+                return result.map_err(Error::from);
+            }
+            _ = tokio::time::sleep(self.drain_delay.min(self.drain_deadline)) => {}
+        }
+        stop_accepting.trigger();
+        self.in_flight.close();
+        let in_flight = self.in_flight.clone();
+        let finished = tokio::time::timeout_at(deadline, async {
+            let (result, ()) = tokio::join!(&mut grpc, in_flight.wait());
+            result
+        })
+        .await;
+        admin_stop.trigger();
+        let _ = admin.await;
+        match finished {
+            Ok(result) => {
+                tracing::info!(service = name, "drained");
+                result.map_err(Error::from)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    service = name,
+                    remaining = self.in_flight.len(),
+                    "drain deadline passed; stopping with work in flight"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    registry: Arc<Mutex<Registry>>,
+    ready: Arc<AtomicBool>,
+}
+
+async fn serve_admin(
+    listener: TcpListener,
+    registry: Arc<Mutex<Registry>>,
+    ready: Arc<AtomicBool>,
+    stop: Shutdown,
+) -> Result<(), Error> {
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/livez", axum::routing::get(|| async { "ok\n" }))
+        .route("/readyz", axum::routing::get(readyz))
+        .with_state(AdminState { registry, ready });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.triggered().await })
+        .await
+        .map_err(Error::Admin)
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let mut body = String::new();
+    let encoded = {
+        let registry = state.registry.lock().unwrap_or_else(|e| e.into_inner());
+        prometheus_client::encoding::text::encode(&mut body, &registry)
+    };
+    match encoded {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("cannot encode metrics: {e}\n"),
+        ),
+    }
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    }
+}
