@@ -209,3 +209,9 @@ where
         )
     }
 }
+
+/// The answer of an RPC whose service is running but whose behaviour lands with a
+/// later issue: `UNIMPLEMENTED`, naming the issue, never a made-up result.
+pub fn not_yet(rpc: &str, issue: u32) -> tonic::Status {
+    tonic::Status::unimplemented(format!("{rpc} is not implemented yet (issue #{issue})"))
+}

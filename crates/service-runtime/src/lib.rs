@@ -27,7 +27,7 @@ pub mod telemetry;
 use std::future::Future;
 use std::process::ExitCode;
 
-pub use server::{GrpcServer, ServiceInfo};
+pub use server::{GrpcServer, Listeners, ServiceInfo};
 pub use settings::CommonArgs;
 pub use shutdown::Shutdown;
 
@@ -48,6 +48,13 @@ pub enum Error {
     Telemetry(String),
     #[error("invalid gRPC address '{url}': {message}")]
     Endpoint { url: String, message: String },
+}
+
+/// Logs what Asterisk would warn about in a configuration file (`file:line: warning`).
+pub fn log_config_warnings<W: std::fmt::Display>(warnings: &[W]) {
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// The `main` of a service binary: parses flags (and their environment variables),

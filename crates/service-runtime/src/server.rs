@@ -51,6 +51,55 @@ impl std::fmt::Display for ServiceInfo {
     }
 }
 
+/// A gRPC and an admin listener bound ahead of time by a parent process or a test,
+/// so that it knows every service's address before any service starts (services
+/// point at each other in both directions). Taken once by [`GrpcServer::bind`].
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    inner: Arc<Mutex<Option<(std::net::TcpListener, std::net::TcpListener)>>>,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Listeners {
+    /// Binds two ephemeral ports on 127.0.0.1.
+    pub fn bind_loopback() -> Result<Self, Error> {
+        let bind = || {
+            let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| Error::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })
+        };
+        let (grpc, admin) = (bind()?, bind()?);
+        let addr = |l: &std::net::TcpListener| {
+            l.local_addr().map_err(|source| Error::Bind {
+                addr: "127.0.0.1:0".into(),
+                source,
+            })
+        };
+        Ok(Self {
+            grpc: addr(&grpc)?,
+            admin: addr(&admin)?,
+            inner: Arc::new(Mutex::new(Some((grpc, admin)))),
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    fn take(&self) -> Option<(std::net::TcpListener, std::net::TcpListener)> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// A service's bound but not yet serving listeners, its metrics registry and the
 /// tracker for in-flight work that the drain waits for.
 pub struct GrpcServer {
@@ -64,13 +113,23 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// Binds the gRPC and admin listeners of `common`.
+    /// Binds the gRPC and admin listeners of `common` (or takes the handed-over ones).
     pub async fn bind(name: &'static str, common: &CommonArgs) -> Result<Self, Error> {
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|source| Error::Bind {
                 addr: addr.to_string(),
                 source,
             })
+        };
+        let adopt = |listener: std::net::TcpListener| {
+            TcpListener::from_std(listener).map_err(|source| Error::Bind {
+                addr: "handed-over listener".into(),
+                source,
+            })
+        };
+        let (grpc, admin) = match common.handed_over.as_ref().and_then(Listeners::take) {
+            Some((grpc, admin)) => (adopt(grpc)?, adopt(admin)?),
+            None => (bind(common.grpc_bind).await?, bind(common.admin_bind).await?),
         };
         let mut registry = Registry::with_prefix("phone");
         registry.register(
@@ -83,8 +142,8 @@ impl GrpcServer {
         );
         Ok(Self {
             name,
-            grpc: bind(common.grpc_bind).await?,
-            admin: bind(common.admin_bind).await?,
+            grpc,
+            admin,
             drain_delay: common.drain_delay,
             drain_deadline: common.drain_deadline,
             registry,

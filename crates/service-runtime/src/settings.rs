@@ -24,6 +24,11 @@ pub struct CommonArgs {
     /// After SIGTERM, the longest wait for in-flight requests and calls to finish.
     #[arg(long, env = "PHONE_DRAIN_DEADLINE", default_value = "30s", value_parser = parse_duration)]
     pub drain_deadline: Duration,
+
+    /// Listeners bound by a parent (`phone`, tests) and handed over instead of binding
+    /// `grpc_bind`/`admin_bind`, like systemd socket activation. Not a flag.
+    #[arg(skip)]
+    pub handed_over: Option<crate::server::Listeners>,
 }
 
 impl CommonArgs {
@@ -34,6 +39,7 @@ impl CommonArgs {
             admin_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             drain_delay: Duration::ZERO,
             drain_deadline: Duration::from_secs(30),
+            handed_over: None,
         }
     }
 }
