@@ -88,7 +88,7 @@ where
         match run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!(error = %e, "{service} failed");
+                // One plain line, `service: file:line: message` for config errors.
                 eprintln!("{service}: {e}");
                 ExitCode::FAILURE
             }
