@@ -1,0 +1,30 @@
+//! The harness of the end-to-end tests: what every test needs to start the system and
+//! wait for it, never with fixed sleeps (STYLE.md, habit 11).
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The shipped example configuration (the seed's three files).
+pub fn example_config_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/freelancer")
+}
+
+/// Polls `condition` until it returns `Some`, or gives up after `deadline` with `None`.
+pub async fn wait_until<T, F, Fut>(deadline: Duration, mut condition: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = condition().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
