@@ -18,12 +18,14 @@ fn finished(exporter: &InMemorySpanExporter) -> Vec<SpanData> {
 
 fn new_channel() -> ChannelEvent {
     ChannelEvent {
-        event: Some(phone_proto::router::v1::channel_event::Event::NewChannel(NewChannel {
-            channel: "SIP/flowroute-0000000a".into(),
-            context: "inbound".into(),
-            exten: "13235550100".into(),
-            ..Default::default()
-        })),
+        event: Some(phone_proto::router::v1::channel_event::Event::NewChannel(
+            NewChannel {
+                channel: "SIP/flowroute-0000000a".into(),
+                context: "inbound".into(),
+                exten: "13235550100".into(),
+                ..Default::default()
+            },
+        )),
     }
 }
 
@@ -33,7 +35,8 @@ async fn trace_context_crosses_grpc_between_services() {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    let _telemetry = service_runtime::telemetry::install("phone-tests", Some(provider.clone())).unwrap();
+    let _telemetry =
+        service_runtime::telemetry::install("phone-tests", Some(provider.clone())).unwrap();
 
     // The router, as it runs in production (its own gRPC server and runtime layers).
     let router = router::bind(router::Config {
@@ -49,7 +52,8 @@ async fn trace_context_crosses_grpc_between_services() {
     let serving = tokio::spawn(router.run(shutdown.clone()));
 
     // The caller: the edge's client side, through the channel every service uses.
-    let call_span = tracing::info_span!("sip-edge.call", otel.kind = "client", call_id = "abc@edge");
+    let call_span =
+        tracing::info_span!("sip-edge.call", otel.kind = "client", call_id = "abc@edge");
     let mut client = CallControlClient::new(service_runtime::grpc::client_channel(&url).unwrap());
     let answer = client
         .run(tokio_stream_once(new_channel()))
@@ -59,7 +63,11 @@ async fn trace_context_crosses_grpc_between_services() {
     assert_eq!(answer.unwrap_err().code(), tonic::Code::Unimplemented);
 
     // A call without the interceptor starts a trace of its own: the check below can fail.
-    let plain = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
+    let plain = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let answer = CallControlClient::new(plain)
         .run(tokio_stream_once(new_channel()))
         .instrument(tracing::info_span!("untraced.call"))
@@ -68,7 +76,10 @@ async fn trace_context_crosses_grpc_between_services() {
 
     let spans = wait_until(Duration::from_secs(10), || {
         let spans = finished(&exporter);
-        let servers = spans.iter().filter(|s| s.name == "phone.router.v1.CallControl/Run").count();
+        let servers = spans
+            .iter()
+            .filter(|s| s.name == "phone.router.v1.CallControl/Run")
+            .count();
         let clients = spans.iter().filter(|s| s.name.ends_with(".call")).count();
         std::future::ready((servers == 2 && clients == 2).then_some(spans))
     })
@@ -86,7 +97,11 @@ async fn trace_context_crosses_grpc_between_services() {
         .find(|s| s.span_context.trace_id() == client_span.span_context.trace_id())
         .expect("the router's span is in the caller's trace");
     assert_ne!(traced.span_context.trace_id(), TraceId::INVALID);
-    assert_eq!(traced.parent_span_id, client_span.span_context.span_id(), "server span is the caller's child");
+    assert_eq!(
+        traced.parent_span_id,
+        client_span.span_context.span_id(),
+        "server span is the caller's child"
+    );
     assert_eq!(traced.span_kind, opentelemetry::trace::SpanKind::Server);
     let attribute = |span: &SpanData, key: &str| {
         span.attributes
@@ -94,7 +109,10 @@ async fn trace_context_crosses_grpc_between_services() {
             .find(|kv| kv.key.as_str() == key)
             .map(|kv| kv.value.to_string())
     };
-    assert_eq!(attribute(traced, "phone.service").as_deref(), Some("router"));
+    assert_eq!(
+        attribute(traced, "phone.service").as_deref(),
+        Some("router")
+    );
     assert_eq!(attribute(traced, "rpc.method").as_deref(), Some("Run"));
 
     let untraced_client = find("untraced.call");
@@ -102,15 +120,24 @@ async fn trace_context_crosses_grpc_between_services() {
         .iter()
         .find(|s| s.span_context.trace_id() != client_span.span_context.trace_id())
         .expect("the second call has a server span too");
-    assert_ne!(untraced.span_context.trace_id(), untraced_client.span_context.trace_id());
-    assert_eq!(untraced.parent_span_id, SpanId::INVALID, "no context, no parent");
+    assert_ne!(
+        untraced.span_context.trace_id(),
+        untraced_client.span_context.trace_id()
+    );
+    assert_eq!(
+        untraced.parent_span_id,
+        SpanId::INVALID,
+        "no context, no parent"
+    );
 
     shutdown.trigger();
     serving.await.unwrap().unwrap();
 }
 
 /// A request stream of one event that stays open (as the edge's does during a call).
-fn tokio_stream_once(event: ChannelEvent) -> impl futures::Stream<Item = ChannelEvent> + Send + 'static {
+fn tokio_stream_once(
+    event: ChannelEvent,
+) -> impl futures::Stream<Item = ChannelEvent> + Send + 'static {
     use futures::StreamExt;
     futures::stream::once(async move { event }).chain(futures::stream::pending())
 }

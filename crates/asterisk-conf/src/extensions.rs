@@ -287,10 +287,7 @@ fn parse_extension_line(
         if rest.trim().is_empty() {
             return Err("line has no priority and application".into());
         }
-        return Err(format!(
-            "no application after priority '{}'",
-            rest.trim()
-        ));
+        return Err(format!("no application after priority '{}'", rest.trim()));
     };
     let (written, label) = parse_priority(priority_field.trim())?;
     let priority = match written {
@@ -447,7 +444,10 @@ mod tests {
             "[c]\nexten => 100,1,Answer()\n same => n(menu),Playback(hello)\n same => s,NoOp(also 2? no: same as last)\n",
         );
         // `s` repeats priority 2 for the same extension: that is a duplicate.
-        assert!(plan.unwrap_err().to_string().contains("priority 2 is already defined at extensions.conf:3"));
+        assert!(plan
+            .unwrap_err()
+            .to_string()
+            .contains("priority 2 is already defined at extensions.conf:3"));
         let plan = parse(
             "[c]\nexten => 100,1,Answer()\n same => n(menu),Playback(hello)\n same => n,Goto(menu)\nexten => 100,hint,SIP/100\n",
         )
@@ -497,7 +497,10 @@ mod tests {
         assert_eq!(plan.general("autofallthrough"), Some("yes"));
         let a = plan.context("a").unwrap();
         assert_eq!(a.includes.len(), 2);
-        assert_eq!(a.includes[1].timespec.as_deref(), Some("9:00-17:00,mon-fri,*,*"));
+        assert_eq!(
+            a.includes[1].timespec.as_deref(),
+            Some("9:00-17:00,mon-fri,*,*")
+        );
         assert_eq!(a.lines.len(), 2, "the second [a] merges into the first");
         assert!(plan
             .warnings

@@ -25,7 +25,11 @@ pub fn check(data: &[u8]) {
     let printed = config.to_string();
     let again = tree::parse_str("/conf/printed.conf", &printed)
         .unwrap_or_else(|e| panic!("printed config does not parse: {e}\n{printed}"));
-    assert_eq!(shape(&config), shape(&again), "round trip changed the config:\n{printed}");
+    assert_eq!(
+        shape(&config),
+        shape(&again),
+        "round trip changed the config:\n{printed}"
+    );
 
     for result in [
         sip::from_config(config.clone()).map(|_| ()),
@@ -33,7 +37,10 @@ pub fn check(data: &[u8]) {
         extensions::from_config(config).map(|_| ()),
     ] {
         if let Err(e) = result {
-            assert!(e.location().is_some(), "typed-view error without a line: {e}");
+            assert!(
+                e.location().is_some(),
+                "typed-view error without a line: {e}"
+            );
         }
     }
 }

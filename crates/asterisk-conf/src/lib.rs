@@ -29,7 +29,9 @@ pub mod voicemail;
 use std::path::{Path, PathBuf};
 
 pub use error::{Error, Location, SyntaxError, Warning};
-pub use tree::{load, load_from, parse_str, Config, Entry, FileSystem, MemorySource, Section, Source};
+pub use tree::{
+    load, load_from, parse_str, Config, Entry, FileSystem, MemorySource, Section, Source,
+};
 pub use values::{CallerId, Secret};
 
 /// The three files of a phone system, read from one directory.

@@ -19,10 +19,10 @@ pub const DEFAULT_QUALIFY_MS: u32 = 2000;
 /// Codecs chan_sip knows by name (`allow=`/`disallow=`). Others are warned about and
 /// ignored, as Asterisk does.
 pub const KNOWN_CODECS: &[&str] = &[
-    "ulaw", "alaw", "gsm", "g722", "g723", "g726", "g726aal2", "g729", "ilbc", "lpc10",
-    "speex", "speex16", "speex32", "opus", "silk", "siren7", "siren14", "slin", "slin16",
-    "testlaw", "adpcm", "h261", "h263", "h263p", "h264", "h265", "vp8", "vp9", "t140",
-    "t140red", "jpeg", "png",
+    "ulaw", "alaw", "gsm", "g722", "g723", "g726", "g726aal2", "g729", "ilbc", "lpc10", "speex",
+    "speex16", "speex32", "opus", "silk", "siren7", "siren14", "slin", "slin16", "testlaw",
+    "adpcm", "h261", "h263", "h263p", "h264", "h265", "vp8", "vp9", "t140", "t140red", "jpeg",
+    "png",
 ];
 
 /// The whole file.
@@ -483,11 +483,7 @@ fn codec_list(entry: &Entry, warnings: &mut Vec<Warning>) -> Vec<String> {
             continue;
         }
         // `allow=ulaw:20` carries a packetization time; the codec is before the colon.
-        let name = name
-            .split(':')
-            .next()
-            .unwrap_or(name)
-            .to_ascii_lowercase();
+        let name = name.split(':').next().unwrap_or(name).to_ascii_lowercase();
         if name == "all" || KNOWN_CODECS.contains(&name.as_str()) {
             out.push(name);
         } else {
@@ -509,7 +505,11 @@ fn parse_port(entry: &Entry) -> Result<u16, Error> {
 
 fn parse_nat(entry: &Entry) -> Result<Nat, Error> {
     let mut nat = Nat::default();
-    for word in entry.value.split(',').map(|w| w.trim().to_ascii_lowercase()) {
+    for word in entry
+        .value
+        .split(',')
+        .map(|w| w.trim().to_ascii_lowercase())
+    {
         match word.as_str() {
             "yes" | "true" | "on" | "1" => {
                 nat.force_rport = true;
@@ -577,7 +577,11 @@ fn parse_direct_media(entry: &Entry) -> Result<bool, Error> {
 
 fn parse_insecure(entry: &Entry) -> Result<Insecure, Error> {
     let mut insecure = Insecure::default();
-    for word in entry.value.split(',').map(|w| w.trim().to_ascii_lowercase()) {
+    for word in entry
+        .value
+        .split(',')
+        .map(|w| w.trim().to_ascii_lowercase())
+    {
         match word.as_str() {
             "port" => insecure.port = true,
             "invite" => insecure.invite = true,

@@ -163,11 +163,36 @@ impl Mailbox {
 
 /// Mailbox options app_voicemail understands; others are warned about.
 const MAILBOX_OPTIONS: &[&str] = &[
-    "attach", "attachfmt", "attachextension", "callback", "delete", "dialout", "emailbody",
-    "emailsubject", "envelope", "exitcontext", "forcegreetings", "forcename", "hidefromdir",
-    "locale", "maxmsg", "maxsecs", "messagewrap", "minpassword", "nextaftercmd", "operator",
-    "review", "saycid", "sayduration", "saydurationm", "sendvoicemail", "serveremail", "tempgreetwarn",
-    "tz", "volgain", "fromstring",
+    "attach",
+    "attachfmt",
+    "attachextension",
+    "callback",
+    "delete",
+    "dialout",
+    "emailbody",
+    "emailsubject",
+    "envelope",
+    "exitcontext",
+    "forcegreetings",
+    "forcename",
+    "hidefromdir",
+    "locale",
+    "maxmsg",
+    "maxsecs",
+    "messagewrap",
+    "minpassword",
+    "nextaftercmd",
+    "operator",
+    "review",
+    "saycid",
+    "sayduration",
+    "saydurationm",
+    "sendvoicemail",
+    "serveremail",
+    "tempgreetwarn",
+    "tz",
+    "volgain",
+    "fromstring",
 ];
 
 /// Reads `voicemail.conf` from the file system.
@@ -274,7 +299,10 @@ fn apply_general(
                 .filter(|f| !f.is_empty())
                 .collect();
             if formats.is_empty() {
-                return Err(invalid(entry, "expected at least one format, such as wav49|wav"));
+                return Err(invalid(
+                    entry,
+                    "expected at least one format, such as wav49|wav",
+                ));
             }
             general.formats = formats;
         }
@@ -314,10 +342,7 @@ fn parse_mailbox(
     if !entry.object {
         warnings.push(Warning {
             location: entry.location.clone(),
-            message: format!(
-                "mailbox {} is written with '=' rather than '=>'",
-                entry.key
-            ),
+            message: format!("mailbox {} is written with '=' rather than '=>'", entry.key),
         });
     }
     let number = entry.key.trim();
@@ -337,14 +362,21 @@ fn parse_mailbox(
         None => (false, raw_pin),
     };
     let full_name = fields.next().unwrap_or_default().trim().to_owned();
-    let non_empty = |s: Option<&str>| s.map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+    let non_empty = |s: Option<&str>| {
+        s.map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
     let email = non_empty(fields.next());
     let pager = non_empty(fields.next());
     let mut options = Vec::new();
     if let Some(raw) = fields.next() {
         for option in raw.split('|').map(str::trim).filter(|o| !o.is_empty()) {
             let Some((key, value)) = option.split_once('=') else {
-                return Err(invalid(entry, &format!("option '{option}' is not key=value")));
+                return Err(invalid(
+                    entry,
+                    &format!("option '{option}' is not key=value"),
+                ));
             };
             let key = key.trim().to_ascii_lowercase();
             if !MAILBOX_OPTIONS.contains(&key.as_str()) {
@@ -450,12 +482,23 @@ mod tests {
             "voicemail.conf:2: maxmsg: expected a whole number (got 'lots')"
         );
         let err = parse("[zonemessages]\nbad=Not A Zone|x\n").unwrap_err();
-        assert!(err.to_string().starts_with("voicemail.conf:2: bad:"), "{err}");
+        assert!(
+            err.to_string().starts_with("voicemail.conf:2: bad:"),
+            "{err}"
+        );
         let err = parse("[default]\n1 => 1,a,b,c,attach\n").unwrap_err();
-        assert!(err.to_string().contains("option 'attach' is not key=value"), "{err}");
+        assert!(
+            err.to_string().contains("option 'attach' is not key=value"),
+            "{err}"
+        );
         let conf = parse("[general]\ntz=mars\nvmfoo=1\n").unwrap();
         let text: Vec<String> = conf.warnings.iter().map(ToString::to_string).collect();
-        assert!(text.contains(&"voicemail.conf:3: warning: unknown key 'vmfoo' in [general] ignored".to_owned()), "{text:?}");
+        assert!(
+            text.contains(
+                &"voicemail.conf:3: warning: unknown key 'vmfoo' in [general] ignored".to_owned()
+            ),
+            "{text:?}"
+        );
         assert!(text.iter().any(|w| w.contains("tz=mars")), "{text:?}");
     }
 

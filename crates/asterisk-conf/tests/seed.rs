@@ -39,7 +39,13 @@ fn sip_conf_carrier_peer() {
     assert_eq!(p.dtmf_mode, DtmfMode::Rfc2833);
     assert!(!p.direct_media);
     assert_eq!(p.codecs, ["ulaw"]);
-    assert_eq!(p.insecure, Insecure { port: true, invite: true });
+    assert_eq!(
+        p.insecure,
+        Insecure {
+            port: true,
+            invite: true
+        }
+    );
     assert_eq!(p.port, None);
     assert_eq!(p.caller_id, None);
     assert_eq!(p.from_user, None);
@@ -59,7 +65,13 @@ fn sip_conf_desk_phone() {
     assert!(p.nat.force_rport && p.nat.comedia);
     assert!(!p.direct_media);
     assert_eq!(p.codecs, ["ulaw"]);
-    assert_eq!(p.insecure, Insecure { port: true, invite: true });
+    assert_eq!(
+        p.insecure,
+        Insecure {
+            port: true,
+            invite: true
+        }
+    );
     assert_eq!(p.qualify, Qualify::Within(2000));
     // The secret never shows in debug output.
     assert!(!format!("{p:?}").contains("password"));
@@ -123,7 +135,14 @@ fn extensions_conf_inbound() {
     let lines = inbound.extension("_1NXXNXXXXXX");
     let steps: Vec<(Priority, &str, &str, u32)> = lines
         .iter()
-        .map(|l| (l.priority, l.application.as_str(), l.arguments.as_str(), l.location.line))
+        .map(|l| {
+            (
+                l.priority,
+                l.application.as_str(),
+                l.arguments.as_str(),
+                l.location.line,
+            )
+        })
         .collect();
     assert_eq!(
         steps,
@@ -145,8 +164,15 @@ fn extensions_conf_localexts() {
         ctx.extension(ext)
             .iter()
             .map(|l| {
-                let Priority::Number(p) = l.priority else { panic!("hint") };
-                (p, l.label.clone(), l.application.clone(), l.arguments.clone())
+                let Priority::Number(p) = l.priority else {
+                    panic!("hint")
+                };
+                (
+                    p,
+                    l.label.clone(),
+                    l.application.clone(),
+                    l.arguments.clone(),
+                )
             })
             .collect()
     };
@@ -161,20 +187,37 @@ fn extensions_conf_localexts() {
     );
     assert_eq!(step("1"), [(1, None, s("Goto"), s("${CHANNEL:4:11},1"))]);
     assert_eq!(step("_+X!"), [(1, None, s("Goto"), s("${EXTEN:1},1"))]);
-    assert_eq!(step("_NXXNXXXXXX"), [(1, None, s("Goto"), s("1${EXTEN},1"))]);
+    assert_eq!(
+        step("_NXXNXXXXXX"),
+        [(1, None, s("Goto"), s("1${EXTEN},1"))]
+    );
     assert_eq!(
         step("_1NXXNXXXXXX"),
         [
             (1, None, s("NoOp"), s("")),
             (2, None, s("Set"), s("LINE=${CHANNEL:4:11}")),
-            (3, None, s("GotoIf"), s("$[${EXTEN} = ${LINE}]?voicemail:outbound")),
-            (4, Some(s("voicemail")), s("VoiceMailMain"), s("${LINE}@default,s")),
+            (
+                3,
+                None,
+                s("GotoIf"),
+                s("$[${EXTEN} = ${LINE}]?voicemail:outbound")
+            ),
+            (
+                4,
+                Some(s("voicemail")),
+                s("VoiceMailMain"),
+                s("${LINE}@default,s")
+            ),
             (5, None, s("Hangup"), s("")),
             (6, Some(s("outbound")), s("Set"), s("CALLERID(num)=${LINE}")),
             (7, None, s("Dial"), s("SIP/${EXTEN}@flowroute")),
             (8, None, s("Hangup"), s("")),
         ]
     );
-    let lines: Vec<u32> = ctx.extension("_1NXXNXXXXXX").iter().map(|l| l.location.line).collect();
+    let lines: Vec<u32> = ctx
+        .extension("_1NXXNXXXXXX")
+        .iter()
+        .map(|l| l.location.line)
+        .collect();
     assert_eq!(lines, [22, 23, 24, 25, 26, 27, 28, 29]);
 }

@@ -50,7 +50,10 @@ pub fn client_channel(url: &str) -> Result<TracedChannel, Error> {
 pub struct TraceContextInterceptor;
 
 impl tonic::service::Interceptor for TraceContextInterceptor {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         inject(&tracing::Span::current(), request.metadata_mut());
         Ok(request)
     }

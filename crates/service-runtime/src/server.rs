@@ -129,7 +129,10 @@ impl GrpcServer {
         };
         let (grpc, admin) = match common.handed_over.as_ref().and_then(Listeners::take) {
             Some((grpc, admin)) => (adopt(grpc)?, adopt(admin)?),
-            None => (bind(common.grpc_bind).await?, bind(common.admin_bind).await?),
+            None => (
+                bind(common.grpc_bind).await?,
+                bind(common.admin_bind).await?,
+            ),
         };
         let mut registry = Registry::with_prefix("phone");
         registry.register(
@@ -156,11 +159,15 @@ impl GrpcServer {
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc.local_addr().expect("a bound listener has an address")
+        self.grpc
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().expect("a bound listener has an address")
+        self.admin
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn info(&self) -> ServiceInfo {
@@ -216,13 +223,10 @@ impl GrpcServer {
         let grpc = tonic::transport::Server::builder()
             .layer(ServerTraceLayer::new(name, metrics))
             .add_routes(routes.add_service(health_service))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.grpc),
-                {
-                    let stop = stop_accepting.clone();
-                    async move { stop.triggered().await }
-                },
-            );
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), {
+                let stop = stop_accepting.clone();
+                async move { stop.triggered().await }
+            });
         tokio::pin!(grpc);
         tracing::info!(service = name, "serving");
 
@@ -239,7 +243,9 @@ impl GrpcServer {
         // Drain: NOT_SERVING first, so probes and callers move away.
         ready.store(false, Ordering::SeqCst);
         for n in &names {
-            health.set_service_status(n, ServingStatus::NotServing).await;
+            health
+                .set_service_status(n, ServingStatus::NotServing)
+                .await;
         }
         tracing::info!(
             service = name,

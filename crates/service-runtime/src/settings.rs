@@ -59,7 +59,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown unit '{other}' in '{text}' (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}' (use ms, s, m or h)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("'{text}': {e}"))
 }
@@ -74,11 +78,12 @@ pub struct PortRange {
 impl PortRange {
     /// Port pairs (RTP even, RTCP odd) in the range.
     pub fn pairs(&self) -> u32 {
-        let first_even = self.low + (self.low % 2);
-        if self.high <= first_even {
+        let (low, high) = (u32::from(self.low), u32::from(self.high));
+        let first_even = low + (low % 2);
+        if high <= first_even {
             return 0;
         }
-        (u32::from(self.high) - u32::from(first_even) + 1) / 2
+        (high - first_even).div_ceil(2)
     }
 }
 
@@ -169,6 +174,9 @@ mod tests {
         assert_eq!(r.pairs(), 5000);
         assert_eq!("10001-10003".parse::<PortRange>().unwrap().pairs(), 1);
         assert!("10001-10002".parse::<PortRange>().is_err());
+        assert_eq!("10000-10003".parse::<PortRange>().unwrap().pairs(), 2);
+        assert!("65535-65535".parse::<PortRange>().is_err());
+        assert_eq!("65534-65535".parse::<PortRange>().unwrap().pairs(), 1);
         assert!("20000-10000".parse::<PortRange>().is_err());
         assert!("0-10".parse::<PortRange>().is_err());
         assert!("10000".parse::<PortRange>().is_err());

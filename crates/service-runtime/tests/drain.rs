@@ -17,14 +17,18 @@ async fn serve_with_task(task_secs: f64, deadline: Duration) -> Duration {
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
     });
     let shutdown = Shutdown::new();
-    let serving = tokio::spawn(server.serve(tonic::service::Routes::default(), &[], shutdown.clone()));
+    let serving =
+        tokio::spawn(server.serve(tonic::service::Routes::default(), &[], shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
     shutdown.trigger();
     serving.await.unwrap().unwrap();
     let took = started.elapsed();
     if task_secs < deadline.as_secs_f64() {
-        assert!(finished.load(std::sync::atomic::Ordering::SeqCst), "the drain waited for the task");
+        assert!(
+            finished.load(std::sync::atomic::Ordering::SeqCst),
+            "the drain waited for the task"
+        );
     }
     took
 }
@@ -32,7 +36,10 @@ async fn serve_with_task(task_secs: f64, deadline: Duration) -> Duration {
 #[tokio::test]
 async fn the_drain_waits_for_in_flight_work() {
     let took = serve_with_task(0.5, Duration::from_secs(20)).await;
-    assert!(took >= Duration::from_millis(400), "returned before the work ended: {took:?}");
+    assert!(
+        took >= Duration::from_millis(400),
+        "returned before the work ended: {took:?}"
+    );
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
@@ -40,5 +47,8 @@ async fn the_drain_waits_for_in_flight_work() {
 async fn the_drain_stops_at_the_deadline() {
     let took = serve_with_task(3600.0, Duration::from_millis(500)).await;
     assert!(took >= Duration::from_millis(500), "{took:?}");
-    assert!(took < Duration::from_secs(10), "the deadline ended the drain: {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the deadline ended the drain: {took:?}"
+    );
 }

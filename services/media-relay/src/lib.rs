@@ -84,8 +84,10 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
 impl Bound {
     pub fn info(&self) -> ServiceInfo {
         let mut info = self.server.info();
-        info.extra
-            .push(("rtp".into(), format!("{}:{}", self.config.rtp_bind_ip, self.config.rtp_ports)));
+        info.extra.push((
+            "rtp".into(),
+            format!("{}:{}", self.config.rtp_bind_ip, self.config.rtp_ports),
+        ));
         info.extra
             .push(("advertise".into(), self.config.advertised_ip().to_string()));
         info

@@ -25,9 +25,18 @@ pub const NAME: &str = "phone";
 
 /// The seed's configuration, shipped in the binary.
 pub const EXAMPLE_CONFIG: [(&str, &str); 3] = [
-    ("sip.conf", include_str!("../../../deploy/examples/freelancer/sip.conf")),
-    ("extensions.conf", include_str!("../../../deploy/examples/freelancer/extensions.conf")),
-    ("voicemail.conf", include_str!("../../../deploy/examples/freelancer/voicemail.conf")),
+    (
+        "sip.conf",
+        include_str!("../../../deploy/examples/freelancer/sip.conf"),
+    ),
+    (
+        "extensions.conf",
+        include_str!("../../../deploy/examples/freelancer/extensions.conf"),
+    ),
+    (
+        "voicemail.conf",
+        include_str!("../../../deploy/examples/freelancer/voicemail.conf"),
+    ),
 ];
 
 /// Settings; each flag is also a `PHONE_*` environment variable.
@@ -169,11 +178,25 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     ];
     // One service failing stops the others: a phone system missing a part is down.
     let services: Vec<BoxFuture<'static, Result<(), Error>>> = vec![
-        edge.run(shutdown.clone()).map(|r| r.map_err(Error::from)).boxed(),
-        router.run(shutdown.clone()).map(|r| r.map_err(Error::from)).boxed(),
-        media_relay.run(shutdown.clone()).map(|r| r.map_err(Error::from)).boxed(),
-        voicemail.run(shutdown.clone()).map(|r| r.map_err(Error::from)).boxed(),
-        mailer.run(shutdown.clone()).map(|r| r.map_err(Error::from)).boxed(),
+        edge.run(shutdown.clone())
+            .map(|r| r.map_err(Error::from))
+            .boxed(),
+        router
+            .run(shutdown.clone())
+            .map(|r| r.map_err(Error::from))
+            .boxed(),
+        media_relay
+            .run(shutdown.clone())
+            .map(|r| r.map_err(Error::from))
+            .boxed(),
+        voicemail
+            .run(shutdown.clone())
+            .map(|r| r.map_err(Error::from))
+            .boxed(),
+        mailer
+            .run(shutdown.clone())
+            .map(|r| r.map_err(Error::from))
+            .boxed(),
     ];
     let all = {
         let shutdown = shutdown.clone();
@@ -222,7 +245,10 @@ struct Wiring {
 }
 
 fn first_error(results: Vec<Result<(), Error>>) -> Result<(), Error> {
-    results.into_iter().collect::<Result<Vec<()>, Error>>().map(|_| ())
+    results
+        .into_iter()
+        .collect::<Result<Vec<()>, Error>>()
+        .map(|_| ())
 }
 
 /// Asks the service's gRPC health service, as a Kubernetes probe would, until it says

@@ -99,12 +99,21 @@ async fn health(addr: SocketAddr, service: &str) -> Result<i32, tonic::Status> {
 
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -131,10 +140,26 @@ fn sigterm(child: &Child) {
 async fn starts_prints_addresses_and_every_service_is_healthy() {
     let dir = tempfile::tempdir().unwrap();
     let phone = start(dir.path(), &[]);
-    let names: Vec<&str> = phone.lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
-    assert_eq!(names, SERVICES.map(|(n, _)| n), "one line per service, in order");
-    assert!(phone.lines[0].contains(" sip=udp+tcp:127.0.0.1:"), "{}", phone.lines[0]);
-    assert!(phone.lines[2].contains("rtp=0.0.0.0:40000-40099"), "{}", phone.lines[2]);
+    let names: Vec<&str> = phone
+        .lines
+        .iter()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        SERVICES.map(|(n, _)| n),
+        "one line per service, in order"
+    );
+    assert!(
+        phone.lines[0].contains(" sip=udp+tcp:127.0.0.1:"),
+        "{}",
+        phone.lines[0]
+    );
+    assert!(
+        phone.lines[2].contains("rtp=0.0.0.0:40000-40099"),
+        "{}",
+        phone.lines[2]
+    );
     // Without --config-dir the shipped example is used: two peers, two contexts, one box.
     assert!(phone.lines[0].contains("peers=2"));
     assert!(phone.lines[1].contains("contexts=2"));
@@ -156,7 +181,10 @@ async fn starts_prints_addresses_and_every_service_is_healthy() {
         assert_eq!((status, body.as_str()), (200, "ready\n"), "{name}");
         let (status, metrics) = http_get(admin, "/metrics");
         assert_eq!(status, 200);
-        assert!(metrics.contains(&format!("phone_build_info_info{{service=\"{name}\"")), "{metrics}");
+        assert!(
+            metrics.contains(&format!("phone_build_info_info{{service=\"{name}\"")),
+            "{metrics}"
+        );
         let started = format!(
             "phone_grpc_server_started_total{{service=\"{name}\",method=\"/grpc.health.v1.Health/Check\"}}"
         );
@@ -167,7 +195,10 @@ async fn starts_prints_addresses_and_every_service_is_healthy() {
             .trim()
             .parse()
             .unwrap();
-        assert!(count >= 3, "phone's own check and ours are counted: {count}");
+        assert!(
+            count >= 3,
+            "phone's own check and ours are counted: {count}"
+        );
     }
 }
 
@@ -197,7 +228,10 @@ mod phone_proto_client {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_reports_not_serving_then_exits_cleanly_within_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let mut phone = start(dir.path(), &["--drain-delay", "3s", "--drain-deadline", "10s"]);
+    let mut phone = start(
+        dir.path(),
+        &["--drain-delay", "3s", "--drain-deadline", "10s"],
+    );
     let (router, router_admin) = phone.services["router"];
     let sent = Instant::now();
     sigterm(&phone.child);
@@ -212,7 +246,10 @@ async fn sigterm_reports_not_serving_then_exits_cleanly_within_the_deadline() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(saw_not_serving, "health never reported NOT_SERVING after SIGTERM");
+    assert!(
+        saw_not_serving,
+        "health never reported NOT_SERVING after SIGTERM"
+    );
     let (status, _) = http_get(router_admin, "/readyz");
     assert_eq!(status, 503, "/readyz fails while draining");
 
@@ -229,10 +266,30 @@ async fn sigterm_reports_not_serving_then_exits_cleanly_within_the_deadline() {
 #[test]
 fn broken_config_files_stop_phone_with_file_line_and_message() {
     let cases = [
-        ("sip.conf", "type=friend", "type=sometimes", "sip.conf:6: type: expected friend, peer or user (got 'sometimes')"),
-        ("extensions.conf", "  same => n,Dial(SIP/${EXTEN},20)", "  same => n,Dial(SIP/${EXTEN},20", "extensions.conf:3: application 'Dial' has no closing ')'"),
-        ("voicemail.conf", "maxlogins=3", "maxlogins=three", "voicemail.conf:8: maxlogins: expected a whole number (got 'three')"),
-        ("voicemail.conf", "[zonemessages]", "[zonemessages", "voicemail.conf:14: section header has no closing ']'"),
+        (
+            "sip.conf",
+            "type=friend",
+            "type=sometimes",
+            "sip.conf:6: type: expected friend, peer or user (got 'sometimes')",
+        ),
+        (
+            "extensions.conf",
+            "  same => n,Dial(SIP/${EXTEN},20)",
+            "  same => n,Dial(SIP/${EXTEN},20",
+            "extensions.conf:3: application 'Dial' has no closing ')'",
+        ),
+        (
+            "voicemail.conf",
+            "maxlogins=3",
+            "maxlogins=three",
+            "voicemail.conf:8: maxlogins: expected a whole number (got 'three')",
+        ),
+        (
+            "voicemail.conf",
+            "[zonemessages]",
+            "[zonemessages",
+            "voicemail.conf:14: section header has no closing ']'",
+        ),
     ];
     for (file, from, to, expected) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -255,7 +312,11 @@ fn broken_config_files_stop_phone_with_file_line_and_message() {
             .args(["--sip-bind", "127.0.0.1:0"])
             .output()
             .unwrap();
-        assert!(!output.status.success(), "{file}: exit status {}", output.status);
+        assert!(
+            !output.status.success(),
+            "{file}: exit status {}",
+            output.status
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         let wanted = format!("phone: {}/{expected}", config.display());
         assert!(

@@ -36,7 +36,11 @@ pub struct Config {
     pub config_dir: PathBuf,
     #[arg(long, env = "PHONE_EDGE_URL", default_value = "http://sip-edge:50051")]
     pub edge_url: String,
-    #[arg(long, env = "PHONE_VOICEMAIL_URL", default_value = "http://voicemail:50051")]
+    #[arg(
+        long,
+        env = "PHONE_VOICEMAIL_URL",
+        default_value = "http://voicemail:50051"
+    )]
     pub voicemail_url: String,
 }
 

@@ -51,9 +51,17 @@ pub struct Config {
     pub advertise_ip: Option<std::net::IpAddr>,
     #[arg(long, env = "PHONE_ROUTER_URL", default_value = "http://router:50051")]
     pub router_url: String,
-    #[arg(long, env = "PHONE_MEDIA_RELAY_URL", default_value = "http://media-relay:50051")]
+    #[arg(
+        long,
+        env = "PHONE_MEDIA_RELAY_URL",
+        default_value = "http://media-relay:50051"
+    )]
     pub media_relay_url: String,
-    #[arg(long, env = "PHONE_VOICEMAIL_URL", default_value = "http://voicemail:50051")]
+    #[arg(
+        long,
+        env = "PHONE_VOICEMAIL_URL",
+        default_value = "http://voicemail:50051"
+    )]
     pub voicemail_url: String,
 }
 
@@ -171,7 +179,11 @@ impl Bound {
         in_flight.spawn(accept_tcp(tcp, metrics, shutdown.clone()));
         let routes = tonic::service::Routes::new(EdgeServer::new(EdgeApi));
         server
-            .serve(routes, &[<EdgeServer<EdgeApi> as NamedService>::NAME], shutdown)
+            .serve(
+                routes,
+                &[<EdgeServer<EdgeApi> as NamedService>::NAME],
+                shutdown,
+            )
             .await?;
         Ok(())
     }
@@ -184,7 +196,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
 
 async fn receive_udp(socket: UdpSocket, metrics: SipMetrics, shutdown: Shutdown) {
     let mut buffer = vec![0u8; 65_535];
-    let counter = metrics.received.get_or_create(&TransportLabel { transport: "udp" }).clone();
+    let counter = metrics
+        .received
+        .get_or_create(&TransportLabel { transport: "udp" })
+        .clone();
     loop {
         tokio::select! {
             _ = shutdown.triggered() => return,
@@ -200,7 +215,10 @@ async fn receive_udp(socket: UdpSocket, metrics: SipMetrics, shutdown: Shutdown)
 }
 
 async fn accept_tcp(listener: TcpListener, metrics: SipMetrics, shutdown: Shutdown) {
-    let counter = metrics.received.get_or_create(&TransportLabel { transport: "tcp" }).clone();
+    let counter = metrics
+        .received
+        .get_or_create(&TransportLabel { transport: "tcp" })
+        .clone();
     loop {
         tokio::select! {
             _ = shutdown.triggered() => return,
