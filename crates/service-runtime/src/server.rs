@@ -189,6 +189,22 @@ impl GrpcServer {
         self.in_flight.clone()
     }
 
+    /// Serves one gRPC service (the service's API) with health and admin until
+    /// `shutdown`, then drains; health reports it under its gRPC name.
+    pub async fn serve_one<S>(self, service: S, shutdown: Shutdown) -> Result<(), Error>
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.serve(Routes::new(service), &[S::NAME], shutdown).await
+    }
+
     /// Serves `routes` (the service's gRPC API) with health and admin until `shutdown`,
     /// then drains. `health_names` are the gRPC service names reported in the health
     /// service (besides "", the whole server).

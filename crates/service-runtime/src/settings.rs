@@ -188,6 +188,19 @@ mod tests {
     }
 
     #[test]
+    fn a_flag_without_its_env_name_is_reported() {
+        let command = clap::Command::new("x")
+            .arg(clap::Arg::new("a").long("sip-bind").env("SIP_BIND"))
+            .arg(clap::Arg::new("b").long("rtp-ports"));
+        let err = check_env_names(&command).unwrap_err();
+        assert_eq!(
+            err,
+            "--sip-bind reads \"SIP_BIND\", expected PHONE_SIP_BIND; \
+             --rtp-ports has no environment variable (PHONE_RTP_PORTS)"
+        );
+    }
+
+    #[test]
     fn flag_wins_over_env_and_env_is_read() {
         // Each parse gets its own variable lookup through clap; set a variable that no
         // other test in this binary reads.

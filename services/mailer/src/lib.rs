@@ -19,7 +19,6 @@ use phone_proto::mailer::v1::{
 };
 use service_runtime::grpc::not_yet;
 use service_runtime::{CommonArgs, GrpcServer, ServiceInfo, Shutdown};
-use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
 pub const NAME: &str = "mailer";
@@ -69,13 +68,8 @@ impl Bound {
     }
 
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
-        let routes = tonic::service::Routes::new(MailerServer::new(MailerApi));
         self.server
-            .serve(
-                routes,
-                &[<MailerServer<MailerApi> as NamedService>::NAME],
-                shutdown,
-            )
+            .serve_one(MailerServer::new(MailerApi), shutdown)
             .await?;
         Ok(())
     }
@@ -109,15 +103,5 @@ impl Mailer for MailerApi {
         _: Request<ListPendingRequest>,
     ) -> Result<Response<ListPendingResponse>, Status> {
         Err(not_yet("Mailer.ListPending", ISSUE))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    #[test]
-    fn every_flag_has_its_env_variable() {
-        service_runtime::settings::check_env_names(&super::Config::command()).unwrap();
     }
 }

@@ -296,9 +296,21 @@ pub fn write_example_config(data_dir: &Path) -> Result<PathBuf, Error> {
 mod tests {
     use clap::CommandFactory;
 
+    /// `--sip-bind` = `PHONE_SIP_BIND`, for every flag of every binary.
     #[test]
-    fn every_flag_has_its_env_variable() {
-        service_runtime::settings::check_env_names(&super::Config::command()).unwrap();
+    fn every_flag_of_every_binary_has_its_env_variable() {
+        for command in [
+            super::Config::command(),
+            sip_edge::Config::command(),
+            router::Config::command(),
+            media_relay::Config::command(),
+            voicemail::Config::command(),
+            mailer::Config::command(),
+        ] {
+            let name = command.get_name().to_owned();
+            service_runtime::settings::check_env_names(&command)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 
     #[test]

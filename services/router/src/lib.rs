@@ -20,7 +20,6 @@ use phone_proto::router::v1::call_control_server::{CallControl, CallControlServe
 use phone_proto::router::v1::{ChannelEvent, DialplanCommand};
 use service_runtime::grpc::{client_channel, not_yet, TracedChannel};
 use service_runtime::{CommonArgs, GrpcServer, ServiceInfo, Shutdown};
-use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
 pub const NAME: &str = "router";
@@ -86,13 +85,8 @@ impl Bound {
     }
 
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
-        let routes = tonic::service::Routes::new(CallControlServer::new(Router));
         self.server
-            .serve(
-                routes,
-                &[<CallControlServer<Router> as NamedService>::NAME],
-                shutdown,
-            )
+            .serve_one(CallControlServer::new(Router), shutdown)
             .await?;
         Ok(())
     }
@@ -115,15 +109,5 @@ impl CallControl for Router {
         _request: Request<Streaming<ChannelEvent>>,
     ) -> Result<Response<Self::RunStream>, Status> {
         Err(not_yet("CallControl.Run (the dialplan interpreter)", 3))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    #[test]
-    fn every_flag_has_its_env_variable() {
-        service_runtime::settings::check_env_names(&super::Config::command()).unwrap();
     }
 }

@@ -25,7 +25,6 @@ use prometheus_client::metrics::family::Family;
 use service_runtime::grpc::{client_channel, not_yet, TracedChannel};
 use service_runtime::{CommonArgs, GrpcServer, ServiceInfo, Shutdown};
 use tokio::net::{TcpListener, UdpSocket};
-use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
 pub const NAME: &str = "sip-edge";
@@ -177,14 +176,7 @@ impl Bound {
         let in_flight = server.in_flight();
         in_flight.spawn(receive_udp(udp, metrics.clone(), shutdown.clone()));
         in_flight.spawn(accept_tcp(tcp, metrics, shutdown.clone()));
-        let routes = tonic::service::Routes::new(EdgeServer::new(EdgeApi));
-        server
-            .serve(
-                routes,
-                &[<EdgeServer<EdgeApi> as NamedService>::NAME],
-                shutdown,
-            )
-            .await?;
+        server.serve_one(EdgeServer::new(EdgeApi), shutdown).await?;
         Ok(())
     }
 }
@@ -251,15 +243,5 @@ impl Edge for EdgeApi {
         _request: Request<ListRegistrationsRequest>,
     ) -> Result<Response<ListRegistrationsResponse>, Status> {
         Err(not_yet("Edge.ListRegistrations", 4))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    #[test]
-    fn every_flag_has_its_env_variable() {
-        service_runtime::settings::check_env_names(&super::Config::command()).unwrap();
     }
 }

@@ -23,7 +23,6 @@ use phone_proto::voicemail::v1::{
 };
 use service_runtime::grpc::{client_channel, not_yet, TracedChannel};
 use service_runtime::{CommonArgs, GrpcServer, ServiceInfo, Shutdown};
-use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
 pub const NAME: &str = "voicemail";
@@ -91,13 +90,8 @@ impl Bound {
     }
 
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
-        let routes = tonic::service::Routes::new(VoicemailServer::new(VoicemailApi));
         self.server
-            .serve(
-                routes,
-                &[<VoicemailServer<VoicemailApi> as NamedService>::NAME],
-                shutdown,
-            )
+            .serve_one(VoicemailServer::new(VoicemailApi), shutdown)
             .await?;
         Ok(())
     }
@@ -143,15 +137,5 @@ impl Voicemail for VoicemailApi {
         _: Request<MailboxCountsRequest>,
     ) -> Result<Response<MailboxCountsResponse>, Status> {
         Err(not_yet("Voicemail.MailboxCounts", ISSUE))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    #[test]
-    fn every_flag_has_its_env_variable() {
-        service_runtime::settings::check_env_names(&super::Config::command()).unwrap();
     }
 }
