@@ -243,6 +243,15 @@ pub fn from_config(config: Config) -> Result<SipConf, Error> {
         if section.is_template || section.name == "general" {
             continue;
         }
+        if section.name == "authentication" {
+            // chan_sip's realm-wide `auth = user:secret@realm` credentials, not a peer.
+            warnings.push(Warning {
+                location: section.location.clone(),
+                message: "[authentication] is not supported; give the peer username= and secret="
+                    .into(),
+            });
+            continue;
+        }
         let peer = build_peer(section, &general, &defaults, &mut warnings)?;
         if let Some(previous) = peers.iter().position(|p| p.name == peer.name) {
             warnings.push(Warning {
@@ -777,6 +786,15 @@ mod tests {
         ] {
             assert_eq!(parse(text).unwrap_err().to_string(), expected);
         }
+    }
+
+    #[test]
+    fn the_authentication_section_is_not_a_peer() {
+        let conf = parse("[authentication]\nauth=u:p@realm\n[p]\ntype=peer\nhost=h\n").unwrap();
+        assert_eq!(conf.peers.len(), 1);
+        assert!(conf.warnings[0]
+            .message
+            .contains("[authentication] is not supported"));
     }
 
     #[test]

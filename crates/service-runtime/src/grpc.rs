@@ -125,7 +125,10 @@ impl GrpcMetrics {
     }
 }
 
-/// The server-side layer: a span per request, child of the caller's trace, and metrics.
+/// The gRPC name of the standard health service, whose requests get no span.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// The server-side layer: a span per request (health checks excepted), child of the caller's trace, and metrics.
 #[derive(Debug, Clone)]
 pub struct ServerTraceLayer {
     service: &'static str,
@@ -177,6 +180,28 @@ where
             .trim_start_matches('/')
             .split_once('/')
             .unwrap_or((path.as_str(), ""));
+        let labels = MethodLabels {
+            service: self.layer.service.to_owned(),
+            method: path.clone(),
+        };
+        self.layer.metrics.started.get_or_create(&labels).inc();
+        let metrics = self.layer.metrics.clone();
+        let started = Instant::now();
+        let timed = |future: S::Future| async move {
+            let result = future.await;
+            metrics
+                .handling
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            result
+        };
+
+        // Probes run every few seconds on every pod; a trace each would drown the calls
+        // in Tempo. They are counted, not traced.
+        if rpc_service == HEALTH_SERVICE {
+            return Box::pin(timed(self.inner.call(request)));
+        }
+
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(request.headers()))
         });
@@ -190,26 +215,8 @@ where
             phone.service = self.layer.service,
         );
         let _ = span.set_parent(parent);
-
-        let labels = MethodLabels {
-            service: self.layer.service.to_owned(),
-            method: path.clone(),
-        };
-        self.layer.metrics.started.get_or_create(&labels).inc();
-        let metrics = self.layer.metrics.clone();
-        let started = Instant::now();
         let future = span.in_scope(|| self.inner.call(request));
-        Box::pin(
-            async move {
-                let result = future.await;
-                metrics
-                    .handling
-                    .get_or_create(&labels)
-                    .observe(started.elapsed().as_secs_f64());
-                result
-            }
-            .instrument(span),
-        )
+        Box::pin(timed(future).instrument(span))
     }
 }
 

@@ -79,21 +79,36 @@ async fn spans_are_exported_over_otlp_when_the_endpoint_is_set() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line == "ready")
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line == "ready" {
+                return Some(lines);
+            }
+            lines.push(line);
+        }
+        None
     });
-    assert!(
-        tokio::time::timeout(Duration::from_secs(60), ready)
-            .await
-            .unwrap()
-            .unwrap(),
-        "phone printed ready"
-    );
-    // phone's own start-up health checks are gRPC requests, each a server span. The
-    // batch exporter sends them on shutdown at the latest.
+    let lines = tokio::time::timeout(Duration::from_secs(60), lines)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("phone printed ready");
+    let mailer = lines
+        .iter()
+        .find(|l| l.starts_with("mailer "))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("grpc=")))
+        .unwrap()
+        .to_owned();
+
+    // An RPC from a traced client: the mailer's server span goes to the receiver.
+    let channel = service_runtime::grpc::client_channel(&format!("http://{mailer}")).unwrap();
+    let answer = phone_proto::mailer::v1::mailer_client::MailerClient::new(channel)
+        .list_pending(phone_proto::mailer::v1::ListPendingRequest {})
+        .await;
+    assert_eq!(answer.unwrap_err().code(), tonic::Code::Unimplemented);
+
+    // The batch exporter sends what it holds on shutdown at the latest.
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -109,7 +124,14 @@ async fn spans_are_exported_over_otlp_when_the_endpoint_is_set() {
     assert!(
         spans
             .iter()
-            .any(|(service, name)| service == "phone" && name == "grpc.health.v1.Health/Check"),
-        "health-check server spans exported with service.name=phone: {spans:?}"
+            .any(|(service, name)| service == "phone"
+                && name == "phone.mailer.v1.Mailer/ListPending"),
+        "the RPC's server span exported with service.name=phone: {spans:?}"
+    );
+    assert!(
+        !spans
+            .iter()
+            .any(|(_, name)| name.starts_with("grpc.health.v1.Health")),
+        "health checks (phone's own start-up probes) are not traced: {spans:?}"
     );
 }
