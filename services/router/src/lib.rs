@@ -1,26 +1,42 @@
 //! `router`: the dialplan. It reads Asterisk's `extensions.conf` and, for every channel
 //! the edge opens a call-control stream for (`phone.router.v1.CallControl/Run`), runs
-//! the dialplan from the channel's context and extension, sending commands (dial,
-//! answer, connect to voicemail, hang up) and reacting to what the edge reports. It is
-//! stateless between calls, so it scales to any number of replicas.
+//! the dialplan from the channel's context and extension: it sends commands (answer,
+//! dial, connect to voicemail, hang up) and reacts to what the edge and the voicemail
+//! service report. It keeps nothing between calls, so any number of replicas can run.
 //!
-//! What runs today (issue #2): `extensions.conf` is loaded into the dialplan AST and
-//! checked at start (a broken file stops the process with `file:line: message`); the
-//! gRPC API, health, metrics and drain run. The interpreter is issue #3; until then
-//! `Run` answers UNIMPLEMENTED.
+//! Layers (STYLE.md, habit 7):
+//!
+//! - [`pattern`], [`text`], [`expr`], [`subst`], [`apps`]: the language: extension
+//!   patterns in Asterisk's order, text that remembers what came from the caller (no
+//!   dial-string or expression injection), `$[...]`, `${...}`, application arguments.
+//! - [`dialplan`]: `extensions.conf` compiled for lookup, and the check of what this
+//!   router cannot run.
+//! - [`call`]: the interpreter of one channel, sans-IO: state plus event gives commands.
+//! - [`service`]: the gRPC layer that moves events and commands, reload, metrics.
+//!
+//! The reference is Asterisk's documented behaviour; where this router differs, the
+//! module that differs says so (`call`, `expr`, `text`, `dialplan`).
 
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
-use std::pin::Pin;
+pub mod apps;
+pub mod call;
+pub mod dialplan;
+pub mod expr;
+pub mod pattern;
+pub mod service;
+pub mod subst;
+pub mod text;
 
-use asterisk_conf::extensions::Dialplan;
-use futures::Stream;
-use phone_proto::router::v1::call_control_server::{CallControl, CallControlServer};
-use phone_proto::router::v1::{ChannelEvent, DialplanCommand};
-use service_runtime::grpc::{client_channel, not_yet, TracedChannel};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use service_runtime::grpc::client_channel;
+use service_runtime::settings::parse_duration;
 use service_runtime::{CommonArgs, GrpcServer, ServiceInfo, Shutdown};
-use tonic::{Request, Response, Status, Streaming};
+
+pub use dialplan::Dialplan;
 
 pub const NAME: &str = "router";
 
@@ -41,6 +57,14 @@ pub struct Config {
         default_value = "http://voicemail:50051"
     )]
     pub voicemail_url: String,
+    /// How often extensions.conf (and what it includes) is checked for changes; new
+    /// calls use the new version, calls in progress finish on theirs. 0 turns it off.
+    #[arg(long, env = "PHONE_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+    /// List every line of extensions.conf this router cannot run, with file:line, and
+    /// exit: 0 when there is none, 1 otherwise. Nothing is served.
+    #[arg(long, env = "PHONE_CHECK_DIALPLAN")]
+    pub check_dialplan: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,30 +73,75 @@ pub enum Error {
     Config(#[from] asterisk_conf::Error),
     #[error(transparent)]
     Runtime(#[from] service_runtime::Error),
+    #[error("{count} line(s) of the dialplan cannot run here (listed above)")]
+    Unsupported { count: usize },
+}
+
+/// Reads and compiles `extensions.conf` in `dir`.
+pub fn load_dialplan(
+    dir: &Path,
+) -> Result<(Arc<Dialplan>, asterisk_conf::extensions::Dialplan), Error> {
+    let ast = asterisk_conf::extensions::load(dir.join("extensions.conf"))?;
+    Ok((Dialplan::compile(&ast), ast))
+}
+
+/// The check mode: every unsupported line, as `file:line: message`.
+pub fn check(dir: &Path) -> Result<Vec<String>, Error> {
+    let (plan, _) = load_dialplan(dir)?;
+    Ok(plan.check().iter().map(ToString::to_string).collect())
+}
+
+/// Prints the check's findings and turns them into the exit status.
+pub fn run_check(dir: &Path) -> Result<(), Error> {
+    let findings = check(dir)?;
+    for line in &findings {
+        println!("{line}");
+    }
+    if findings.is_empty() {
+        println!(
+            "{}: every line can run",
+            dir.join("extensions.conf").display()
+        );
+        Ok(())
+    } else {
+        Err(Error::Unsupported {
+            count: findings.len(),
+        })
+    }
 }
 
 /// The router with its dialplan loaded and its port bound.
 pub struct Bound {
     server: GrpcServer,
-    dialplan: Dialplan,
-    /// Clients for VoiceMail()/VoiceMailMain() and the edge; used by issue #3.
-    #[allow(dead_code)]
-    peers: [TracedChannel; 2],
+    router: service::Router,
+    reload: Option<service::Reloader>,
+    contexts: usize,
 }
 
 /// Loads extensions.conf and binds the gRPC port.
 pub async fn bind(config: Config) -> Result<Bound, Error> {
-    let dialplan = asterisk_conf::extensions::load(config.config_dir.join("extensions.conf"))?;
-    service_runtime::log_config_warnings(&dialplan.warnings);
-    let server = GrpcServer::bind(NAME, &config.common).await?;
-    let peers = [
-        client_channel(&config.edge_url)?,
-        client_channel(&config.voicemail_url)?,
-    ];
+    let (dialplan, ast) = load_dialplan(&config.config_dir)?;
+    service_runtime::log_config_warnings(&ast.warnings);
+    for line in dialplan.check() {
+        tracing::warn!("{line}");
+    }
+    let mut server = GrpcServer::bind(NAME, &config.common).await?;
+    let metrics = service::Metrics::register(server.registry());
+    let voicemail = client_channel(&config.voicemail_url)?;
+    let router = service::Router::new(dialplan, voicemail, metrics, server.in_flight());
+    let reload = (!config.reload_interval.is_zero()).then(|| {
+        service::Reloader::new(
+            config.config_dir.join("extensions.conf"),
+            &ast,
+            config.reload_interval,
+            router.clone(),
+        )
+    });
     Ok(Bound {
         server,
-        dialplan,
-        peers,
+        router,
+        reload,
+        contexts: ast.contexts.len(),
     })
 }
 
@@ -80,34 +149,31 @@ impl Bound {
     pub fn info(&self) -> ServiceInfo {
         let mut info = self.server.info();
         info.extra
-            .push(("contexts".into(), self.dialplan.contexts.len().to_string()));
+            .push(("contexts".into(), self.contexts.to_string()));
         info
     }
 
+    /// The dialplan new calls start on (tests).
+    pub fn router(&self) -> &service::Router {
+        &self.router
+    }
+
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
+        if let Some(reload) = self.reload {
+            tokio::spawn(reload.run(shutdown.clone()));
+        }
         self.server
-            .serve_one(CallControlServer::new(Router), shutdown)
+            .serve_one(self.router.into_server(), shutdown)
             .await?;
         Ok(())
     }
 }
 
-/// Loads, binds and serves until `shutdown`, then drains.
+/// Loads, binds and serves until `shutdown`, then drains. With `--check-dialplan`,
+/// prints the check and returns instead.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
-    bind(config).await?.run(shutdown).await
-}
-
-/// `phone.router.v1.CallControl`.
-struct Router;
-
-#[tonic::async_trait]
-impl CallControl for Router {
-    type RunStream = Pin<Box<dyn Stream<Item = Result<DialplanCommand, Status>> + Send>>;
-
-    async fn run(
-        &self,
-        _request: Request<Streaming<ChannelEvent>>,
-    ) -> Result<Response<Self::RunStream>, Status> {
-        Err(not_yet("CallControl.Run (the dialplan interpreter)", 3))
+    if config.check_dialplan {
+        return run_check(&config.config_dir);
     }
+    bind(config).await?.run(shutdown).await
 }
