@@ -797,7 +797,10 @@ impl Call {
             self.state = State::Finished;
             return;
         }
+        // Asterisk indicates busy or congestion after a failed Dial; on an answered
+        // channel that means nothing and the call simply clears.
         let cause = match self.variables.get("DIALSTATUS").map(Text::as_str) {
+            _ if self.answered => cause::NORMAL_CLEARING,
             Some("BUSY") => cause::USER_BUSY,
             Some("CONGESTION" | "CHANUNAVAIL") => cause::CONGESTION,
             _ => cause::NORMAL_CLEARING,

@@ -102,26 +102,20 @@ fn matching(text: &Text, from: usize, open: u8, close: u8) -> Option<usize> {
     None
 }
 
-/// `NAME`, `NAME:o:l`, `FUNC(args)`, `FUNC(args):o:l`.
+/// `NAME`, `NAME:o:l`, `FUNC(args)`, `FUNC(args):o:l`. The structure (the function
+/// name, its parentheses, the `:` of a substring) must be dialplan text; arguments may
+/// hold the caller's. A name that is (partly) the caller's is a plain variable.
 fn resolve(name: &Text, env: &dyn Env, warnings: &mut Vec<String>) -> Text {
-    if name.has_outside() {
-        // Made (partly) from outside: a plain variable name, nothing more.
-        return env.variable(name.as_str()).unwrap_or_default();
-    }
-    let s = name.as_str();
-    let (base, substring) = split_substring(s);
-    let value = match function_call(base) {
-        Some((function, args)) => {
-            let args = Text::trusted(args);
-            match call_function(function, &args, env) {
-                Ok(v) => v,
-                Err(message) => {
-                    warnings.push(message);
-                    Text::default()
-                }
+    let (base, substring) = split_substring(name);
+    let value = match function_parts(&base) {
+        Some((function, args)) => match call_function(&function, &args, env) {
+            Ok(v) => v,
+            Err(message) => {
+                warnings.push(message);
+                Text::default()
             }
-        }
-        None => env.variable(base).unwrap_or_default(),
+        },
+        None => env.variable(base.as_str()).unwrap_or_default(),
     };
     match substring {
         Some((offset, length)) => value.substring(offset, length),
@@ -129,10 +123,14 @@ fn resolve(name: &Text, env: &dyn Env, warnings: &mut Vec<String>) -> Text {
     }
 }
 
-/// Splits `NAME:offset:length` at the first `:` outside parentheses.
-fn split_substring(s: &str) -> (&str, Option<(i64, Option<i64>)>) {
+/// Splits `NAME:offset:length` at the first dialplan `:` outside dialplan parentheses.
+fn split_substring(name: &Text) -> (Text, Option<(i64, Option<i64>)>) {
+    let s = name.as_str();
     let mut depth = 0usize;
     for (i, c) in s.char_indices() {
+        if name.is_outside(i) {
+            continue;
+        }
         match c {
             '(' => depth += 1,
             ')' => depth = depth.saturating_sub(1),
@@ -142,12 +140,30 @@ fn split_substring(s: &str) -> (&str, Option<(i64, Option<i64>)>) {
                     Some((o, l)) => (o, Some(leading_int(l))),
                     None => (spec, None),
                 };
-                return (&s[..i], Some((leading_int(offset), length)));
+                return (name.slice(0, i), Some((leading_int(offset), length)));
             }
             _ => {}
         }
     }
-    (s, None)
+    (name.clone(), None)
+}
+
+/// `FUNC(args)` with a dialplan-written name and parentheses.
+fn function_parts(base: &Text) -> Option<(String, Text)> {
+    let s = base.as_str();
+    let open = base.find_trusted('(')?;
+    let close = s.len().checked_sub(1)?;
+    if !s.ends_with(')') || base.is_outside(close) || close <= open {
+        return None;
+    }
+    let name = &s[..open];
+    if name.is_empty()
+        || (0..open).any(|i| base.is_outside(i))
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return None;
+    }
+    Some((name.to_owned(), base.slice(open + 1, close)))
 }
 
 /// C's `atoi`: the leading integer, 0 when there is none.
@@ -246,6 +262,9 @@ fn cut(args: &Text, env: &dyn Env) -> Result<Text, String> {
         .and_then(|d| d.as_str().chars().next())
         .unwrap_or('-');
     let spec = rest.get(1).map(Text::as_str).unwrap_or("1");
+    if var.has_outside() {
+        return Err("CUT: the variable name comes from the caller; refused".into());
+    }
     let value = env.variable(var.as_str().trim()).unwrap_or_default();
     let mut starts = vec![0];
     starts.extend(
