@@ -44,6 +44,8 @@ async fn trace_context_crosses_grpc_between_services() {
         config_dir: example_config_dir(),
         edge_url: "http://127.0.0.1:9".into(),
         voicemail_url: "http://127.0.0.1:9".into(),
+        reload_interval: std::time::Duration::ZERO,
+        check_dialplan: false,
     })
     .await
     .unwrap();

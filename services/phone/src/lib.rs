@@ -65,6 +65,10 @@ pub struct Config {
     /// After SIGTERM, the longest wait for calls and requests in flight.
     #[arg(long, env = "PHONE_DRAIN_DEADLINE", default_value = "30s", value_parser = parse_duration)]
     pub drain_deadline: Duration,
+    /// List every line of extensions.conf the router cannot run (file:line) and exit:
+    /// 0 when there is none, 1 otherwise. Nothing starts.
+    #[arg(long, env = "PHONE_CHECK_DIALPLAN")]
+    pub check_dialplan: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +107,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         Some(dir) => dir.clone(),
         None => write_example_config(&config.data_dir)?,
     };
+    if config.check_dialplan {
+        return router::run_check(&config_dir).map_err(Error::from);
+    }
     let data_dir = |service: &str| -> Result<PathBuf, Error> {
         let path = config.data_dir.join(service);
         std::fs::create_dir_all(&path).map_err(|source| Error::DataDir {
@@ -144,6 +151,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         config_dir: config_dir.clone(),
         edge_url: url(&listeners.edge),
         voicemail_url: url(&listeners.voicemail),
+        reload_interval: Duration::from_secs(2),
+        check_dialplan: false,
     })
     .await?;
     let media_relay = media_relay::bind(media_relay::Config {

@@ -342,3 +342,37 @@ fn a_missing_config_file_is_named() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("sip.conf: cannot read:"), "{stderr}");
 }
+
+#[test]
+fn check_dialplan_lists_what_cannot_run_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: Option<&Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_phone"));
+        command
+            .arg("--check-dialplan")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"));
+        if let Some(config) = config {
+            command.arg("--config-dir").arg(config);
+        }
+        command.output().unwrap()
+    };
+    // The shipped example: everything runs.
+    let output = run(None);
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("every line can run"));
+
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    std::fs::write(
+        config.join("extensions.conf"),
+        "[c]\nexten => s,1,Playback(x)\nsame => n,Queue(support)\n",
+    )
+    .unwrap();
+    let output = run(Some(&config));
+    assert!(!output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("{}/extensions.conf:3: application Queue() is not supported; a call reaching it is hung up\n", config.display())
+    );
+}

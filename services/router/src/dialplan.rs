@@ -235,7 +235,8 @@ impl Context {
 
 fn compile_context(ctx: &ast::Context, unsupported: &mut Vec<Unsupported>) -> Context {
     // Group lines by (extension, caller ID) as written.
-    let mut groups: Vec<((String, Option<String>), Vec<&ast::ExtensionLine>)> = Vec::new();
+    type Key = (String, Option<String>);
+    let mut groups: Vec<(Key, Vec<&ast::ExtensionLine>)> = Vec::new();
     for line in &ctx.lines {
         if line.priority == Priority::Hint {
             continue;
