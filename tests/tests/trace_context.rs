@@ -1,6 +1,7 @@
 //! Trace context crosses a gRPC call between services: the caller's span (as the edge
-//! opening a call-control stream) and the router's server span share one trace id, and
-//! the server span is the caller's child. Spans are captured by an in-test exporter.
+//! opening a call-control stream) and the router's server span share one trace id, the
+//! server span is the caller's child, and the router's span for the call's dialplan run
+//! is the server span's child. Spans are captured by an in-test exporter.
 
 use std::time::Duration;
 
@@ -57,12 +58,22 @@ async fn trace_context_crosses_grpc_between_services() {
     let call_span =
         tracing::info_span!("sip-edge.call", otel.kind = "client", call_id = "abc@edge");
     let mut client = CallControlClient::new(service_runtime::grpc::client_channel(&url).unwrap());
-    let answer = client
-        .run(tokio_stream_once(new_channel()))
+    let (events, stream) = one_event_then_open(new_channel());
+    let mut commands = client
+        .run(stream)
         .instrument(call_span)
-        .await;
-    // The interpreter is issue #3; the trace is what this test is about.
-    assert_eq!(answer.unwrap_err().code(), tonic::Code::Unimplemented);
+        .await
+        .unwrap()
+        .into_inner();
+    // The router runs the seed's [inbound]: its first command dials the desk phone.
+    let first = commands.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.command,
+        Some(phone_proto::router::v1::dialplan_command::Command::Dial(_))
+    ));
+    // The edge closes its side: the caller hung up.
+    drop(events);
+    assert!(commands.message().await.unwrap().is_none(), "the call ends");
 
     // A call without the interceptor starts a trace of its own: the check below can fail.
     let plain = tonic::transport::Endpoint::from_shared(url.clone())
@@ -70,11 +81,15 @@ async fn trace_context_crosses_grpc_between_services() {
         .connect()
         .await
         .unwrap();
-    let answer = CallControlClient::new(plain)
-        .run(tokio_stream_once(new_channel()))
+    let (events, stream) = one_event_then_open(new_channel());
+    let mut commands = CallControlClient::new(plain)
+        .run(stream)
         .instrument(tracing::info_span!("untraced.call"))
-        .await;
-    assert!(answer.is_err());
+        .await
+        .unwrap()
+        .into_inner();
+    drop(events);
+    while commands.message().await.unwrap().is_some() {}
 
     let spans = wait_until(Duration::from_secs(10), || {
         let spans = finished(&exporter);
@@ -82,8 +97,12 @@ async fn trace_context_crosses_grpc_between_services() {
             .iter()
             .filter(|s| s.name == "phone.router.v1.CallControl/Run")
             .count();
-        let clients = spans.iter().filter(|s| s.name.ends_with(".call")).count();
-        std::future::ready((servers == 2 && clients == 2).then_some(spans))
+        let clients = spans
+            .iter()
+            .filter(|s| s.name.ends_with(".call") && !s.name.starts_with("router"))
+            .count();
+        let calls = spans.iter().filter(|s| s.name == "router.call").count();
+        std::future::ready((servers == 2 && clients == 2 && calls == 2).then_some(spans))
     })
     .await
     .unwrap_or_else(|| panic!("spans not exported: {:#?}", finished(&exporter)));
@@ -116,6 +135,16 @@ async fn trace_context_crosses_grpc_between_services() {
         Some("router")
     );
     assert_eq!(attribute(traced, "rpc.method").as_deref(), Some("Run"));
+    // The dialplan run of the call is a child of the router's server span.
+    let run = spans
+        .iter()
+        .find(|s| {
+            s.name == "router.call"
+                && s.span_context.trace_id() == client_span.span_context.trace_id()
+        })
+        .expect("the call's dialplan span is in the caller's trace");
+    assert_eq!(run.parent_span_id, traced.span_context.span_id());
+    assert_eq!(attribute(run, "context").as_deref(), Some("inbound"));
 
     let untraced_client = find("untraced.call");
     let untraced = server_spans
@@ -136,10 +165,15 @@ async fn trace_context_crosses_grpc_between_services() {
     serving.await.unwrap().unwrap();
 }
 
-/// A request stream of one event that stays open (as the edge's does during a call).
-fn tokio_stream_once(
+/// A request stream that starts with `event` and stays open (as the edge's does during
+/// a call) until the returned sender is dropped.
+fn one_event_then_open(
     event: ChannelEvent,
-) -> impl futures::Stream<Item = ChannelEvent> + Send + 'static {
-    use futures::StreamExt;
-    futures::stream::once(async move { event }).chain(futures::stream::pending())
+) -> (
+    futures::channel::mpsc::UnboundedSender<ChannelEvent>,
+    futures::channel::mpsc::UnboundedReceiver<ChannelEvent>,
+) {
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tx.unbounded_send(event).unwrap();
+    (tx, rx)
 }

@@ -1356,5 +1356,7 @@ impl Env for Call {
 fn seconds(text: &str) -> Option<Duration> {
     let t = text.trim();
     let secs: f64 = t.parse().ok()?;
-    (0.0..1.0e7).contains(&secs).then(|| Duration::from_secs_f64(secs))
+    (0.0..1.0e7)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs))
 }

@@ -1,7 +1,7 @@
 //! The dialplan compiled for lookup: per context, plain extensions in a hash map and
-//! patterns in Asterisk's order, indexed by the first character they can match, so that
-//! finding the extension for a number costs a hash lookup and a scan of the few
-//! patterns that can start with its first digit.
+//! patterns in Asterisk's order, indexed by prefix (see [`PatternIndex`]), so that
+//! finding the extension for a number costs a few hash lookups and a scan of the few
+//! patterns that can start with its first digits.
 //!
 //! Lookup in a context (Asterisk's `pbx_find_extension`): its own extensions first
 //! (plain names, then patterns in `ext_cmp` order, an extension with a caller-ID match
@@ -50,10 +50,7 @@ pub struct Context {
     extensions: Vec<Extension>,
     /// Normalized plain name -> indices into `extensions` (caller-ID variants first).
     plain: HashMap<String, Vec<u32>>,
-    /// First byte -> indices of patterns that can start with it, in order.
-    by_first_byte: Vec<Vec<u32>>,
-    /// Patterns that match the empty number.
-    empty: Vec<u32>,
+    patterns: PatternIndex,
     includes: Vec<String>,
 }
 
@@ -218,14 +215,9 @@ impl Context {
                 return Some(i as usize);
             }
         }
-        let candidates = match number.bytes().find(|&b| b != b' ' && b != b'-') {
-            Some(first) => &self.by_first_byte[usize::from(first)],
-            None => &self.empty,
-        };
-        candidates
-            .iter()
-            .find(|&&i| self.extensions[i as usize].pattern.matches(number) && cid_ok(i))
-            .map(|&i| i as usize)
+        self.patterns.find(number, |i| {
+            self.extensions[i as usize].pattern.matches(number) && cid_ok(i)
+        })
     }
 
     pub fn extensions(&self) -> &[Extension] {
@@ -326,32 +318,19 @@ fn compile_context(ctx: &ast::Context, unsupported: &mut Vec<Unsupported>) -> Co
     });
 
     let mut plain: HashMap<String, Vec<u32>> = HashMap::new();
-    let mut by_first_byte = vec![Vec::new(); 256];
-    let mut empty = Vec::new();
+    let mut patterns = PatternIndex::default();
     for (i, e) in extensions.iter().enumerate() {
         let i = i as u32;
-        if let Some(name) = e.pattern.plain() {
-            plain.entry(name.to_owned()).or_default().push(i);
-            continue;
-        }
-        let (first, matches_empty) = e.pattern.first_bytes();
-        if let Some(set) = first {
-            for (b, bucket) in by_first_byte.iter_mut().enumerate() {
-                if set[b >> 6] & (1u64 << (b & 63)) != 0 {
-                    bucket.push(i);
-                }
-            }
-        }
-        if matches_empty {
-            empty.push(i);
+        match e.pattern.plain() {
+            Some(name) => plain.entry(name.to_owned()).or_default().push(i),
+            None => patterns.insert(i, &e.pattern),
         }
     }
     Context {
         name: ctx.name.clone(),
         extensions,
         plain,
-        by_first_byte,
-        empty,
+        patterns,
         includes: ctx
             .includes
             .iter()
@@ -383,4 +362,166 @@ fn unsupported_functions(args: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// How many leading bytes of a number the pattern index looks at.
+const INDEX_DEPTH: usize = 6;
+/// The most prefixes one pattern is filed under; a pattern whose leading positions
+/// allow more is filed under a shorter prefix.
+const INDEX_FANOUT: usize = 1000;
+
+/// Patterns filed by the bytes a matching number must start with.
+///
+/// A pattern is filed at depth `d` under every `d`-byte prefix its first `d` positions
+/// allow, `d` as large as possible up to [`INDEX_DEPTH`] without stopping at `.`/`!`
+/// and without more than [`INDEX_FANOUT`] prefixes (`_1323NXXXXXX` under `132`.. at
+/// depth 6 as 8 prefixes; `_X.` at depth 1 as 10; `_.` at depth 0, everywhere). To find
+/// a number, look up its first 0, 1, ... 6 bytes, one list per depth; each list is in
+/// Asterisk's order, so the answer is the lowest-ranked match among the lists' first
+/// matches. That is exactly the first match of the whole ordered list.
+#[derive(Debug, Default)]
+struct PatternIndex {
+    /// depth -> prefix (packed in a u64) -> pattern indices, ascending.
+    levels: [HashMap<u64, Vec<u32>, PrefixHasher>; INDEX_DEPTH + 1],
+}
+
+impl PatternIndex {
+    fn insert(&mut self, index: u32, pattern: &Pattern) {
+        let mut sets = pattern.leading_sets(INDEX_DEPTH);
+        while sets.iter().map(Vec::len).product::<usize>() > INDEX_FANOUT {
+            sets.pop();
+        }
+        let depth = sets.len();
+        let mut prefixes: Vec<u64> = vec![0];
+        for set in &sets {
+            prefixes = prefixes
+                .iter()
+                .flat_map(|p| set.iter().map(move |&b| (p << 8) | u64::from(b)))
+                .collect();
+        }
+        for prefix in prefixes {
+            // Indices arrive in ascending order, so every list stays sorted.
+            self.levels[depth].entry(prefix).or_default().push(index);
+        }
+    }
+
+    fn find(&self, number: &str, matches: impl Fn(u32) -> bool) -> Option<usize> {
+        let mut best = u32::MAX;
+        let mut prefix = 0u64;
+        let mut bytes = number.bytes().filter(|&b| b != b' ' && b != b'-');
+        for (depth, level) in self.levels.iter().enumerate() {
+            if depth > 0 {
+                match bytes.next() {
+                    Some(b) => prefix = (prefix << 8) | u64::from(b),
+                    None => break,
+                }
+            }
+            if level.is_empty() {
+                continue;
+            }
+            if let Some(list) = level.get(&prefix) {
+                if let Some(&i) = list
+                    .iter()
+                    .take_while(|&&i| i < best)
+                    .find(|&&i| matches(i))
+                {
+                    best = i;
+                }
+            }
+        }
+        (best != u32::MAX).then_some(best as usize)
+    }
+}
+
+/// A multiplicative hash for the packed prefixes (the default SipHash costs more than
+/// the rest of a lookup; the keys come from the dialplan, not from callers' choice of
+/// many keys).
+#[derive(Debug, Default, Clone, Copy)]
+struct PrefixHasher;
+
+impl std::hash::BuildHasher for PrefixHasher {
+    type Hasher = PrefixHash;
+    fn build_hasher(&self) -> PrefixHash {
+        PrefixHash(0)
+    }
+}
+
+#[derive(Debug)]
+struct PrefixHash(u64);
+
+impl std::hash::Hasher for PrefixHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[(self.next() % items.len() as u64) as usize]
+        }
+    }
+
+    /// The index finds exactly what a scan of the whole ordered list finds.
+    #[test]
+    fn the_index_agrees_with_a_linear_scan() {
+        let pieces = [
+            "1", "2", "9", "0", "X", "N", "Z", "[2-4]", "[13,7]", "*", "#", "+",
+        ];
+        let ends = ["", "", ".", "!"];
+        let mut rng = XorShift(7);
+        for round in 0..40 {
+            let mut text = String::from("[c]\n");
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..(20 + round * 5) {
+                let len = 1 + rng.next() % 8;
+                let mut pattern = String::from("_");
+                for _ in 0..len {
+                    pattern.push_str(rng.pick(&pieces));
+                }
+                pattern.push_str(rng.pick(&ends));
+                if seen.insert(pattern.clone()) {
+                    text.push_str(&format!("exten => {pattern},1,NoOp()\n"));
+                }
+            }
+            text.push_str("exten => 911,1,NoOp()\n");
+            if seen.insert("_!".into()) {
+                text.push_str("exten => _!,1,NoOp()\n");
+            }
+            let ast = asterisk_conf::extensions::from_config(
+                asterisk_conf::parse_str("x.conf", &text).unwrap(),
+            )
+            .unwrap();
+            let plan = Dialplan::compile(&ast);
+            let ctx = plan.context("c").unwrap();
+            let digits = ["0", "1", "2", "3", "4", "7", "9", "*", "#", "+"];
+            for _ in 0..300 {
+                let len = rng.next() % 10;
+                let number: String = (0..len).map(|_| rng.pick(&digits)).collect();
+                let expected = ctx
+                    .extensions
+                    .iter()
+                    .position(|e| e.pattern.matches(&number));
+                assert_eq!(ctx.find_own(&number, ""), expected, "{number:?} in\n{text}");
+            }
+        }
+    }
 }

@@ -123,25 +123,21 @@ impl Pattern {
         }
     }
 
-    /// The bytes a number may start with to be matched, and whether the empty number is
-    /// (for the lookup index).
-    pub(crate) fn first_bytes(&self) -> (Option<[u64; 4]>, bool) {
-        match &self.kind {
-            Kind::Plain(name) => match name.as_bytes().first() {
-                Some(&b) => {
-                    let mut set = ByteSet::default();
-                    set.insert(b);
-                    (Some(set.0), false)
-                }
-                None => (None, true),
-            },
-            Kind::Pattern(elements) => match elements.first() {
-                None => (None, true),
-                Some(Element::Set(set)) => (Some(set.0), false),
-                Some(Element::OneOrMore) => (Some([u64::MAX; 4]), false),
-                Some(Element::ZeroOrMore) => (Some([u64::MAX; 4]), true),
-            },
-        }
+    /// For the lookup index: the byte sets of the pattern's leading positions, up to
+    /// `max`, stopping at `.` or `!` (which match anything). A number the pattern matches
+    /// starts with one byte of each set, in order.
+    pub(crate) fn leading_sets(&self, max: usize) -> Vec<Vec<u8>> {
+        let Kind::Pattern(elements) = &self.kind else {
+            return Vec::new();
+        };
+        elements
+            .iter()
+            .take(max)
+            .map_while(|e| match e {
+                Element::Set(set) => Some((0..=255u8).filter(|&b| set.contains(b)).collect()),
+                Element::OneOrMore | Element::ZeroOrMore => None,
+            })
+            .collect()
     }
 
     /// Asterisk's `ext_cmp`: the order in which extensions are tried.
