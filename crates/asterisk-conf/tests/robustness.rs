@@ -2,7 +2,7 @@
 //! The same check runs under libFuzzer in `fuzz/` (cargo +nightly fuzz run config); this
 //! test runs a fixed, seeded sample of it on stable in every CI run.
 
-use asterisk_conf::fuzzing::check;
+use asterisk_conf::fuzzing::{check, XorShift};
 
 const SEEDS: &[&[u8]] = &[
     include_bytes!("../../../deploy/examples/freelancer/sip.conf"),
@@ -12,21 +12,6 @@ const SEEDS: &[&[u8]] = &[
     b"[general]\nregister => a?tcp://u@d:s:au@h:1/e~9\n[p]\nallow=all\ndisallow=ulaw&alaw\n",
     b"[c]\nexten => _[1-5,7]X./_1N,n(l),App(a,(b))\nsame=>s,X\nexten=>1,hint,SIP/1\n",
 ];
-
-/// A small, fixed pseudo-random generator: the sample is the same on every run.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 const TOKENS: &[&[u8]] = &[
     b"[",

@@ -466,19 +466,7 @@ impl std::hash::Hasher for PrefixHash {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct XorShift(u64);
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-            items[(self.next() % items.len() as u64) as usize]
-        }
-    }
+    use asterisk_conf::fuzzing::XorShift;
 
     /// The index finds exactly what a scan of the whole ordered list finds.
     #[test]

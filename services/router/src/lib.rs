@@ -14,8 +14,20 @@
 //! - [`call`]: the interpreter of one channel, sans-IO: state plus event gives commands.
 //! - [`service`]: the gRPC layer that moves events and commands, reload, metrics.
 //!
-//! The reference is Asterisk's documented behaviour; where this router differs, the
-//! module that differs says so (`call`, `expr`, `text`, `dialplan`).
+//! The reference is Asterisk's documented behaviour. Where this router differs, on
+//! purpose (each module says more):
+//!
+//! - Text from the caller never becomes syntax: no dial-string, option, expression or
+//!   variable-name injection (Asterisk leaves that to `FILTER()`) ([`text`]).
+//! - `WaitExten` collects digits until `#` or the digit timeout ([`call`]).
+//! - `TIMEOUT(absolute)` passing during a Dial hangs the caller up ([`call`]).
+//! - More than 10,000 priorities without waiting is taken for a loop and hung up
+//!   ([`call`]).
+//! - Arithmetic is `f64`, not `long double` ([`expr`]).
+//! - Includes with a time restriction and `switch =>` are not run; the check lists
+//!   them ([`dialplan`]).
+//! - `VoiceMail` with several mailboxes (`a&b`) leaves the message in the first only
+//!   ([`apps`]).
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +35,8 @@ pub mod apps;
 pub mod call;
 pub mod dialplan;
 pub mod expr;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pattern;
 pub mod service;
 pub mod subst;
