@@ -69,7 +69,7 @@ fn mutate(rng: &mut XorShift, input: &[u8]) -> Vec<u8> {
                 let end = (at + rng.below(16)).min(out.len());
                 out.drain(at.min(end)..end);
             }
-            2 if at < out.len() => out[at] = rng.next() as u8,
+            2 if at < out.len() => out[at] = rng.next_u64() as u8,
             _ => {
                 let other = SEEDS[rng.below(SEEDS.len())];
                 let from = rng.below(other.len());
@@ -102,7 +102,7 @@ fn random_bytes_never_panic() {
     let mut rng = XorShift(42);
     for _ in 0..5000 {
         let len = rng.below(256);
-        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         check(&bytes);
     }
 }

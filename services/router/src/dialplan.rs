@@ -480,7 +480,7 @@ mod tests {
             let mut text = String::from("[c]\n");
             let mut seen = std::collections::HashSet::new();
             for _ in 0..(20 + round * 5) {
-                let len = 1 + rng.next() % 8;
+                let len = 1 + rng.next_u64() % 8;
                 let mut pattern = String::from("_");
                 for _ in 0..len {
                     pattern.push_str(rng.pick(&pieces));
@@ -502,7 +502,7 @@ mod tests {
             let ctx = plan.context("c").unwrap();
             let digits = ["0", "1", "2", "3", "4", "7", "9", "*", "#", "+"];
             for _ in 0..300 {
-                let len = rng.next() % 10;
+                let len = rng.next_u64() % 10;
                 let number: String = (0..len).map(|_| rng.pick(&digits)).collect();
                 let expected = ctx
                     .extensions

@@ -39,7 +39,7 @@ fn mutated_templates_and_numbers() {
                 }
                 _ => {
                     if at < current.len() {
-                        current[at] = rng.next() as u8;
+                        current[at] = rng.next_u64() as u8;
                     }
                 }
             }
