@@ -6,18 +6,18 @@ use asterisk_conf::fuzzing::XorShift;
 use router::fuzzing::check;
 
 const SEEDS: &[&str] = &[
-    "$[${EXTEN} = ${LINE}]?voicemail:outbound\0+13235550100",
-    "SIP/${EXTEN}@flowroute,20,rtT\0500&SIP/flowroute/011",
-    "${CUT(EXTEN,-,2-)}${LEN(${EXTEN})}${IF($[1]?a:b)}\01-2-3",
-    "$[\"a b\" : \"(.*)\" | (1 + 2) * -3 ? x :: y]\0${SHELL(id)}",
-    "_1NXX[2-4,7]X.\013235550100",
-    "${REGEX(\"^1\" ${EXTEN})}${STRFTIME(${EPOCH},America/New_York,%c)}\0(",
-    "ctx,${EXTEN},1(a,b)\0\"",
+    "$[${EXTEN} = ${LINE}]?voicemail:outbound\x00+13235550100",
+    "SIP/${EXTEN}@flowroute,20,rtT\x00500&SIP/flowroute/011",
+    "${CUT(EXTEN,-,2-)}${LEN(${EXTEN})}${IF($[1]?a:b)}\x001-2-3",
+    "$[\"a b\" : \"(.*)\" | (1 + 2) * -3 ? x :: y]\x00${SHELL(id)}",
+    "_1NXX[2-4,7]X.\x0013235550100",
+    "${REGEX(\"^1\" ${EXTEN})}${STRFTIME(${EPOCH},America/New_York,%c)}\x00(",
+    "ctx,${EXTEN},1(a,b)\x00\"",
 ];
 
 const TOKENS: &[&str] = &[
     "$", "{", "}", "[", "]", "(", ")", "${", "$[", ":", "::", "?", "=", "=~", "|", "&", ",", "\"",
-    "\\", "-", "!", "%", "/", "@", "X", "N", ".", "\0", "é", "\u{ffff}", " ",
+    "\\", "-", "!", "%", "/", "@", "X", "N", ".", "\x00", "é", "\u{ffff}", " ",
 ];
 
 #[test]
