@@ -11,6 +11,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod transaction;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
