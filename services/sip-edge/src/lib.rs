@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod digest;
 pub mod transaction;
 
 use std::net::SocketAddr;
