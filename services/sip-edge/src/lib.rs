@@ -12,7 +12,10 @@
 #![forbid(unsafe_code)]
 
 pub mod digest;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod transaction;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,65 @@
+//! The invariants the `sip` fuzz target (`fuzz/fuzz_targets/sip.rs`) and the edge's
+//! robustness test check on arbitrary bytes. Not part of the API.
+
+use crate::wire::{parse, Parsed, StreamFramer, StreamItem, MAX_MESSAGE};
+
+/// Asserts: no panic; a rejection's response is itself a valid SIP response; stream
+/// framing yields the same messages whether the bytes come at once or in pieces, none
+/// larger than the cap.
+pub fn check(data: &[u8]) {
+    for datagram in [true, false] {
+        match parse(data, datagram, "fz") {
+            Ok(Parsed::Sip(_)) | Ok(Parsed::Extension(_)) => {}
+            Err(rejected) => {
+                let Some(response) = rejected.response else {
+                    continue;
+                };
+                // Our answer is one well-framed response, whatever the request held: a
+                // status line, and exactly one message for a stream reader (no header or
+                // message injection through copied values).
+                let text = String::from_utf8_lossy(&response);
+                let status = text.get(..12).unwrap_or_default();
+                assert!(
+                    status.starts_with("SIP/2.0 ")
+                        && status[8..11].bytes().all(|b| b.is_ascii_digit()),
+                    "{text}"
+                );
+                assert!(text.contains("\r\nVia: "), "{text}");
+                assert_eq!(
+                    frame_all(&[&response]),
+                    vec![Ok(StreamItem::Message(response.clone()))],
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    let whole = frame_all(&[data]);
+    let split_at = data.len() / 3;
+    let pieces = frame_all(&[&data[..split_at], &data[split_at..]]);
+    assert_eq!(whole, pieces, "framing depends on how bytes arrive");
+    for item in whole.iter().flatten() {
+        if let StreamItem::Message(m) = item {
+            assert!(m.len() <= MAX_MESSAGE);
+        }
+    }
+}
+
+fn frame_all(chunks: &[&[u8]]) -> Vec<Result<StreamItem, String>> {
+    let mut framer = StreamFramer::new();
+    let mut items = Vec::new();
+    for chunk in chunks {
+        framer.push(chunk);
+        loop {
+            match framer.next_item() {
+                Ok(Some(item)) => items.push(Ok(item)),
+                Ok(None) => break,
+                Err(e) => {
+                    items.push(Err(e));
+                    return items;
+                }
+            }
+        }
+    }
+    items
+}
