@@ -14,6 +14,7 @@
 pub mod digest;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod registrar;
 pub mod transaction;
 pub mod wire;
 

@@ -1,0 +1,897 @@
+//! The registrar (RFC 3261 §10.3), sans-IO: REGISTER in, response out, and the table of
+//! where each line (a `host=dynamic` peer of sip.conf) can be reached.
+//!
+//! - Every REGISTER without valid credentials is challenged with SHA-256 and MD5
+//!   (RFC 8760: the stronger first), `qop="auth"`. The answer to a bad user name and to
+//!   a bad password is the same `403`, after the same work ([`crate::digest::verify`]).
+//! - The authenticated user must be the line (the peer's name, as chan_sip uses it).
+//! - Expiry: the contact's `expires` parameter, else the `Expires` header, else the
+//!   default; above the maximum it is lowered, below the minimum (but not 0) the request
+//!   gets `423` with `Min-Expires`. `0` removes the binding; `*` with `Expires: 0`
+//!   removes them all.
+//! - Ordering (§10.3 step 7): a binding is only replaced by a request of the same
+//!   Call-ID with a higher CSeq, or of another Call-ID.
+//! - A line holds at most [`RegistrarConfig::max_contacts`] bindings; the one that
+//!   expires first gives way.
+//! - `nat=yes`: the binding remembers the address and transport the REGISTER came
+//!   from; that, not the Contact, is where the line is reached.
+//!
+//! Bindings are plain data ([`Binding`]) that serialize, so the edge can persist them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use rsip::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{self, Algorithm, Challenge, Credentials, NonceAuthority, Verdict};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrarConfig {
+    pub realm: String,
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub default_expires: u32,
+    pub max_contacts: usize,
+}
+
+impl Default for RegistrarConfig {
+    /// chan_sip's defaults: realm "asterisk", 60..3600 s, 120 s.
+    fn default() -> Self {
+        Self {
+            realm: "asterisk".into(),
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 120,
+            max_contacts: 10,
+        }
+    }
+}
+
+/// A line that may register.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub name: String,
+    pub secret: Option<String>,
+    pub nat: bool,
+}
+
+/// Where a line can be reached, until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The Contact URI as the phone gave it.
+    pub contact: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// The address and transport the REGISTER came from.
+    pub source: SocketAddr,
+    pub transport: String,
+    pub call_id: String,
+    pub cseq: u32,
+    pub user_agent: Option<String>,
+    /// Where requests to this binding go: `source` for `nat=yes`, else the Contact's.
+    pub nat: bool,
+}
+
+/// How a request reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    pub addr: SocketAddr,
+    pub reliable: bool,
+}
+
+/// What a REGISTER did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub response: rsip::Response,
+    /// The line whose bindings changed (to persist and to report).
+    pub changed: Option<String>,
+    /// Authentication failed (for the ban counter).
+    pub auth_failed: bool,
+}
+
+pub struct Registrar {
+    config: RegistrarConfig,
+    lines: HashMap<String, Line>,
+    bindings: HashMap<String, Vec<Binding>>,
+    nonces: NonceAuthority,
+}
+
+impl Registrar {
+    pub fn new(config: RegistrarConfig, lines: Vec<Line>, nonce_secret: [u8; 32]) -> Self {
+        Self {
+            config,
+            lines: lines.into_iter().map(|l| (l.name.clone(), l)).collect(),
+            bindings: HashMap::new(),
+            nonces: NonceAuthority::new(nonce_secret, 300),
+        }
+    }
+
+    /// The bindings of `line` that have not expired at `now`.
+    pub fn contacts(&self, line: &str, now: u64) -> Vec<&Binding> {
+        self.bindings
+            .get(line)
+            .map(|b| b.iter().filter(|b| b.expires_at > now).collect())
+            .unwrap_or_default()
+    }
+
+    /// Removes expired bindings; returns the lines that changed.
+    pub fn expire(&mut self, now: u64) -> Vec<String> {
+        let mut changed = Vec::new();
+        for (line, bindings) in &mut self.bindings {
+            let before = bindings.len();
+            bindings.retain(|b| b.expires_at > now);
+            if bindings.len() != before {
+                changed.push(line.clone());
+            }
+        }
+        self.bindings.retain(|_, b| !b.is_empty());
+        changed
+    }
+
+    /// Every binding, for persisting.
+    pub fn snapshot(&self) -> HashMap<String, Vec<Binding>> {
+        self.bindings.clone()
+    }
+
+    /// Restores persisted bindings (of lines that still exist, not yet expired).
+    pub fn restore(&mut self, saved: HashMap<String, Vec<Binding>>, now: u64) {
+        for (line, bindings) in saved {
+            if self.lines.contains_key(&line) {
+                let live: Vec<Binding> = bindings
+                    .into_iter()
+                    .filter(|b| b.expires_at > now)
+                    .collect();
+                if !live.is_empty() {
+                    self.bindings.insert(line, live);
+                }
+            }
+        }
+    }
+
+    /// Handles a REGISTER received at `now` (Unix seconds). `random` seeds a new nonce;
+    /// `to_tag` is the To tag of our response.
+    pub fn handle(
+        &mut self,
+        now: u64,
+        request: &rsip::Request,
+        source: Source,
+        random: [u8; 8],
+        to_tag: &str,
+    ) -> Outcome {
+        let outcome = |response, changed, auth_failed| Outcome {
+            response,
+            changed,
+            auth_failed,
+        };
+        let Some(line_name) = request
+            .to_header()
+            .ok()
+            .and_then(|h| h.typed().ok())
+            .and_then(|to| to.uri.user().map(str::to_owned))
+        else {
+            return outcome(
+                response(request, 400, "No user in To", to_tag, vec![]),
+                None,
+                false,
+            );
+        };
+
+        let authorization = request.headers.iter().find_map(|h| match h {
+            rsip::Header::Authorization(a) => Some(a.value().to_owned()),
+            _ => None,
+        });
+        let Some(authorization) = authorization else {
+            return outcome(
+                self.challenge(request, now, random, to_tag, false),
+                None,
+                false,
+            );
+        };
+        let credentials = match Credentials::parse(&authorization) {
+            Ok(c) => c,
+            Err(_) => {
+                return outcome(
+                    self.challenge(request, now, random, to_tag, false),
+                    None,
+                    true,
+                )
+            }
+        };
+        let line = self.lines.get(&line_name).cloned();
+        let password = line
+            .as_ref()
+            .filter(|_| credentials.username == line_name)
+            .and_then(|l| l.secret.clone());
+        match digest::verify(
+            &mut self.nonces,
+            &credentials,
+            &self.config.realm,
+            "REGISTER",
+            password.as_deref(),
+            now,
+        ) {
+            Verdict::Ok => {}
+            Verdict::Stale => {
+                return outcome(
+                    self.challenge(request, now, random, to_tag, true),
+                    None,
+                    false,
+                )
+            }
+            Verdict::Rejected => {
+                return outcome(
+                    response(request, 403, "Forbidden", to_tag, vec![]),
+                    None,
+                    true,
+                )
+            }
+        }
+        let line = line.expect("a verified user is a line");
+        self.update(now, request, source, &line, to_tag)
+    }
+
+    fn challenge(
+        &mut self,
+        request: &rsip::Request,
+        now: u64,
+        random: [u8; 8],
+        to_tag: &str,
+        stale: bool,
+    ) -> rsip::Response {
+        let nonce = self.nonces.issue(now, random);
+        let headers = [Algorithm::Sha256, Algorithm::Md5]
+            .into_iter()
+            .map(|algorithm| {
+                let challenge = Challenge {
+                    realm: self.config.realm.clone(),
+                    nonce: nonce.clone(),
+                    algorithm,
+                    opaque: None,
+                    qop_auth: true,
+                    stale,
+                };
+                rsip::Header::Other("WWW-Authenticate".into(), challenge.to_header())
+            })
+            .collect();
+        response(request, 401, "Unauthorized", to_tag, headers)
+    }
+
+    fn update(
+        &mut self,
+        now: u64,
+        request: &rsip::Request,
+        source: Source,
+        line: &Line,
+        to_tag: &str,
+    ) -> Outcome {
+        let call_id = request
+            .call_id_header()
+            .map(|h| h.value().to_owned())
+            .unwrap_or_default();
+        let cseq = request
+            .cseq_header()
+            .ok()
+            .and_then(|h| {
+                h.value()
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u32>().ok())
+            })
+            .unwrap_or(0);
+        let header_expires = request
+            .expires_header()
+            .and_then(|e| e.value().trim().parse::<u32>().ok());
+        let user_agent = request.user_agent_header().map(|u| u.value().to_owned());
+        let contacts: Vec<String> = request
+            .headers
+            .iter()
+            .filter_map(|h| match h {
+                rsip::Header::Contact(c) => Some(c.value().to_owned()),
+                _ => None,
+            })
+            .flat_map(|v| split_contacts(&v))
+            .collect();
+        let transport = if source.reliable { "tcp" } else { "udp" };
+        let mut changed = false;
+
+        if contacts.iter().any(|c| c.trim() == "*") {
+            if contacts.len() != 1 || header_expires != Some(0) {
+                return Outcome {
+                    response: response(
+                        request,
+                        400,
+                        "Contact * needs Expires: 0 and no other contact",
+                        to_tag,
+                        vec![],
+                    ),
+                    changed: None,
+                    auth_failed: false,
+                };
+            }
+            changed = self.bindings.remove(&line.name).is_some();
+        } else {
+            let mut updates = Vec::new();
+            for contact in &contacts {
+                let Some((uri, params)) = parse_contact(contact) else {
+                    return Outcome {
+                        response: response(request, 400, "Bad Contact", to_tag, vec![]),
+                        changed: None,
+                        auth_failed: false,
+                    };
+                };
+                let expires = params
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("expires"))
+                    .and_then(|(_, v)| v.as_deref()?.parse::<u32>().ok())
+                    .or(header_expires)
+                    .unwrap_or(self.config.default_expires);
+                if expires != 0 && expires < self.config.min_expires {
+                    return Outcome {
+                        response: response(
+                            request,
+                            423,
+                            "Interval Too Brief",
+                            to_tag,
+                            vec![rsip::Header::Other(
+                                "Min-Expires".into(),
+                                self.config.min_expires.to_string(),
+                            )],
+                        ),
+                        changed: None,
+                        auth_failed: false,
+                    };
+                }
+                updates.push((uri, expires.min(self.config.max_expires)));
+            }
+            let bindings = self.bindings.entry(line.name.clone()).or_default();
+            for (uri, expires) in updates {
+                match bindings.iter().position(|b| b.contact == uri) {
+                    Some(i) if bindings[i].call_id == call_id && bindings[i].cseq >= cseq => {
+                        // Out of order (§10.3 step 7): this contact is not updated.
+                    }
+                    Some(i) if expires == 0 => {
+                        bindings.remove(i);
+                        changed = true;
+                    }
+                    Some(i) => {
+                        let b = &mut bindings[i];
+                        b.expires_at = now + u64::from(expires);
+                        b.source = source.addr;
+                        b.transport = transport.into();
+                        b.call_id = call_id.clone();
+                        b.cseq = cseq;
+                        b.user_agent = user_agent.clone();
+                        changed = true;
+                    }
+                    None if expires == 0 => {}
+                    None => {
+                        if bindings.len() >= self.config.max_contacts {
+                            if let Some(oldest) = bindings
+                                .iter()
+                                .enumerate()
+                                .min_by_key(|(_, b)| b.expires_at)
+                                .map(|(i, _)| i)
+                            {
+                                bindings.remove(oldest);
+                            }
+                        }
+                        bindings.push(Binding {
+                            contact: uri,
+                            expires_at: now + u64::from(expires),
+                            source: source.addr,
+                            transport: transport.into(),
+                            call_id: call_id.clone(),
+                            cseq,
+                            user_agent: user_agent.clone(),
+                            nat: line.nat,
+                        });
+                        changed = true;
+                    }
+                }
+            }
+            if bindings.is_empty() {
+                self.bindings.remove(&line.name);
+            }
+        }
+
+        let current: Vec<rsip::Header> = self
+            .contacts(&line.name, now)
+            .into_iter()
+            .map(|b| {
+                rsip::Header::Contact(rsip::headers::Contact::new(format!(
+                    "<{}>;expires={}",
+                    b.contact,
+                    b.expires_at.saturating_sub(now)
+                )))
+            })
+            .collect();
+        Outcome {
+            response: response(request, 200, "OK", to_tag, current),
+            changed: changed.then(|| line.name.clone()),
+            auth_failed: false,
+        }
+    }
+}
+
+/// Splits a Contact header value holding several contacts at commas outside quotes and
+/// angle brackets.
+fn split_contacts(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut quoted, mut angle, mut start) = (false, 0i32, 0);
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle += 1,
+            '>' if !quoted => angle -= 1,
+            ',' if !quoted && angle == 0 => {
+                out.push(value[start..i].trim().to_owned());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value[start..].trim().to_owned());
+    out.retain(|c| !c.is_empty());
+    out
+}
+
+/// `["name"] <uri>;params` or `uri;params` to the URI and the parameters.
+fn parse_contact(contact: &str) -> Option<(String, Vec<(String, Option<String>)>)> {
+    let (uri, params) = match contact.find('<') {
+        Some(open) => {
+            let close = open + contact[open..].find('>')?;
+            (&contact[open + 1..close], &contact[close + 1..])
+        }
+        None => match contact.find(';') {
+            Some(semi) => (&contact[..semi], &contact[semi..]),
+            None => (contact, ""),
+        },
+    };
+    let uri = uri.trim();
+    if uri.is_empty() || !uri.contains(':') {
+        return None;
+    }
+    let params = params
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (
+                k.trim().to_owned(),
+                Some(v.trim().trim_matches('"').to_owned()),
+            ),
+            None => (p.to_owned(), None),
+        })
+        .collect();
+    Some((uri.to_owned(), params))
+}
+
+/// A response to `request` (RFC 3261 §8.2.6): its Via headers, From, To with our tag,
+/// Call-ID and CSeq, then `extra`.
+pub fn response(
+    request: &rsip::Request,
+    status: u16,
+    reason: &str,
+    to_tag: &str,
+    extra: Vec<rsip::Header>,
+) -> rsip::Response {
+    let mut headers = rsip::Headers::default();
+    for header in request.headers.iter() {
+        match header {
+            rsip::Header::Via(_)
+            | rsip::Header::From(_)
+            | rsip::Header::CallId(_)
+            | rsip::Header::CSeq(_) => headers.push(header.clone()),
+            rsip::Header::To(to) => {
+                let value = to.value();
+                if value.to_ascii_lowercase().contains(";tag=") {
+                    headers.push(header.clone());
+                } else {
+                    headers.push(rsip::Header::To(rsip::headers::To::new(format!(
+                        "{value};tag={to_tag}"
+                    ))));
+                }
+            }
+            _ => {}
+        }
+    }
+    headers.extend(extra);
+    headers.push(rsip::Header::ContentLength(
+        rsip::headers::ContentLength::new("0"),
+    ));
+    rsip::Response {
+        // Our own reason phrase: rsip would print its variant names ("IntervalTooBrief").
+        status_code: rsip::StatusCode::Other(status, reason.to_owned()),
+        version: rsip::Version::V2,
+        headers,
+        body: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{parse, Parsed};
+
+    const NOW: u64 = 1_700_000_000;
+    const PHONE: &str = "192.0.2.20:5062";
+
+    fn registrar() -> Registrar {
+        Registrar::new(
+            RegistrarConfig::default(),
+            vec![Line {
+                name: "13235550100".into(),
+                secret: Some("password".into()),
+                nat: true,
+            }],
+            [9; 32],
+        )
+    }
+
+    fn register(user: &str, cseq: u32, extra: &str) -> rsip::Request {
+        let text = format!(
+            "REGISTER sip:pbx.example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP {PHONE};branch=z9hG4bKreg{cseq};rport\r\n\
+Max-Forwards: 70\r\n\
+To: <sip:{user}@pbx.example.com>\r\n\
+From: <sip:{user}@pbx.example.com>;tag=a73kszlfl\r\n\
+Call-ID: 1j9FpLxk3uxtm8tn@192.0.2.20\r\n\
+CSeq: {cseq} REGISTER\r\n\
+User-Agent: baresip v1.0.0\r\n\
+{extra}Content-Length: 0\r\n\r\n"
+        );
+        match parse(text.as_bytes(), true, "t") {
+            Ok(Parsed::Sip(m)) => match *m {
+                rsip::SipMessage::Request(r) => r,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}\n{text}"),
+        }
+    }
+
+    fn source() -> Source {
+        Source {
+            addr: PHONE.parse().unwrap(),
+            reliable: false,
+        }
+    }
+
+    fn header<'a>(response: &'a rsip::Response, name: &str) -> Vec<String> {
+        response
+            .headers
+            .iter()
+            .filter_map(|h| {
+                let text = h.to_string();
+                let (n, v) = text.split_once(": ")?;
+                n.eq_ignore_ascii_case(name).then(|| v.to_owned())
+            })
+            .collect()
+    }
+
+    /// Answers the response's first challenge of `algorithm`.
+    fn authorize(
+        response: &rsip::Response,
+        user: &str,
+        password: &str,
+        nc: u32,
+        algorithm: Algorithm,
+    ) -> String {
+        let challenge = header(response, "WWW-Authenticate")
+            .iter()
+            .map(|v| Challenge::parse(v).unwrap())
+            .find(|c| c.algorithm == algorithm)
+            .unwrap();
+        let creds = digest::authorize(
+            &challenge,
+            user,
+            password,
+            "REGISTER",
+            "sip:pbx.example.com",
+            "0a4f113b",
+            nc,
+        );
+        format!("Authorization: {}\r\n", creds.to_header())
+    }
+
+    fn login(r: &mut Registrar, extra: &str, cseq: u32, algorithm: Algorithm) -> Outcome {
+        let first = r.handle(
+            NOW,
+            &register("13235550100", cseq, extra),
+            source(),
+            [cseq as u8; 8],
+            "rt",
+        );
+        assert_eq!(first.response.status_code.code(), 401);
+        let auth = authorize(&first.response, "13235550100", "password", 1, algorithm);
+        r.handle(
+            NOW,
+            &register("13235550100", cseq + 1, &format!("{auth}{extra}")),
+            source(),
+            [0; 8],
+            "rt",
+        )
+    }
+
+    #[test]
+    fn challenge_lists_sha256_then_md5_with_qop_auth() {
+        let mut r = registrar();
+        let out = r.handle(
+            NOW,
+            &register(
+                "13235550100",
+                1,
+                "Contact: <sip:13235550100@10.0.0.5:5062>\r\n",
+            ),
+            source(),
+            [1; 8],
+            "rt",
+        );
+        let text = out.response.to_string();
+        assert!(text.starts_with("SIP/2.0 401 Unauthorized\r\n"), "{text}");
+        let challenges = header(&out.response, "WWW-Authenticate");
+        assert_eq!(challenges.len(), 2);
+        assert!(
+            challenges[0].contains("algorithm=SHA-256") && challenges[1].contains("algorithm=MD5")
+        );
+        assert!(challenges
+            .iter()
+            .all(|c| c.contains("realm=\"asterisk\"") && c.contains("qop=\"auth\"")));
+        assert_eq!(
+            header(&out.response, "To"),
+            ["<sip:13235550100@pbx.example.com>;tag=rt"]
+        );
+        assert_eq!(
+            header(&out.response, "Via"),
+            [format!("SIP/2.0/UDP {PHONE};branch=z9hG4bKreg1;rport")]
+        );
+    }
+
+    #[test]
+    fn a_phone_registers_with_md5_or_sha256_and_is_reached_where_it_registered_from() {
+        for algorithm in [Algorithm::Md5, Algorithm::Sha256] {
+            let mut r = registrar();
+            let out = login(
+                &mut r,
+                "Contact: <sip:13235550100@10.0.0.5:5062;transport=udp>;expires=300\r\n",
+                1,
+                algorithm,
+            );
+            assert_eq!(out.response.status_code.code(), 200, "{}", out.response);
+            assert_eq!(out.changed.as_deref(), Some("13235550100"));
+            assert_eq!(
+                header(&out.response, "Contact"),
+                ["<sip:13235550100@10.0.0.5:5062;transport=udp>;expires=300"]
+            );
+            let bindings = r.contacts("13235550100", NOW);
+            assert_eq!(bindings.len(), 1);
+            let b = bindings[0];
+            assert_eq!(
+                b.source,
+                PHONE.parse().unwrap(),
+                "nat=yes: the source address, not 10.0.0.5"
+            );
+            assert!(b.nat);
+            assert_eq!(b.expires_at, NOW + 300);
+            assert_eq!(b.user_agent.as_deref(), Some("baresip v1.0.0"));
+        }
+    }
+
+    #[test]
+    fn wrong_password_and_unknown_user_get_the_same_403() {
+        let mut r = registrar();
+        let first = r.handle(NOW, &register("13235550100", 1, ""), source(), [1; 8], "rt");
+        let wrong = authorize(&first.response, "13235550100", "guess", 1, Algorithm::Md5);
+        let out = r.handle(
+            NOW,
+            &register("13235550100", 2, &wrong),
+            source(),
+            [0; 8],
+            "rt",
+        );
+        assert_eq!(out.response.status_code.code(), 403);
+        assert!(out.auth_failed);
+
+        let first = r.handle(NOW, &register("19995550100", 1, ""), source(), [2; 8], "rt");
+        assert_eq!(
+            first.response.status_code.code(),
+            401,
+            "unknown users are challenged like known ones"
+        );
+        let unknown = authorize(
+            &first.response,
+            "19995550100",
+            "password",
+            1,
+            Algorithm::Md5,
+        );
+        let out2 = r.handle(
+            NOW,
+            &register("19995550100", 2, &unknown),
+            source(),
+            [0; 8],
+            "rt",
+        );
+        assert_eq!(out2.response.status_code.code(), 403);
+        assert!(out2.auth_failed);
+        assert_eq!(
+            out.response.to_string().replace("13235550100", "X"),
+            out2.response.to_string().replace("19995550100", "X"),
+            "nothing tells the two apart"
+        );
+    }
+
+    #[test]
+    fn replayed_credentials_are_refused_and_old_nonces_are_stale() {
+        let mut r = registrar();
+        let first = r.handle(NOW, &register("13235550100", 1, ""), source(), [1; 8], "rt");
+        let auth = authorize(
+            &first.response,
+            "13235550100",
+            "password",
+            1,
+            Algorithm::Md5,
+        );
+        let extra = format!("{auth}Contact: <sip:13235550100@10.0.0.5>\r\n");
+        assert_eq!(
+            r.handle(
+                NOW,
+                &register("13235550100", 2, &extra),
+                source(),
+                [0; 8],
+                "rt"
+            )
+            .response
+            .status_code
+            .code(),
+            200
+        );
+        let replay = r.handle(
+            NOW + 1,
+            &register("13235550100", 3, &extra),
+            source(),
+            [0; 8],
+            "rt",
+        );
+        assert_eq!(replay.response.status_code.code(), 403, "the same nc again");
+        let late = authorize(
+            &first.response,
+            "13235550100",
+            "password",
+            2,
+            Algorithm::Md5,
+        );
+        let out = r.handle(
+            NOW + 301,
+            &register("13235550100", 4, &late),
+            source(),
+            [3; 8],
+            "rt",
+        );
+        assert_eq!(out.response.status_code.code(), 401);
+        assert!(header(&out.response, "WWW-Authenticate")[0].contains("stale=true"));
+    }
+
+    #[test]
+    fn expiry_bounds_removal_and_wildcard() {
+        let mut r = registrar();
+        let out = login(
+            &mut r,
+            "Expires: 30\r\nContact: <sip:a@10.0.0.5>\r\n",
+            1,
+            Algorithm::Md5,
+        );
+        assert_eq!(out.response.status_code.code(), 423);
+        assert_eq!(header(&out.response, "Min-Expires"), ["60"]);
+
+        let out = login(
+            &mut r,
+            "Expires: 7200\r\nContact: <sip:a@10.0.0.5>, <sip:b@10.0.0.6>;expires=600\r\n",
+            3,
+            Algorithm::Md5,
+        );
+        assert_eq!(out.response.status_code.code(), 200);
+        let mut contacts = header(&out.response, "Contact");
+        contacts.sort();
+        assert_eq!(
+            contacts,
+            [
+                "<sip:a@10.0.0.5>;expires=3600",
+                "<sip:b@10.0.0.6>;expires=600"
+            ]
+        );
+
+        let out = login(
+            &mut r,
+            "Contact: <sip:a@10.0.0.5>;expires=0\r\n",
+            5,
+            Algorithm::Md5,
+        );
+        assert_eq!(
+            header(&out.response, "Contact"),
+            ["<sip:b@10.0.0.6>;expires=600"]
+        );
+
+        let out = login(&mut r, "Expires: 0\r\nContact: *\r\n", 7, Algorithm::Md5);
+        assert_eq!(out.response.status_code.code(), 200);
+        assert!(r.contacts("13235550100", NOW).is_empty());
+        let out = login(&mut r, "Contact: *\r\n", 9, Algorithm::Md5);
+        assert_eq!(out.response.status_code.code(), 400, "* needs Expires: 0");
+    }
+
+    #[test]
+    fn out_of_order_cseq_does_not_update_and_contacts_are_capped() {
+        let mut r = Registrar::new(
+            RegistrarConfig {
+                max_contacts: 2,
+                ..RegistrarConfig::default()
+            },
+            vec![Line {
+                name: "13235550100".into(),
+                secret: Some("password".into()),
+                nat: false,
+            }],
+            [9; 32],
+        );
+        login(
+            &mut r,
+            "Contact: <sip:a@10.0.0.5>;expires=100\r\n",
+            10,
+            Algorithm::Md5,
+        );
+        // An older CSeq of the same Call-ID: the binding stays as it was.
+        login(
+            &mut r,
+            "Contact: <sip:a@10.0.0.5>;expires=900\r\n",
+            3,
+            Algorithm::Md5,
+        );
+        assert_eq!(r.contacts("13235550100", NOW)[0].expires_at, NOW + 100);
+        login(
+            &mut r,
+            "Contact: <sip:b@10.0.0.6>;expires=200\r\n",
+            20,
+            Algorithm::Md5,
+        );
+        login(
+            &mut r,
+            "Contact: <sip:c@10.0.0.7>;expires=300\r\n",
+            30,
+            Algorithm::Md5,
+        );
+        let mut left: Vec<&str> = r
+            .contacts("13235550100", NOW)
+            .iter()
+            .map(|b| b.contact.as_str())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["sip:b@10.0.0.6", "sip:c@10.0.0.7"],
+            "the first to expire gave way"
+        );
+    }
+
+    #[test]
+    fn bindings_expire_and_survive_a_restart() {
+        let mut r = registrar();
+        login(
+            &mut r,
+            "Contact: <sip:a@10.0.0.5>;expires=100\r\n",
+            1,
+            Algorithm::Md5,
+        );
+        let saved = serde_json::to_string(&r.snapshot()).unwrap();
+        let mut restarted = registrar();
+        restarted.restore(serde_json::from_str(&saved).unwrap(), NOW + 10);
+        assert_eq!(restarted.contacts("13235550100", NOW + 10).len(), 1);
+        assert_eq!(restarted.expire(NOW + 100), ["13235550100"]);
+        assert!(restarted.contacts("13235550100", NOW + 100).is_empty());
+        let mut late = registrar();
+        late.restore(serde_json::from_str(&saved).unwrap(), NOW + 500);
+        assert!(
+            late.snapshot().is_empty(),
+            "expired bindings are not restored"
+        );
+    }
+}
