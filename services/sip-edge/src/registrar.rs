@@ -436,8 +436,11 @@ fn split_contacts(value: &str) -> Vec<String> {
     out
 }
 
+/// `;name[=value]` parameters, in order.
+type Params = Vec<(String, Option<String>)>;
+
 /// `["name"] <uri>;params` or `uri;params` to the URI and the parameters.
-fn parse_contact(contact: &str) -> Option<(String, Vec<(String, Option<String>)>)> {
+fn parse_contact(contact: &str) -> Option<(String, Params)> {
     let (uri, params) = match contact.find('<') {
         Some(open) => {
             let close = open + contact[open..].find('>')?;
