@@ -560,7 +560,7 @@ User-Agent: baresip v1.0.0\r\n\
         }
     }
 
-    fn header<'a>(response: &'a rsip::Response, name: &str) -> Vec<String> {
+    fn header(response: &rsip::Response, name: &str) -> Vec<String> {
         response
             .headers
             .iter()
