@@ -141,6 +141,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         data_dir: data_dir("sip-edge")?,
         sip_bind: config.sip_bind,
         advertise_ip: config.advertise_ip,
+        auth_algorithms: sip_edge::Algorithms(vec![sip_edge::digest::Algorithm::Md5]),
         router_url: url(&listeners.router),
         media_relay_url: url(&listeners.media_relay),
         voicemail_url: url(&listeners.voicemail),

@@ -4,10 +4,13 @@
 //! to do with a call (one call-control stream per channel), `media-relay` to anchor the
 //! RTP, and serves `phone.edge.v1.Edge` (MWI updates, registrations) to the others.
 //!
-//! What runs today (issue #2): `sip.conf` is loaded and checked at start (a broken file
-//! stops the process with `file:line: message`), the SIP port is bound on UDP and TCP
-//! so a port conflict shows at start, and gRPC, health, metrics and drain run. SIP
-//! messages are counted and not yet answered; the SIP stack is issue #4.
+//! What runs today (issue #4 in progress): `sip.conf` is loaded and checked at start (a
+//! broken file stops the process with `file:line: message`); SIP over UDP and TCP on one
+//! port with the parsing front line ([`wire`]), server transactions ([`transaction`]),
+//! the registrar with digest auth ([`registrar`], [`digest`]) and persisted bindings,
+//! OPTIONS, and answers for what is not handled yet ([`server`]); gRPC
+//! (`ListRegistrations`), health, metrics and drain. Calls (the B2BUA), the carrier
+//! trunk, SDP, MWI and the security floor are still to come.
 
 #![forbid(unsafe_code)]
 
@@ -15,20 +18,22 @@ pub mod digest;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod registrar;
+pub mod server;
 pub mod transaction;
 pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use asterisk_conf::sip::SipConf;
+use std::sync::{Arc, Mutex};
+
+use asterisk_conf::sip::{Host, SipConf};
 use phone_proto::edge::v1::edge_server::{Edge, EdgeServer};
 use phone_proto::edge::v1::{
     ListRegistrationsRequest, ListRegistrationsResponse, MailboxUpdate, MailboxUpdateResponse,
+    Registration,
 };
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use registrar::{Line, Registrar, RegistrarConfig};
 use service_runtime::grpc::{client_channel, not_yet, TracedChannel};
 use service_runtime::{CommonArgs, GrpcServer, ServiceInfo, Shutdown};
 use tokio::net::{TcpListener, UdpSocket};
@@ -55,6 +60,10 @@ pub struct Config {
     /// bound address.
     #[arg(long, env = "PHONE_ADVERTISE_IP")]
     pub advertise_ip: Option<std::net::IpAddr>,
+    /// Digest algorithms to challenge with, in order of preference: MD5 (as chan_sip),
+    /// or SHA-256,MD5 (RFC 8760) for phones that accept it.
+    #[arg(long, env = "PHONE_AUTH_ALGORITHMS", default_value = "MD5")]
+    pub auth_algorithms: Algorithms,
     #[arg(long, env = "PHONE_ROUTER_URL", default_value = "http://router:50051")]
     pub router_url: String,
     #[arg(
@@ -77,6 +86,12 @@ pub enum Error {
     Config(#[from] asterisk_conf::Error),
     #[error(transparent)]
     Runtime(#[from] service_runtime::Error),
+    #[error("cannot prepare {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen for SIP on {transport}/{addr}: {source}")]
     SipBind {
         transport: &'static str,
@@ -90,12 +105,12 @@ pub enum Error {
 pub struct Bound {
     server: GrpcServer,
     sip: SipConf,
-    udp: UdpSocket,
+    udp: Arc<UdpSocket>,
     tcp: TcpListener,
+    core: Arc<Mutex<server::SipCore>>,
     /// Clients of the services the edge drives; used by the call path (issue #4).
     #[allow(dead_code)]
     peers: Peers,
-    metrics: SipMetrics,
 }
 
 #[allow(dead_code)]
@@ -105,14 +120,58 @@ struct Peers {
     voicemail: TracedChannel,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TransportLabel {
-    transport: &'static str,
+/// `MD5` or `SHA-256,MD5`: digest algorithms in order of preference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Algorithms(pub Vec<digest::Algorithm>);
+
+impl std::str::FromStr for Algorithms {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.split(',')
+            .map(|a| {
+                digest::Algorithm::parse(a.trim())
+                    .ok_or_else(|| format!("'{}' is not MD5 or SHA-256", a.trim()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Algorithms)
+    }
 }
 
-#[derive(Clone, Default)]
-struct SipMetrics {
-    received: Family<TransportLabel, Counter>,
+/// The registrar's lines: the `host=dynamic` peers of sip.conf.
+fn registrar_for(sip: &SipConf, algorithms: &[digest::Algorithm]) -> Registrar {
+    let lines = sip
+        .peers
+        .iter()
+        .filter(|p| p.host == Host::Dynamic)
+        .map(|p| Line {
+            name: p.name.clone(),
+            secret: p.secret.as_ref().map(|s| s.expose().to_owned()),
+            nat: p.nat.is_on(),
+        })
+        .collect();
+    let config = RegistrarConfig {
+        realm: sip
+            .general
+            .realm
+            .clone()
+            .unwrap_or_else(|| "asterisk".into()),
+        algorithms: algorithms.to_vec(),
+        min_expires: sip.general.min_expiry,
+        max_expires: sip.general.max_expiry,
+        default_expires: sip.general.default_expiry,
+        ..RegistrarConfig::default()
+    };
+    let mut secret = [0u8; 32];
+    if getrandom::fill(&mut secret).is_err() {
+        tracing::warn!("no system randomness for the nonce key; using a time-derived one");
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        secret[..16].copy_from_slice(&t.to_le_bytes());
+    }
+    Registrar::new(config, lines, secret)
 }
 
 /// Loads sip.conf and binds the SIP and gRPC ports.
@@ -140,11 +199,41 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
             addr: udp_addr,
             source,
         })?;
-    let metrics = SipMetrics::default();
-    server.registry().register(
-        "sip_messages_received",
-        "SIP messages (UDP datagrams, TCP connections) received, by transport",
-        metrics.received.clone(),
+    let counters = server::Counters::default();
+    let registry = server.registry().sub_registry_with_prefix("sip");
+    registry.register(
+        "messages_received",
+        "SIP messages received (UDP and TCP)",
+        counters.received.clone(),
+    );
+    registry.register(
+        "messages_rejected",
+        "SIP messages refused by the parser",
+        counters.rejected.clone(),
+    );
+    registry.register(
+        "messages_dropped",
+        "SIP messages dropped without an answer",
+        counters.dropped.clone(),
+    );
+    registry.register(
+        "auth_failures",
+        "Failed digest authentications",
+        counters.auth_failures.clone(),
+    );
+    registry.register(
+        "registrations",
+        "Registered contacts",
+        counters.registrations.clone(),
+    );
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let core = server::SipCore::new(
+        registrar_for(&sip, &config.auth_algorithms.0),
+        Some(config.data_dir.join("registrations.json")),
+        counters,
     );
     let peers = Peers {
         router: client_channel(&config.router_url)?,
@@ -154,10 +243,10 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     Ok(Bound {
         server,
         sip,
-        udp,
+        udp: Arc::new(udp),
         tcp,
+        core: Arc::new(Mutex::new(core)),
         peers,
-        metrics,
     })
 }
 
@@ -177,13 +266,15 @@ impl Bound {
             server,
             udp,
             tcp,
-            metrics,
+            core,
             ..
         } = self;
-        let in_flight = server.in_flight();
-        in_flight.spawn(receive_udp(udp, metrics.clone(), shutdown.clone()));
-        in_flight.spawn(accept_tcp(tcp, metrics, shutdown.clone()));
-        server.serve_one(EdgeServer::new(EdgeApi), shutdown).await?;
+        tokio::spawn(server::serve_udp(udp, core.clone(), shutdown.clone()));
+        tokio::spawn(server::serve_tcp(tcp, core.clone(), shutdown.clone()));
+        tokio::spawn(server::tick(core.clone(), shutdown.clone()));
+        server
+            .serve_one(EdgeServer::new(EdgeApi { core }), shutdown)
+            .await?;
         Ok(())
     }
 }
@@ -193,48 +284,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     bind(config).await?.run(shutdown).await
 }
 
-async fn receive_udp(socket: UdpSocket, metrics: SipMetrics, shutdown: Shutdown) {
-    let mut buffer = vec![0u8; 65_535];
-    let counter = metrics
-        .received
-        .get_or_create(&TransportLabel { transport: "udp" })
-        .clone();
-    loop {
-        tokio::select! {
-            _ = shutdown.triggered() => return,
-            received = socket.recv_from(&mut buffer) => match received {
-                Ok((len, from)) => {
-                    counter.inc();
-                    tracing::debug!(%from, len, "SIP datagram received; the SIP stack is not in this build (issue #4)");
-                }
-                Err(e) => tracing::debug!(error = %e, "SIP UDP receive error"),
-            }
-        }
-    }
-}
-
-async fn accept_tcp(listener: TcpListener, metrics: SipMetrics, shutdown: Shutdown) {
-    let counter = metrics
-        .received
-        .get_or_create(&TransportLabel { transport: "tcp" })
-        .clone();
-    loop {
-        tokio::select! {
-            _ = shutdown.triggered() => return,
-            accepted = listener.accept() => match accepted {
-                // Closed at once: a peer sees a refused stream rather than a hang.
-                Ok((_stream, from)) => {
-                    counter.inc();
-                    tracing::debug!(%from, "SIP TCP connection closed; the SIP stack is not in this build (issue #4)");
-                }
-                Err(e) => tracing::debug!(error = %e, "SIP TCP accept error"),
-            }
-        }
-    }
-}
-
 /// `phone.edge.v1.Edge`.
-struct EdgeApi;
+struct EdgeApi {
+    core: Arc<Mutex<server::SipCore>>,
+}
 
 #[tonic::async_trait]
 impl Edge for EdgeApi {
@@ -247,8 +300,25 @@ impl Edge for EdgeApi {
 
     async fn list_registrations(
         &self,
-        _request: Request<ListRegistrationsRequest>,
+        request: Request<ListRegistrationsRequest>,
     ) -> Result<Response<ListRegistrationsResponse>, Status> {
-        Err(not_yet("Edge.ListRegistrations", 4))
+        let peer = request.into_inner().peer;
+        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let registrations = core
+            .registrations(Some(peer.as_str()).filter(|p| !p.is_empty()))
+            .into_iter()
+            .map(|(line, b)| Registration {
+                peer: line,
+                contact: b.contact,
+                expires_time: i64::try_from(b.expires_at).unwrap_or(i64::MAX),
+                source: b.source.to_string(),
+                transport: b.transport,
+                // Qualify (OPTIONS keep-alive) is not in this build: registered means
+                // reachable until it is.
+                reachable: true,
+                user_agent: b.user_agent.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(ListRegistrationsResponse { registrations }))
     }
 }

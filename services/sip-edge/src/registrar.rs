@@ -1,8 +1,8 @@
 //! The registrar (RFC 3261 §10.3), sans-IO: REGISTER in, response out, and the table of
 //! where each line (a `host=dynamic` peer of sip.conf) can be reached.
 //!
-//! - Every REGISTER without valid credentials is challenged with SHA-256 and MD5
-//!   (RFC 8760: the stronger first), `qop="auth"`. The answer to a bad user name and to
+//! - Every REGISTER without valid credentials is challenged, `qop="auth"`, with the
+//!   configured algorithms (MD5 by default; SHA-256 then MD5 per RFC 8760 when set). The answer to a bad user name and to
 //!   a bad password is the same `403`, after the same work ([`crate::digest::verify`]).
 //! - The authenticated user must be the line (the peer's name, as chan_sip uses it).
 //! - Expiry: the contact's `expires` parameter, else the `Expires` header, else the
@@ -29,6 +29,10 @@ use crate::digest::{self, Algorithm, Challenge, Credentials, NonceAuthority, Ver
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrarConfig {
     pub realm: String,
+    /// The algorithms challenged with, in order of preference. MD5 alone by default, as
+    /// chan_sip: some phones (baresip 1.0's libre among them) fail a whole challenge
+    /// that lists SHA-256. RFC 8760 deployments set SHA-256 then MD5.
+    pub algorithms: Vec<Algorithm>,
     pub min_expires: u32,
     pub max_expires: u32,
     pub default_expires: u32,
@@ -40,6 +44,7 @@ impl Default for RegistrarConfig {
     fn default() -> Self {
         Self {
             realm: "asterisk".into(),
+            algorithms: vec![Algorithm::Md5],
             min_expires: 60,
             max_expires: 3600,
             default_expires: 120,
@@ -198,6 +203,14 @@ impl Registrar {
                 )
             }
         };
+        if !self.config.algorithms.contains(&credentials.algorithm) {
+            // Not an algorithm we offered: no downgrade to one we did not choose.
+            return outcome(
+                response(request, 403, "Forbidden", to_tag, vec![]),
+                None,
+                true,
+            );
+        }
         let line = self.lines.get(&line_name).cloned();
         let password = line
             .as_ref()
@@ -240,9 +253,11 @@ impl Registrar {
         stale: bool,
     ) -> rsip::Response {
         let nonce = self.nonces.issue(now, random);
-        let headers = [Algorithm::Sha256, Algorithm::Md5]
-            .into_iter()
-            .map(|algorithm| {
+        let headers = self
+            .config
+            .algorithms
+            .iter()
+            .map(|&algorithm| {
                 let challenge = Challenge {
                     realm: self.config.realm.clone(),
                     nonce: nonce.clone(),
@@ -522,7 +537,10 @@ mod tests {
 
     fn registrar() -> Registrar {
         Registrar::new(
-            RegistrarConfig::default(),
+            RegistrarConfig {
+                algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+                ..RegistrarConfig::default()
+            },
             vec![Line {
                 name: "13235550100".into(),
                 secret: Some("password".into()),
@@ -678,6 +696,44 @@ User-Agent: baresip v1.0.0\r\n\
             assert_eq!(b.expires_at, NOW + 300);
             assert_eq!(b.user_agent.as_deref(), Some("baresip v1.0.0"));
         }
+    }
+
+    #[test]
+    fn md5_alone_by_default_and_unoffered_algorithms_are_refused() {
+        let mut r = Registrar::new(
+            RegistrarConfig::default(),
+            vec![Line {
+                name: "13235550100".into(),
+                secret: Some("password".into()),
+                nat: true,
+            }],
+            [9; 32],
+        );
+        let first = r.handle(NOW, &register("13235550100", 1, ""), source(), [1; 8], "rt");
+        let challenges = header(&first.response, "WWW-Authenticate");
+        assert_eq!(challenges.len(), 1);
+        assert!(challenges[0].contains("algorithm=MD5"));
+        // A client that answers with SHA-256 anyway is refused.
+        let mut challenge = Challenge::parse(&challenges[0]).unwrap();
+        challenge.algorithm = Algorithm::Sha256;
+        let creds = digest::authorize(
+            &challenge,
+            "13235550100",
+            "password",
+            "REGISTER",
+            "sip:pbx.example.com",
+            "c",
+            1,
+        );
+        let auth = format!("Authorization: {}\r\n", creds.to_header());
+        let out = r.handle(
+            NOW,
+            &register("13235550100", 2, &auth),
+            source(),
+            [0; 8],
+            "rt",
+        );
+        assert_eq!(out.response.status_code.code(), 403);
     }
 
     #[test]

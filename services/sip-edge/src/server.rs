@@ -1,0 +1,519 @@
+//! The edge's SIP driver: sockets and timers around the sans-IO pieces. It moves bytes
+//! in ([`crate::wire`]), keeps server transactions ([`crate::transaction`]) and hands
+//! requests to their handler ([`crate::registrar`] for REGISTER), then moves bytes out.
+//!
+//! What this build answers:
+//! - REGISTER: the registrar (bindings persisted to `<data-dir>/registrations.json`).
+//! - OPTIONS: `200` with `Allow` (keep-alives and monitoring).
+//! - INVITE: `503` with `Retry-After` until the B2BUA is in (issue #4, in progress);
+//!   BYE and CANCEL with no dialog: `481`; extension methods: `501`; other known
+//!   methods: `405` with `Allow`.
+//! - Unparsable requests: `400`/`416`/`505`/`513` when an answer can be routed, else
+//!   dropped and counted.
+//!
+//! RFC 3581: the response's top Via gets `received` and the filled-in `rport`, and
+//! responses go back to the address and port the request came from.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rsip::prelude::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+use crate::registrar::{Binding, Registrar, Source};
+use crate::transaction::{ServerTransaction, TimerValues, Transmit, Transport};
+use crate::wire::{self, Parsed, StreamFramer, StreamItem};
+
+/// How long a TCP connection may stay silent before it is closed.
+pub const TCP_IDLE: Duration = Duration::from_secs(600);
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER";
+
+/// Where the answer to a message goes.
+#[derive(Debug, Clone)]
+pub enum Path {
+    Udp {
+        socket: Arc<UdpSocket>,
+        to: SocketAddr,
+    },
+    Tcp {
+        writer: mpsc::UnboundedSender<Vec<u8>>,
+        peer: SocketAddr,
+    },
+}
+
+impl Path {
+    fn peer(&self) -> SocketAddr {
+        match self {
+            Path::Udp { to, .. } => *to,
+            Path::Tcp { peer, .. } => *peer,
+        }
+    }
+
+    fn reliable(&self) -> bool {
+        matches!(self, Path::Tcp { .. })
+    }
+
+    fn send(&self, bytes: Vec<u8>) {
+        match self {
+            Path::Udp { socket, to } => {
+                // UDP sends do not block for long; a failure is a lost datagram, which
+                // the transaction layer's retransmissions cover.
+                let _ = socket.try_send_to(&bytes, *to);
+            }
+            Path::Tcp { writer, .. } => {
+                let _ = writer.send(bytes);
+            }
+        }
+    }
+}
+
+/// Counters the service exports.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub received: prometheus_client::metrics::counter::Counter,
+    pub rejected: prometheus_client::metrics::counter::Counter,
+    pub dropped: prometheus_client::metrics::counter::Counter,
+    pub auth_failures: prometheus_client::metrics::counter::Counter,
+    pub registrations: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// The shared state of the SIP side of the edge.
+pub struct SipCore {
+    registrar: Registrar,
+    transactions: HashMap<String, (ServerTransaction<Vec<u8>>, Path)>,
+    persist: Option<PathBuf>,
+    counters: Counters,
+    tag_seed: u64,
+    tag_counter: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No system randomness: fall back on the clock (nonces stay unforgeable through
+        // their HMAC; only their unpredictability suffers).
+        return SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9);
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// Reads persisted bindings, if any.
+pub fn load_bindings(path: &std::path::Path) -> HashMap<String, Vec<Binding>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "registrations file unreadable; starting empty");
+            HashMap::new()
+        }),
+        Err(_) => HashMap::new(),
+    }
+}
+
+impl SipCore {
+    pub fn new(mut registrar: Registrar, persist: Option<PathBuf>, counters: Counters) -> Self {
+        if let Some(path) = &persist {
+            registrar.restore(load_bindings(path), unix_now());
+        }
+        let core = Self {
+            registrar,
+            transactions: HashMap::new(),
+            persist,
+            counters,
+            tag_seed: random_u64(),
+            tag_counter: 0,
+        };
+        core.update_gauge();
+        core
+    }
+
+    fn tag(&mut self) -> String {
+        self.tag_counter += 1;
+        format!(
+            "{:x}",
+            self.tag_seed
+                .wrapping_add(self.tag_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        )
+    }
+
+    /// Current registrations, for the gRPC API.
+    pub fn registrations(&self, peer: Option<&str>) -> Vec<(String, Binding)> {
+        let now = unix_now();
+        let mut out = Vec::new();
+        for (line, bindings) in self.registrar.snapshot() {
+            if peer.is_some_and(|p| p != line) {
+                continue;
+            }
+            for b in bindings.into_iter().filter(|b| b.expires_at > now) {
+                out.push((line.clone(), b));
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1.contact).cmp(&(&b.0, &b.1.contact)));
+        out
+    }
+
+    fn update_gauge(&self) {
+        let count: usize = self.registrar.snapshot().values().map(Vec::len).sum();
+        self.counters.registrations.set(count as i64);
+    }
+
+    fn persist(&self) {
+        self.update_gauge();
+        let Some(path) = &self.persist else { return };
+        let tmp = path.with_extension("json.tmp");
+        let result = serde_json::to_vec_pretty(&self.registrar.snapshot())
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = result {
+            tracing::error!(path = %path.display(), error = %e, "cannot persist registrations");
+        }
+    }
+
+    /// One message from `path`.
+    pub fn handle(&mut self, bytes: &[u8], path: Path) {
+        self.counters.received.inc();
+        let tag = self.tag();
+        match wire::parse(bytes, !path.reliable(), &tag) {
+            Err(rejected) => {
+                self.counters.rejected.inc();
+                tracing::debug!(peer = %path.peer(), reason = %rejected.reason, "SIP message refused");
+                match rejected.response {
+                    Some(response) => path.send(response),
+                    None => {
+                        self.counters.dropped.inc();
+                    }
+                }
+            }
+            Ok(Parsed::Extension(e)) => {
+                if let Some(response) =
+                    wire::response_from_headers(&e.headers, 501, "Not Implemented", &tag)
+                {
+                    path.send(response);
+                }
+            }
+            Ok(Parsed::Sip(message)) => match *message {
+                rsip::SipMessage::Request(request) => self.request(request, path, tag),
+                // No client transactions in this build: responses have nowhere to go.
+                rsip::SipMessage::Response(_) => {
+                    self.counters.dropped.inc();
+                }
+            },
+        }
+    }
+
+    fn request(&mut self, mut request: rsip::Request, path: Path, tag: String) {
+        stamp_via(&mut request, path.peer());
+        let method = request.method;
+        let branch = request
+            .via_header()
+            .ok()
+            .and_then(|v| v.typed().ok())
+            .and_then(|v| v.branch().map(|b| b.to_string()))
+            .unwrap_or_default();
+        let call_id = request
+            .call_id_header()
+            .map(|h| h.value().to_owned())
+            .unwrap_or_default();
+        // RFC 3261 §17.2.3: the branch (with the method; ACK matches its INVITE), or for
+        // RFC 2543 elements without the magic cookie, the Call-ID and CSeq.
+        let key_method = if method == rsip::Method::Ack {
+            "INVITE".to_owned()
+        } else {
+            method.to_string()
+        };
+        let key = if branch.starts_with("z9hG4bK") {
+            format!("{branch}|{key_method}")
+        } else {
+            let cseq = request
+                .cseq_header()
+                .map(|h| h.value().to_owned())
+                .unwrap_or_default();
+            format!(
+                "{call_id}|{}|{key_method}",
+                cseq.split_whitespace().next().unwrap_or("")
+            )
+        };
+        let now = Instant::now();
+        if method == rsip::Method::Ack {
+            if let Some((tx, path)) = self.transactions.get_mut(&key) {
+                tx.handle_ack(now, Vec::new());
+                flush(tx, path);
+            }
+            return;
+        }
+        if let Some((tx, path)) = self.transactions.get_mut(&key) {
+            tx.handle_retransmission();
+            flush(tx, path);
+            return;
+        }
+        let transport = if path.reliable() {
+            Transport::Reliable
+        } else {
+            Transport::Unreliable
+        };
+        let invite = method == rsip::Method::Invite;
+        let trying = invite.then(|| {
+            crate::registrar::response(&request, 100, "Trying", "", vec![])
+                .to_string()
+                .into_bytes()
+        });
+        let mut tx = ServerTransaction::new(invite, trying, transport, TimerValues::default());
+
+        let (status, response) = match method {
+            rsip::Method::Register => {
+                let source = Source {
+                    addr: path.peer(),
+                    reliable: path.reliable(),
+                };
+                let random = random_u64().to_le_bytes();
+                let outcome = self
+                    .registrar
+                    .handle(unix_now(), &request, source, random, &tag);
+                if outcome.auth_failed {
+                    self.counters.auth_failures.inc();
+                }
+                if let Some(line) = &outcome.changed {
+                    tracing::info!(line = %line, "registration changed");
+                    self.persist();
+                }
+                (outcome.response.status_code.code(), outcome.response)
+            }
+            rsip::Method::Options => {
+                let allow = vec![rsip::Header::Other("Allow".into(), ALLOW.into())];
+                (
+                    200,
+                    crate::registrar::response(&request, 200, "OK", &tag, allow),
+                )
+            }
+            rsip::Method::Invite => {
+                let retry = vec![rsip::Header::Other("Retry-After".into(), "60".into())];
+                (
+                    503,
+                    crate::registrar::response(
+                        &request,
+                        503,
+                        "Service Unavailable (calls are not handled yet)",
+                        &tag,
+                        retry,
+                    ),
+                )
+            }
+            rsip::Method::Bye | rsip::Method::Cancel => (
+                481,
+                crate::registrar::response(
+                    &request,
+                    481,
+                    "Call/Transaction Does Not Exist",
+                    &tag,
+                    vec![],
+                ),
+            ),
+            _ => {
+                let allow = vec![rsip::Header::Other("Allow".into(), ALLOW.into())];
+                (
+                    405,
+                    crate::registrar::response(&request, 405, "Method Not Allowed", &tag, allow),
+                )
+            }
+        };
+        tx.respond(now, status, response.to_string().into_bytes());
+        flush(&mut tx, &path);
+        if !tx.is_terminated() {
+            self.transactions.insert(key, (tx, path));
+        }
+    }
+
+    /// Transaction timers and registration expiry.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        for (tx, path) in self.transactions.values_mut() {
+            if tx.poll_timeout().is_some_and(|at| at <= now) {
+                tx.handle_timeout(now);
+                flush(tx, path);
+            }
+        }
+        self.transactions.retain(|_, (tx, _)| !tx.is_terminated());
+        if !self.registrar.expire(unix_now()).is_empty() {
+            self.persist();
+        }
+    }
+
+    /// Open server transactions (tests, metrics).
+    pub fn transactions(&self) -> usize {
+        self.transactions.len()
+    }
+}
+
+fn flush(tx: &mut ServerTransaction<Vec<u8>>, path: &Path) {
+    while let Some(transmit) = tx.poll_transmit() {
+        match transmit {
+            Transmit::Message(bytes) | Transmit::Ack(bytes) => path.send(bytes),
+        }
+    }
+}
+
+/// RFC 3261 §18.2.1 and RFC 3581: `received` when the source differs from sent-by or
+/// `rport` was asked for; `rport` filled in with the source port.
+fn stamp_via(request: &mut rsip::Request, source: SocketAddr) {
+    let Some(via) = request.headers.iter_mut().find_map(|h| match h {
+        rsip::Header::Via(v) => Some(v),
+        _ => None,
+    }) else {
+        return;
+    };
+    let value = via.value().to_owned();
+    let (first, rest) = match value.find(',') {
+        Some(i) => (&value[..i], &value[i..]),
+        None => (value.as_str(), ""),
+    };
+    let mut params: Vec<String> = first.split(';').map(str::to_owned).collect();
+    let sent_by_host = params[0]
+        .split_whitespace()
+        .nth(1)
+        .map(|h| {
+            h.rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(h)
+                .trim_matches(['[', ']'])
+                .to_owned()
+        })
+        .unwrap_or_default();
+    let mut wants_rport = false;
+    for p in params.iter_mut().skip(1) {
+        if p.trim().eq_ignore_ascii_case("rport") {
+            *p = format!("rport={}", source.port());
+            wants_rport = true;
+        }
+    }
+    let ip = source.ip().to_string();
+    if (wants_rport || sent_by_host != ip)
+        && !params.iter().any(|p| p.trim().starts_with("received="))
+    {
+        params.push(format!("received={ip}"));
+    }
+    *via = rsip::headers::Via::new(format!("{}{rest}", params.join(";")));
+}
+
+/// Receives datagrams until `stop`.
+pub async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    core: Arc<Mutex<SipCore>>,
+    stop: service_runtime::Shutdown,
+) {
+    let mut buffer = vec![0u8; 65_535];
+    loop {
+        tokio::select! {
+            _ = stop.triggered() => return,
+            received = socket.recv_from(&mut buffer) => match received {
+                Ok((len, from)) => {
+                    let path = Path::Udp { socket: socket.clone(), to: from };
+                    core.lock().unwrap_or_else(|e| e.into_inner()).handle(&buffer[..len], path);
+                }
+                Err(e) => tracing::debug!(error = %e, "SIP UDP receive error"),
+            }
+        }
+    }
+}
+
+/// Accepts TCP connections until `stop`.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    core: Arc<Mutex<SipCore>>,
+    stop: service_runtime::Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.triggered() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(connection(stream, peer, core.clone(), stop.clone()));
+                }
+                Err(e) => tracing::debug!(error = %e, "SIP TCP accept error"),
+            }
+        }
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    core: Arc<Mutex<SipCore>>,
+    stop: service_runtime::Shutdown,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let write_task = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut framer = StreamFramer::new();
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = tokio::select! {
+            _ = stop.triggered() => break,
+            read = tokio::time::timeout(TCP_IDLE, reader.read(&mut buffer)) => read,
+        };
+        let n = match read {
+            Err(_) => {
+                tracing::debug!(%peer, "idle SIP TCP connection closed");
+                break;
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+        };
+        framer.push(&buffer[..n]);
+        loop {
+            match framer.next_item() {
+                Ok(Some(StreamItem::Ping)) => {
+                    let _ = tx.send(b"\r\n".to_vec());
+                }
+                Ok(Some(StreamItem::Message(message))) => {
+                    let path = Path::Tcp {
+                        writer: tx.clone(),
+                        peer,
+                    };
+                    core.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .handle(&message, path);
+                }
+                Ok(None) => break,
+                Err(reason) => {
+                    tracing::debug!(%peer, %reason, "SIP TCP framing lost; closing");
+                    drop(tx);
+                    let _ = write_task.await;
+                    return;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = write_task.await;
+}
+
+/// Runs transaction timers and expiry until `stop`.
+pub async fn tick(core: Arc<Mutex<SipCore>>, stop: service_runtime::Shutdown) {
+    let mut interval = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = stop.triggered() => return,
+            _ = interval.tick() => core.lock().unwrap_or_else(|e| e.into_inner()).tick(),
+        }
+    }
+}

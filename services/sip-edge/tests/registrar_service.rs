@@ -1,0 +1,234 @@
+//! The edge over real UDP and TCP on loopback, the test playing a phone: REGISTER with
+//! digest auth, the registration in `ListRegistrations`, persistence across a restart,
+//! malformed input answered or dropped while the edge keeps serving.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use phone_proto::edge::v1::edge_client::EdgeClient;
+use phone_proto::edge::v1::ListRegistrationsRequest;
+use service_runtime::{CommonArgs, Shutdown};
+use sip_edge::digest::{self, Challenge};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+fn seed_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/freelancer")
+}
+
+struct Edge {
+    sip: SocketAddr,
+    grpc: String,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<Result<(), sip_edge::Error>>,
+}
+
+async fn start(data_dir: &Path) -> Edge {
+    let bound = sip_edge::bind(sip_edge::Config {
+        common: CommonArgs::loopback(),
+        config_dir: seed_dir(),
+        data_dir: data_dir.to_owned(),
+        sip_bind: "127.0.0.1:0".parse().unwrap(),
+        advertise_ip: None,
+        auth_algorithms: sip_edge::Algorithms(vec![sip_edge::digest::Algorithm::Md5]),
+        router_url: "http://127.0.0.1:9".into(),
+        media_relay_url: "http://127.0.0.1:9".into(),
+        voicemail_url: "http://127.0.0.1:9".into(),
+    })
+    .await
+    .unwrap();
+    let info = bound.info();
+    let sip = info
+        .extra
+        .iter()
+        .find(|(k, _)| k == "sip")
+        .map(|(_, v)| v.trim_start_matches("udp+tcp:").parse().unwrap())
+        .unwrap();
+    let grpc = format!("http://{}", info.grpc);
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(bound.run(shutdown.clone()));
+    Edge {
+        sip,
+        grpc,
+        shutdown,
+        task,
+    }
+}
+
+impl Edge {
+    async fn stop(self) {
+        self.shutdown.trigger();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn register(local: SocketAddr, cseq: u32, auth: &str, transport: &str) -> String {
+    format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/{transport} {local};branch=z9hG4bKt{cseq};rport\r\n\
+Max-Forwards: 70\r\n\
+To: <sip:13235550100@127.0.0.1>\r\n\
+From: <sip:13235550100@127.0.0.1>;tag=phone1\r\n\
+Call-ID: reg-test@127.0.0.1\r\n\
+CSeq: {cseq} REGISTER\r\n\
+Contact: <sip:13235550100@{local}>;expires=600\r\n\
+{auth}Content-Length: 0\r\n\r\n"
+    )
+}
+
+async fn exchange(socket: &UdpSocket, to: SocketAddr, message: &str) -> String {
+    socket.send_to(message.as_bytes(), to).await.unwrap();
+    let mut buffer = vec![0u8; 65_535];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    String::from_utf8_lossy(&buffer[..n]).into_owned()
+}
+
+fn header<'a>(response: &'a str, name: &str) -> Vec<&'a str> {
+    response
+        .split("\r\n")
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+        .collect()
+}
+
+fn answer(challenge_response: &str, local: SocketAddr, cseq: u32, transport: &str) -> String {
+    let challenge = header(challenge_response, "WWW-Authenticate")
+        .into_iter()
+        .map(|v| Challenge::parse(v).unwrap())
+        .find(|c| c.algorithm == digest::Algorithm::Md5)
+        .expect("an MD5 challenge");
+    let creds = digest::authorize(
+        &challenge,
+        "13235550100",
+        "password",
+        "REGISTER",
+        "sip:127.0.0.1",
+        "c1",
+        1,
+    );
+    register(
+        local,
+        cseq,
+        &format!("Authorization: {}\r\n", creds.to_header()),
+        transport,
+    )
+}
+
+async fn registrations(grpc: &str) -> Vec<phone_proto::edge::v1::Registration> {
+    let channel = service_runtime::grpc::client_channel(grpc).unwrap();
+    EdgeClient::new(channel)
+        .list_registrations(ListRegistrationsRequest {
+            peer: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .registrations
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_phone_registers_over_udp_and_the_registration_survives_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let edge = start(data.path()).await;
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+
+    let challenge = exchange(&phone, edge.sip, &register(local, 1, "", "UDP")).await;
+    assert!(
+        challenge.starts_with("SIP/2.0 401 Unauthorized\r\n"),
+        "{challenge}"
+    );
+    assert_eq!(
+        header(&challenge, "Via"),
+        [format!(
+            "SIP/2.0/UDP {local};branch=z9hG4bKt1;rport={};received=127.0.0.1",
+            local.port()
+        )],
+        "RFC 3581: rport filled in, received added"
+    );
+    let ok = exchange(&phone, edge.sip, &answer(&challenge, local, 2, "UDP")).await;
+    assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+    assert_eq!(
+        header(&ok, "Contact"),
+        [format!("<sip:13235550100@{local}>;expires=600")]
+    );
+
+    let regs = registrations(&edge.grpc).await;
+    assert_eq!(regs.len(), 1);
+    assert_eq!(
+        (
+            regs[0].peer.as_str(),
+            regs[0].source.as_str(),
+            regs[0].transport.as_str()
+        ),
+        ("13235550100", local.to_string().as_str(), "udp")
+    );
+
+    // Bad input is answered or dropped; the edge keeps serving.
+    let bad = exchange(
+        &phone,
+        edge.sip,
+        &register(local, 3, "Expires: soon\r\n", "UDP"),
+    )
+    .await;
+    assert!(bad.starts_with("SIP/2.0 400 "), "{bad}");
+    phone.send_to(b"\x00\x01 garbage", edge.sip).await.unwrap();
+    let options = "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKo1\r\nMax-Forwards: 70\r\nTo: <sip:127.0.0.1>\r\nFrom: <sip:monitor@127.0.0.1>;tag=m\r\nCall-ID: o1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let pong = exchange(&phone, edge.sip, options).await;
+    assert!(
+        pong.starts_with("SIP/2.0 200 OK\r\n") && header(&pong, "Allow")[0].contains("REGISTER"),
+        "{pong}"
+    );
+    let invite = options
+        .replace("OPTIONS", "INVITE")
+        .replace("z9hG4bKo1", "z9hG4bKi1");
+    let busy = exchange(&phone, edge.sip, &invite).await;
+    assert!(busy.starts_with("SIP/2.0 100 Trying\r\n"), "{busy}");
+
+    edge.stop().await;
+    let edge = start(data.path()).await;
+    let regs = registrations(&edge.grpc).await;
+    assert_eq!(regs.len(), 1, "the registration was persisted");
+    assert_eq!(regs[0].contact, format!("sip:13235550100@{local}"));
+    edge.stop().await;
+}
+
+async fn read(stream: &mut TcpStream) -> String {
+    let mut buffer = vec![0u8; 65_535];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buffer[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_phone_registers_over_tcp() {
+    let data = tempfile::tempdir().unwrap();
+    let edge = start(data.path()).await;
+    let mut stream = TcpStream::connect(edge.sip).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    stream
+        .write_all(register(local, 1, "", "TCP").as_bytes())
+        .await
+        .unwrap();
+    let challenge = read(&mut stream).await;
+    assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
+    stream
+        .write_all(answer(&challenge, local, 2, "TCP").as_bytes())
+        .await
+        .unwrap();
+    let ok = read(&mut stream).await;
+    assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+    // A keep-alive ping gets its pong.
+    stream.write_all(b"\r\n\r\n").await.unwrap();
+    assert_eq!(read(&mut stream).await, "\r\n");
+    let regs = registrations(&edge.grpc).await;
+    assert_eq!(regs[0].transport, "tcp");
+    edge.stop().await;
+}
