@@ -662,7 +662,8 @@ impl StreamFramer {
             }
         }
         let length = length.ok_or("no Content-Length on a stream")?;
-        let total = end + 4 + length;
+        // Checked: the length comes from the peer and may be any number.
+        let total = length.checked_add(end + 4).unwrap_or(usize::MAX);
         if total > MAX_MESSAGE {
             return Err(format!(
                 "message of {total} bytes is larger than {MAX_MESSAGE}"
