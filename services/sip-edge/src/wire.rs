@@ -663,7 +663,7 @@ impl StreamFramer {
         }
         let length = length.ok_or("no Content-Length on a stream")?;
         // Checked: the length comes from the peer and may be any number.
-        let total = length.checked_add(end + 4).unwrap_or(usize::MAX);
+        let total = length.saturating_add(end + 4);
         if total > MAX_MESSAGE {
             return Err(format!(
                 "message of {total} bytes is larger than {MAX_MESSAGE}"
