@@ -137,14 +137,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
 
     let edge = sip_edge::bind(sip_edge::Config {
         common: common(&listeners.edge),
-        config_dir: config_dir.clone(),
-        data_dir: data_dir("sip-edge")?,
         sip_bind: config.sip_bind,
         advertise_ip: config.advertise_ip,
-        auth_algorithms: sip_edge::Algorithms(vec![sip_edge::digest::Algorithm::Md5]),
         router_url: url(&listeners.router),
         media_relay_url: url(&listeners.media_relay),
         voicemail_url: url(&listeners.voicemail),
+        ..sip_edge::Config::loopback(config_dir.clone(), data_dir("sip-edge")?)
     })
     .await?;
     let router = router::bind(router::Config {

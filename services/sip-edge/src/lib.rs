@@ -17,6 +17,7 @@
 pub mod digest;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guard;
 pub mod registrar;
 pub mod server;
 pub mod transaction;
@@ -64,6 +65,27 @@ pub struct Config {
     /// or SHA-256,MD5 (RFC 8760) for phones that accept it.
     #[arg(long, env = "PHONE_AUTH_ALGORITHMS", default_value = "MD5")]
     pub auth_algorithms: Algorithms,
+    /// Requests per second a source address may send, sustained.
+    #[arg(long, env = "PHONE_RATE_LIMIT", default_value_t = 50.0)]
+    pub rate_limit: f64,
+    /// Requests a source address may send at once.
+    #[arg(long, env = "PHONE_RATE_BURST", default_value_t = 100.0)]
+    pub rate_burst: f64,
+    /// Failed authentications within --ban-window that ban a source address.
+    #[arg(long, env = "PHONE_BAN_FAILURES", default_value_t = 5)]
+    pub ban_failures: u32,
+    #[arg(long, env = "PHONE_BAN_WINDOW", default_value = "60s", value_parser = service_runtime::settings::parse_duration)]
+    pub ban_window: std::time::Duration,
+    #[arg(long, env = "PHONE_BAN_TIME", default_value = "10m", value_parser = service_runtime::settings::parse_duration)]
+    pub ban_time: std::time::Duration,
+    /// Numbers whose calls no limit or ban ever refuses.
+    #[arg(
+        long,
+        env = "PHONE_EMERGENCY_NUMBERS",
+        default_value = "911",
+        value_delimiter = ','
+    )]
+    pub emergency_numbers: Vec<String>,
     #[arg(long, env = "PHONE_ROUTER_URL", default_value = "http://router:50051")]
     pub router_url: String,
     #[arg(
@@ -78,6 +100,30 @@ pub struct Config {
         default_value = "http://voicemail:50051"
     )]
     pub voicemail_url: String,
+}
+
+impl Config {
+    /// Every setting at its default, SIP and gRPC on loopback ephemeral ports: for
+    /// `phone` and tests, which then set what they need.
+    pub fn loopback(config_dir: PathBuf, data_dir: PathBuf) -> Self {
+        Self {
+            common: CommonArgs::loopback(),
+            config_dir,
+            data_dir,
+            sip_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_ip: None,
+            auth_algorithms: Algorithms(vec![digest::Algorithm::Md5]),
+            rate_limit: 50.0,
+            rate_burst: 100.0,
+            ban_failures: 5,
+            ban_window: std::time::Duration::from_secs(60),
+            ban_time: std::time::Duration::from_secs(600),
+            emergency_numbers: vec!["911".into()],
+            router_url: "http://127.0.0.1:9".into(),
+            media_relay_url: "http://127.0.0.1:9".into(),
+            voicemail_url: "http://127.0.0.1:9".into(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +182,24 @@ impl std::str::FromStr for Algorithms {
             .collect::<Result<Vec<_>, _>>()
             .map(Algorithms)
     }
+}
+
+/// The addresses of the trunks (peers with a `host`), resolved through DNS (A and AAAA
+/// records): never rate-limited or banned. A name that does not resolve is logged.
+async fn trunk_addresses(sip: &SipConf) -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    for peer in &sip.peers {
+        let Host::Static(host) = &peer.host else {
+            continue;
+        };
+        match tokio::net::lookup_host((host.as_str(), peer.port.unwrap_or(5060))).await {
+            Ok(addrs) => out.extend(addrs.map(|a| a.ip())),
+            Err(e) => {
+                tracing::warn!(peer = %peer.name, host = %host, error = %e, "cannot resolve the trunk's host; it is not exempt from limits")
+            }
+        }
+    }
+    out
 }
 
 /// The registrar's lines: the `host=dynamic` peers of sip.conf.
@@ -230,8 +294,21 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         path: config.data_dir.clone(),
         source,
     })?;
+    let guard = guard::Guard::new(
+        guard::GuardConfig {
+            rate: config.rate_limit,
+            burst: config.rate_burst,
+            ban_failures: config.ban_failures,
+            ban_window: config.ban_window,
+            ban_time: config.ban_time,
+            ..guard::GuardConfig::default()
+        },
+        trunk_addresses(&sip).await,
+    );
     let core = server::SipCore::new(
         registrar_for(&sip, &config.auth_algorithms.0),
+        guard,
+        config.emergency_numbers.clone(),
         Some(config.data_dir.join("registrations.json")),
         counters,
     );

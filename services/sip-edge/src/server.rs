@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
+use crate::guard::{self, Admission, Guard};
 use crate::registrar::{Binding, Registrar, Source};
 use crate::transaction::{ServerTransaction, TimerValues, Transmit, Transport};
 use crate::wire::{self, Parsed, StreamFramer, StreamItem};
@@ -80,11 +81,16 @@ pub struct Counters {
     pub dropped: prometheus_client::metrics::counter::Counter,
     pub auth_failures: prometheus_client::metrics::counter::Counter,
     pub registrations: prometheus_client::metrics::gauge::Gauge,
+    pub rate_limited: prometheus_client::metrics::counter::Counter,
+    pub banned_drops: prometheus_client::metrics::counter::Counter,
+    pub bans: prometheus_client::metrics::counter::Counter,
 }
 
 /// The shared state of the SIP side of the edge.
 pub struct SipCore {
     registrar: Registrar,
+    guard: Guard,
+    emergency_numbers: Vec<String>,
     transactions: HashMap<String, (ServerTransaction<Vec<u8>>, Path)>,
     persist: Option<PathBuf>,
     counters: Counters,
@@ -124,12 +130,20 @@ pub fn load_bindings(path: &std::path::Path) -> HashMap<String, Vec<Binding>> {
 }
 
 impl SipCore {
-    pub fn new(mut registrar: Registrar, persist: Option<PathBuf>, counters: Counters) -> Self {
+    pub fn new(
+        mut registrar: Registrar,
+        guard: Guard,
+        emergency_numbers: Vec<String>,
+        persist: Option<PathBuf>,
+        counters: Counters,
+    ) -> Self {
         if let Some(path) = &persist {
             registrar.restore(load_bindings(path), unix_now());
         }
         let core = Self {
             registrar,
+            guard,
+            emergency_numbers,
             transactions: HashMap::new(),
             persist,
             counters,
@@ -186,6 +200,21 @@ impl SipCore {
     /// One message from `path`.
     pub fn handle(&mut self, bytes: &[u8], path: Path) {
         self.counters.received.inc();
+        let emergency = guard::is_emergency_invite(bytes, &self.emergency_numbers);
+        match self
+            .guard
+            .admit(Instant::now(), path.peer().ip(), emergency)
+        {
+            Admission::Allowed => {}
+            Admission::RateLimited => {
+                self.counters.rate_limited.inc();
+                return;
+            }
+            Admission::Banned => {
+                self.counters.banned_drops.inc();
+                return;
+            }
+        }
         let tag = self.tag();
         match wire::parse(bytes, !path.reliable(), &tag) {
             Err(rejected) => {
@@ -218,25 +247,29 @@ impl SipCore {
     fn request(&mut self, mut request: rsip::Request, path: Path, tag: String) {
         stamp_via(&mut request, path.peer());
         let method = request.method;
-        let branch = request
-            .via_header()
-            .ok()
-            .and_then(|v| v.typed().ok())
+        let via = request.via_header().ok().and_then(|v| v.typed().ok());
+        let branch = via
+            .as_ref()
             .and_then(|v| v.branch().map(|b| b.to_string()))
+            .unwrap_or_default();
+        let sent_by = via
+            .as_ref()
+            .map(|v| v.uri.host_with_port.to_string())
             .unwrap_or_default();
         let call_id = request
             .call_id_header()
             .map(|h| h.value().to_owned())
             .unwrap_or_default();
-        // RFC 3261 §17.2.3: the branch (with the method; ACK matches its INVITE), or for
-        // RFC 2543 elements without the magic cookie, the Call-ID and CSeq.
+        // RFC 3261 §17.2.3: the branch, the top Via's sent-by and the method (ACK matches
+        // its INVITE), or for RFC 2543 elements without the magic cookie, the Call-ID and
+        // CSeq. Two phones may well pick the same branch; they differ in sent-by.
         let key_method = if method == rsip::Method::Ack {
             "INVITE".to_owned()
         } else {
             method.to_string()
         };
         let key = if branch.starts_with("z9hG4bK") {
-            format!("{branch}|{key_method}")
+            format!("{branch}|{sent_by}|{key_method}")
         } else {
             let cseq = request
                 .cseq_header()
@@ -285,6 +318,10 @@ impl SipCore {
                     .handle(unix_now(), &request, source, random, &tag);
                 if outcome.auth_failed {
                     self.counters.auth_failures.inc();
+                    if self.guard.auth_failed(now, path.peer().ip()) {
+                        self.counters.bans.inc();
+                        tracing::warn!(source = %path.peer().ip(), "banned after repeated authentication failures");
+                    }
                 }
                 if let Some(line) = &outcome.changed {
                     tracing::info!(line = %line, "registration changed");

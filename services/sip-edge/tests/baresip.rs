@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use phone_proto::edge::v1::edge_client::EdgeClient;
 use phone_proto::edge::v1::{ListRegistrationsRequest, Registration};
-use service_runtime::{CommonArgs, Shutdown};
+use service_runtime::Shutdown;
 
 fn seed_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/freelancer")
@@ -80,17 +80,10 @@ async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T
 #[tokio::test(flavor = "multi_thread")]
 async fn baresip_registers_with_the_seed_credentials_and_unregisters() {
     let data = tempfile::tempdir().unwrap();
-    let bound = sip_edge::bind(sip_edge::Config {
-        common: CommonArgs::loopback(),
-        config_dir: seed_dir(),
-        data_dir: data.path().to_owned(),
-        sip_bind: "127.0.0.1:0".parse().unwrap(),
-        advertise_ip: None,
-        auth_algorithms: "MD5".parse().unwrap(),
-        router_url: "http://127.0.0.1:9".into(),
-        media_relay_url: "http://127.0.0.1:9".into(),
-        voicemail_url: "http://127.0.0.1:9".into(),
-    })
+    let bound = sip_edge::bind(sip_edge::Config::loopback(
+        seed_dir(),
+        data.path().to_owned(),
+    ))
     .await
     .unwrap();
     let info = bound.info();

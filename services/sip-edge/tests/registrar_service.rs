@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use phone_proto::edge::v1::edge_client::EdgeClient;
 use phone_proto::edge::v1::ListRegistrationsRequest;
-use service_runtime::{CommonArgs, Shutdown};
+use service_runtime::Shutdown;
 use sip_edge::digest::{self, Challenge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -25,19 +25,11 @@ struct Edge {
 }
 
 async fn start(data_dir: &Path) -> Edge {
-    let bound = sip_edge::bind(sip_edge::Config {
-        common: CommonArgs::loopback(),
-        config_dir: seed_dir(),
-        data_dir: data_dir.to_owned(),
-        sip_bind: "127.0.0.1:0".parse().unwrap(),
-        advertise_ip: None,
-        auth_algorithms: sip_edge::Algorithms(vec![sip_edge::digest::Algorithm::Md5]),
-        router_url: "http://127.0.0.1:9".into(),
-        media_relay_url: "http://127.0.0.1:9".into(),
-        voicemail_url: "http://127.0.0.1:9".into(),
-    })
-    .await
-    .unwrap();
+    start_with(sip_edge::Config::loopback(seed_dir(), data_dir.to_owned())).await
+}
+
+async fn start_with(config: sip_edge::Config) -> Edge {
+    let bound = sip_edge::bind(config).await.unwrap();
     let info = bound.info();
     let sip = info
         .extra
@@ -97,6 +89,16 @@ fn header<'a>(response: &'a str, name: &str) -> Vec<&'a str> {
 }
 
 fn answer(challenge_response: &str, local: SocketAddr, cseq: u32, transport: &str) -> String {
+    answer_with(challenge_response, local, cseq, transport, "password")
+}
+
+fn answer_with(
+    challenge_response: &str,
+    local: SocketAddr,
+    cseq: u32,
+    transport: &str,
+    password: &str,
+) -> String {
     let challenge = header(challenge_response, "WWW-Authenticate")
         .into_iter()
         .map(|v| Challenge::parse(v).unwrap())
@@ -105,7 +107,7 @@ fn answer(challenge_response: &str, local: SocketAddr, cseq: u32, transport: &st
     let creds = digest::authorize(
         &challenge,
         "13235550100",
-        "password",
+        password,
         "REGISTER",
         "sip:127.0.0.1",
         "c1",
@@ -230,5 +232,88 @@ async fn a_phone_registers_over_tcp() {
     assert_eq!(read(&mut stream).await, "\r\n");
     let regs = registrations(&edge.grpc).await;
     assert_eq!(regs[0].transport, "tcp");
+    edge.stop().await;
+}
+
+/// Whether anything comes back within `wait` (for checks that something is dropped).
+async fn answered_within(socket: &UdpSocket, wait: Duration) -> bool {
+    let mut buffer = vec![0u8; 65_535];
+    tokio::time::timeout(wait, socket.recv_from(&mut buffer))
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_auth_failures_ban_the_source_but_911_still_gets_through() {
+    let data = tempfile::tempdir().unwrap();
+    let edge = start(data.path()).await;
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+    for attempt in 0..5u32 {
+        let challenge = exchange(
+            &phone,
+            edge.sip,
+            &register(local, attempt * 2 + 1, "", "UDP"),
+        )
+        .await;
+        let bad = answer_with(&challenge, local, attempt * 2 + 2, "UDP", "guess");
+        let refused = exchange(&phone, edge.sip, &bad).await;
+        assert!(refused.starts_with("SIP/2.0 403 "), "{refused}");
+    }
+    // Banned: a REGISTER gets no answer at all.
+    phone
+        .send_to(register(local, 99, "", "UDP").as_bytes(), edge.sip)
+        .await
+        .unwrap();
+    assert!(
+        !answered_within(&phone, Duration::from_millis(700)).await,
+        "a banned source is dropped"
+    );
+    // A call to 911 from the banned address is still taken (and, as calls are not in
+    // this build, answered 100 then 503 rather than dropped).
+    let invite = format!(
+        "INVITE sip:911@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK911\r\nMax-Forwards: 70\r\n\
+To: <sip:911@127.0.0.1>\r\nFrom: <sip:13235550100@127.0.0.1>;tag=e\r\nCall-ID: e911\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let trying = exchange(&phone, edge.sip, &invite).await;
+    assert!(trying.starts_with("SIP/2.0 100 Trying"), "{trying}");
+    // Another address (127.0.0.2 is loopback too) is not affected.
+    let other = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let challenge = exchange(
+        &other,
+        edge.sip,
+        &register(other.local_addr().unwrap(), 1, "", "UDP"),
+    )
+    .await;
+    assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_from_one_source_is_rate_limited() {
+    let data = tempfile::tempdir().unwrap();
+    let edge = start_with(sip_edge::Config {
+        rate_limit: 1.0,
+        rate_burst: 5.0,
+        ..sip_edge::Config::loopback(seed_dir(), data.path().to_owned())
+    })
+    .await;
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+    for i in 0..20u32 {
+        let options = format!(
+            "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKflood{i}\r\nMax-Forwards: 70\r\n\
+To: <sip:127.0.0.1>\r\nFrom: <sip:x@127.0.0.1>;tag=f\r\nCall-ID: flood{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        phone.send_to(options.as_bytes(), edge.sip).await.unwrap();
+    }
+    let mut answers = 0;
+    while answered_within(&phone, Duration::from_millis(500)).await {
+        answers += 1;
+    }
+    assert!(
+        (5..=7).contains(&answers),
+        "the burst of 5 (and a refill or two) answered, the rest dropped: {answers}"
+    );
     edge.stop().await;
 }
