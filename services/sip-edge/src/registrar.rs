@@ -134,6 +134,11 @@ impl Registrar {
         changed
     }
 
+    /// How many bindings there are (expired ones included until `expire` runs).
+    pub fn binding_count(&self) -> usize {
+        self.bindings.values().map(Vec::len).sum()
+    }
+
     /// Every binding, for persisting.
     pub fn snapshot(&self) -> HashMap<String, Vec<Binding>> {
         self.bindings.clone()
@@ -154,14 +159,13 @@ impl Registrar {
         }
     }
 
-    /// Handles a REGISTER received at `now` (Unix seconds). `random` seeds a new nonce;
-    /// `to_tag` is the To tag of our response.
+    /// Handles a REGISTER received at `now` (Unix seconds); `to_tag` is the To tag of
+    /// our response.
     pub fn handle(
         &mut self,
         now: u64,
         request: &rsip::Request,
         source: Source,
-        random: [u8; 8],
         to_tag: &str,
     ) -> Outcome {
         let outcome = |response, changed, auth_failed| Outcome {
@@ -187,21 +191,11 @@ impl Registrar {
             _ => None,
         });
         let Some(authorization) = authorization else {
-            return outcome(
-                self.challenge(request, now, random, to_tag, false),
-                None,
-                false,
-            );
+            return outcome(self.challenge(request, now, to_tag, false), None, false);
         };
         let credentials = match Credentials::parse(&authorization) {
             Ok(c) => c,
-            Err(_) => {
-                return outcome(
-                    self.challenge(request, now, random, to_tag, false),
-                    None,
-                    true,
-                )
-            }
+            Err(_) => return outcome(self.challenge(request, now, to_tag, false), None, true),
         };
         if !self.config.algorithms.contains(&credentials.algorithm) {
             // Not an algorithm we offered: no downgrade to one we did not choose.
@@ -226,11 +220,7 @@ impl Registrar {
         ) {
             Verdict::Ok => {}
             Verdict::Stale => {
-                return outcome(
-                    self.challenge(request, now, random, to_tag, true),
-                    None,
-                    false,
-                )
+                return outcome(self.challenge(request, now, to_tag, true), None, false)
             }
             Verdict::Rejected => {
                 return outcome(
@@ -248,11 +238,10 @@ impl Registrar {
         &mut self,
         request: &rsip::Request,
         now: u64,
-        random: [u8; 8],
         to_tag: &str,
         stale: bool,
     ) -> rsip::Response {
-        let nonce = self.nonces.issue(now, random);
+        let nonce = self.nonces.issue(now);
         let headers = self
             .config
             .algorithms
@@ -616,20 +605,13 @@ User-Agent: baresip v1.0.0\r\n\
     }
 
     fn login(r: &mut Registrar, extra: &str, cseq: u32, algorithm: Algorithm) -> Outcome {
-        let first = r.handle(
-            NOW,
-            &register("13235550100", cseq, extra),
-            source(),
-            [cseq as u8; 8],
-            "rt",
-        );
+        let first = r.handle(NOW, &register("13235550100", cseq, extra), source(), "rt");
         assert_eq!(first.response.status_code.code(), 401);
         let auth = authorize(&first.response, "13235550100", "password", 1, algorithm);
         r.handle(
             NOW,
             &register("13235550100", cseq + 1, &format!("{auth}{extra}")),
             source(),
-            [0; 8],
             "rt",
         )
     }
@@ -645,7 +627,6 @@ User-Agent: baresip v1.0.0\r\n\
                 "Contact: <sip:13235550100@10.0.0.5:5062>\r\n",
             ),
             source(),
-            [1; 8],
             "rt",
         );
         let text = out.response.to_string();
@@ -709,7 +690,7 @@ User-Agent: baresip v1.0.0\r\n\
             }],
             [9; 32],
         );
-        let first = r.handle(NOW, &register("13235550100", 1, ""), source(), [1; 8], "rt");
+        let first = r.handle(NOW, &register("13235550100", 1, ""), source(), "rt");
         let challenges = header(&first.response, "WWW-Authenticate");
         assert_eq!(challenges.len(), 1);
         assert!(challenges[0].contains("algorithm=MD5"));
@@ -726,32 +707,20 @@ User-Agent: baresip v1.0.0\r\n\
             1,
         );
         let auth = format!("Authorization: {}\r\n", creds.to_header());
-        let out = r.handle(
-            NOW,
-            &register("13235550100", 2, &auth),
-            source(),
-            [0; 8],
-            "rt",
-        );
+        let out = r.handle(NOW, &register("13235550100", 2, &auth), source(), "rt");
         assert_eq!(out.response.status_code.code(), 403);
     }
 
     #[test]
     fn wrong_password_and_unknown_user_get_the_same_403() {
         let mut r = registrar();
-        let first = r.handle(NOW, &register("13235550100", 1, ""), source(), [1; 8], "rt");
+        let first = r.handle(NOW, &register("13235550100", 1, ""), source(), "rt");
         let wrong = authorize(&first.response, "13235550100", "guess", 1, Algorithm::Md5);
-        let out = r.handle(
-            NOW,
-            &register("13235550100", 2, &wrong),
-            source(),
-            [0; 8],
-            "rt",
-        );
+        let out = r.handle(NOW, &register("13235550100", 2, &wrong), source(), "rt");
         assert_eq!(out.response.status_code.code(), 403);
         assert!(out.auth_failed);
 
-        let first = r.handle(NOW, &register("19995550100", 1, ""), source(), [2; 8], "rt");
+        let first = r.handle(NOW, &register("19995550100", 1, ""), source(), "rt");
         assert_eq!(
             first.response.status_code.code(),
             401,
@@ -764,13 +733,7 @@ User-Agent: baresip v1.0.0\r\n\
             1,
             Algorithm::Md5,
         );
-        let out2 = r.handle(
-            NOW,
-            &register("19995550100", 2, &unknown),
-            source(),
-            [0; 8],
-            "rt",
-        );
+        let out2 = r.handle(NOW, &register("19995550100", 2, &unknown), source(), "rt");
         assert_eq!(out2.response.status_code.code(), 403);
         assert!(out2.auth_failed);
         assert_eq!(
@@ -783,7 +746,7 @@ User-Agent: baresip v1.0.0\r\n\
     #[test]
     fn replayed_credentials_are_refused_and_old_nonces_are_stale() {
         let mut r = registrar();
-        let first = r.handle(NOW, &register("13235550100", 1, ""), source(), [1; 8], "rt");
+        let first = r.handle(NOW, &register("13235550100", 1, ""), source(), "rt");
         let auth = authorize(
             &first.response,
             "13235550100",
@@ -793,26 +756,19 @@ User-Agent: baresip v1.0.0\r\n\
         );
         let extra = format!("{auth}Contact: <sip:13235550100@10.0.0.5>\r\n");
         assert_eq!(
-            r.handle(
-                NOW,
-                &register("13235550100", 2, &extra),
-                source(),
-                [0; 8],
-                "rt"
-            )
-            .response
-            .status_code
-            .code(),
+            r.handle(NOW, &register("13235550100", 2, &extra), source(), "rt")
+                .response
+                .status_code
+                .code(),
             200
         );
-        let replay = r.handle(
-            NOW + 1,
-            &register("13235550100", 3, &extra),
-            source(),
-            [0; 8],
-            "rt",
+        let replay = r.handle(NOW + 1, &register("13235550100", 3, &extra), source(), "rt");
+        assert_eq!(
+            replay.response.status_code.code(),
+            401,
+            "the same nonce again: challenged afresh"
         );
-        assert_eq!(replay.response.status_code.code(), 403, "the same nc again");
+        assert!(header(&replay.response, "WWW-Authenticate")[0].contains("stale=true"));
         let late = authorize(
             &first.response,
             "13235550100",
@@ -824,7 +780,6 @@ User-Agent: baresip v1.0.0\r\n\
             NOW + 301,
             &register("13235550100", 4, &late),
             source(),
-            [3; 8],
             "rt",
         );
         assert_eq!(out.response.status_code.code(), 401);

@@ -14,7 +14,8 @@
 //! RFC 3581: the response's top Via gets `received` and the filled-in `rport`, and
 //! responses go back to the address and port the request came from.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,9 @@ use crate::guard::{self, Admission, Guard};
 use crate::registrar::{Binding, Registrar, Source};
 use crate::transaction::{ServerTransaction, TimerValues, Transmit, Transport};
 use crate::wire::{self, Parsed, StreamFramer, StreamItem};
+
+/// How often changed registrations are written to disk, at most.
+pub const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a TCP connection may stay silent before it is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(600);
@@ -92,7 +96,18 @@ pub struct SipCore {
     guard: Guard,
     emergency_numbers: Vec<String>,
     transactions: HashMap<String, (ServerTransaction<Vec<u8>>, Path)>,
+    /// When each transaction next needs `handle_timeout`, earliest first. Entries go
+    /// stale when a transaction's timers move; a popped entry is checked against the
+    /// transaction (lazy deletion), so a tick costs the due timers, not every
+    /// transaction.
+    deadlines: BinaryHeap<Reverse<(Instant, String)>>,
+    expired_at: u64,
     persist: Option<PathBuf>,
+    /// Bindings changed since the last write: written by `tick` at most every
+    /// [`PERSIST_EVERY`], and by `flush` at shutdown (a write per REGISTER would cost
+    /// the whole table each time).
+    dirty: bool,
+    last_write: Instant,
     counters: Counters,
     tag_seed: u64,
     tag_counter: u64,
@@ -145,7 +160,11 @@ impl SipCore {
             guard,
             emergency_numbers,
             transactions: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            expired_at: 0,
             persist,
+            dirty: false,
+            last_write: Instant::now(),
             counters,
             tag_seed: random_u64(),
             tag_counter: 0,
@@ -180,19 +199,31 @@ impl SipCore {
     }
 
     fn update_gauge(&self) {
-        let count: usize = self.registrar.snapshot().values().map(Vec::len).sum();
-        self.counters.registrations.set(count as i64);
+        self.counters
+            .registrations
+            .set(self.registrar.binding_count() as i64);
     }
 
-    fn persist(&self) {
-        self.update_gauge();
+    /// Marks the bindings changed; the tick writes them and updates the gauge.
+    fn persist(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Writes the bindings if they changed (atomically: a temporary file, then rename).
+    pub fn flush(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        self.last_write = Instant::now();
         let Some(path) = &self.persist else { return };
         let tmp = path.with_extension("json.tmp");
-        let result = serde_json::to_vec_pretty(&self.registrar.snapshot())
+        let result = serde_json::to_vec(&self.registrar.snapshot())
             .map_err(std::io::Error::other)
             .and_then(|bytes| std::fs::write(&tmp, bytes))
             .and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = result {
+            self.dirty = true;
             tracing::error!(path = %path.display(), error = %e, "cannot persist registrations");
         }
     }
@@ -285,6 +316,9 @@ impl SipCore {
             if let Some((tx, path)) = self.transactions.get_mut(&key) {
                 tx.handle_ack(now, Vec::new());
                 flush(tx, path);
+                if let Some(at) = tx.poll_timeout() {
+                    self.deadlines.push(Reverse((at, key)));
+                }
             }
             return;
         }
@@ -312,10 +346,7 @@ impl SipCore {
                     addr: path.peer(),
                     reliable: path.reliable(),
                 };
-                let random = random_u64().to_le_bytes();
-                let outcome = self
-                    .registrar
-                    .handle(unix_now(), &request, source, random, &tag);
+                let outcome = self.registrar.handle(unix_now(), &request, source, &tag);
                 if outcome.auth_failed {
                     self.counters.auth_failures.inc();
                     if self.guard.auth_failed(now, path.peer().ip()) {
@@ -324,7 +355,7 @@ impl SipCore {
                     }
                 }
                 if let Some(line) = &outcome.changed {
-                    tracing::info!(line = %line, "registration changed");
+                    tracing::debug!(line = %line, "registration changed");
                     self.persist();
                 }
                 (outcome.response.status_code.code(), outcome.response)
@@ -370,22 +401,49 @@ impl SipCore {
         tx.respond(now, status, response.to_string().into_bytes());
         flush(&mut tx, &path);
         if !tx.is_terminated() {
+            if let Some(at) = tx.poll_timeout() {
+                self.deadlines.push(Reverse((at, key.clone())));
+            }
             self.transactions.insert(key, (tx, path));
         }
     }
 
-    /// Transaction timers and registration expiry.
+    /// Transaction timers that are due, registration expiry (once a second).
     pub fn tick(&mut self) {
         let now = Instant::now();
-        for (tx, path) in self.transactions.values_mut() {
+        while self
+            .deadlines
+            .peek()
+            .is_some_and(|Reverse((at, _))| *at <= now)
+        {
+            let Some(Reverse((_, key))) = self.deadlines.pop() else {
+                break;
+            };
+            let Some((tx, path)) = self.transactions.get_mut(&key) else {
+                continue;
+            };
             if tx.poll_timeout().is_some_and(|at| at <= now) {
                 tx.handle_timeout(now);
                 flush(tx, path);
             }
+            match tx.poll_timeout() {
+                _ if tx.is_terminated() => {
+                    self.transactions.remove(&key);
+                }
+                Some(at) => self.deadlines.push(Reverse((at, key))),
+                None => {}
+            }
         }
-        self.transactions.retain(|_, (tx, _)| !tx.is_terminated());
-        if !self.registrar.expire(unix_now()).is_empty() {
-            self.persist();
+        let unix = unix_now();
+        if unix > self.expired_at {
+            self.expired_at = unix;
+            if !self.registrar.expire(unix).is_empty() {
+                self.persist();
+            }
+        }
+        if self.dirty && now.duration_since(self.last_write) >= PERSIST_EVERY {
+            self.update_gauge();
+            self.flush();
         }
     }
 
@@ -544,12 +602,16 @@ async fn connection(
     let _ = write_task.await;
 }
 
-/// Runs transaction timers and expiry until `stop`.
+/// Runs transaction timers, expiry and persistence until `stop`, then writes what
+/// changed.
 pub async fn tick(core: Arc<Mutex<SipCore>>, stop: service_runtime::Shutdown) {
     let mut interval = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
-            _ = stop.triggered() => return,
+            _ = stop.triggered() => {
+                core.lock().unwrap_or_else(|e| e.into_inner()).flush();
+                return;
+            }
             _ = interval.tick() => core.lock().unwrap_or_else(|e| e.into_inner()).tick(),
         }
     }
