@@ -18,6 +18,7 @@ pub mod digest;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
+pub mod qualify;
 pub mod registrar;
 pub mod server;
 pub mod transaction;
@@ -202,6 +203,27 @@ async fn trunk_addresses(sip: &SipConf) -> Vec<std::net::IpAddr> {
     out
 }
 
+/// The lines with `qualify`: probed every `qualifyfreq` seconds, unreachable past the
+/// qualify time.
+fn qualifier_for(sip: &SipConf) -> qualify::Qualifier {
+    let policies = sip
+        .peers
+        .iter()
+        .filter(|p| p.host == Host::Dynamic)
+        .filter_map(|p| match p.qualify {
+            asterisk_conf::sip::Qualify::Within(ms) => Some((
+                p.name.clone(),
+                qualify::Policy {
+                    limit: std::time::Duration::from_millis(u64::from(ms)),
+                    every: std::time::Duration::from_secs(u64::from(p.qualify_freq_secs.max(1))),
+                },
+            )),
+            asterisk_conf::sip::Qualify::No => None,
+        })
+        .collect();
+    qualify::Qualifier::new(policies)
+}
+
 /// The registrar's lines: the `host=dynamic` peers of sip.conf.
 fn registrar_for(sip: &SipConf, algorithms: &[digest::Algorithm]) -> Registrar {
     let lines = sip
@@ -308,6 +330,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let core = server::SipCore::new(
         registrar_for(&sip, &config.auth_algorithms.0),
         guard,
+        qualifier_for(&sip),
         config.emergency_numbers.clone(),
         Some(config.data_dir.join("registrations.json")),
         counters,
@@ -346,6 +369,9 @@ impl Bound {
             core,
             ..
         } = self;
+        core.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_udp(udp.clone());
         tokio::spawn(server::serve_udp(udp, core.clone(), shutdown.clone()));
         tokio::spawn(server::serve_tcp(tcp, core.clone(), shutdown.clone()));
         tokio::spawn(server::tick(core.clone(), shutdown.clone()));
@@ -385,14 +411,12 @@ impl Edge for EdgeApi {
             .registrations(Some(peer.as_str()).filter(|p| !p.is_empty()))
             .into_iter()
             .map(|(line, b)| Registration {
+                reachable: core.reachable(&line, &b.contact),
                 peer: line,
                 contact: b.contact,
                 expires_time: i64::try_from(b.expires_at).unwrap_or(i64::MAX),
                 source: b.source.to_string(),
                 transport: b.transport,
-                // Qualify (OPTIONS keep-alive) is not in this build: registered means
-                // reachable until it is.
-                reachable: true,
                 user_agent: b.user_agent.unwrap_or_default(),
             })
             .collect();

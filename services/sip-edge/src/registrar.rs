@@ -134,6 +134,13 @@ impl Registrar {
         changed
     }
 
+    /// Every line with bindings (expired ones included until `expire` runs).
+    pub fn lines_with_bindings(&self) -> impl Iterator<Item = (&str, &[Binding])> {
+        self.bindings
+            .iter()
+            .map(|(l, b)| (l.as_str(), b.as_slice()))
+    }
+
     /// How many bindings there are (expired ones included until `expire` runs).
     pub fn binding_count(&self) -> usize {
         self.bindings.values().map(Vec::len).sum()

@@ -27,7 +27,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::guard::{self, Admission, Guard};
+use crate::qualify::{Key, Qualifier};
 use crate::registrar::{Binding, Registrar, Source};
+use crate::transaction::{ClientEvent, ClientTransaction};
 use crate::transaction::{ServerTransaction, TimerValues, Transmit, Transport};
 use crate::wire::{self, Parsed, StreamFramer, StreamItem};
 
@@ -102,6 +104,14 @@ pub struct SipCore {
     /// transaction.
     deadlines: BinaryHeap<Reverse<(Instant, String)>>,
     expired_at: u64,
+    /// Requests the edge sends (OPTIONS probes), by branch.
+    clients: HashMap<String, (ClientTransaction<Vec<u8>>, Path)>,
+    client_deadlines: BinaryHeap<Reverse<(Instant, String)>>,
+    qualifier: Qualifier,
+    /// The UDP socket requests leave from, and the address in their Via.
+    udp: Option<Arc<UdpSocket>>,
+    /// Open TCP connections by peer, to reach phones registered over TCP.
+    connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
     persist: Option<PathBuf>,
     /// Bindings changed since the last write: written by `tick` at most every
     /// [`PERSIST_EVERY`], and by `flush` at shutdown (a write per REGISTER would cost
@@ -148,6 +158,7 @@ impl SipCore {
     pub fn new(
         mut registrar: Registrar,
         guard: Guard,
+        qualifier: Qualifier,
         emergency_numbers: Vec<String>,
         persist: Option<PathBuf>,
         counters: Counters,
@@ -162,6 +173,11 @@ impl SipCore {
             transactions: HashMap::new(),
             deadlines: BinaryHeap::new(),
             expired_at: 0,
+            clients: HashMap::new(),
+            client_deadlines: BinaryHeap::new(),
+            qualifier,
+            udp: None,
+            connections: HashMap::new(),
             persist,
             dirty: false,
             last_write: Instant::now(),
@@ -180,6 +196,16 @@ impl SipCore {
             self.tag_seed
                 .wrapping_add(self.tag_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15))
         )
+    }
+
+    /// The socket requests leave from.
+    pub fn set_udp(&mut self, socket: Arc<UdpSocket>) {
+        self.udp = Some(socket);
+    }
+
+    /// Whether a binding answers its keep-alives (true when not qualified).
+    pub fn reachable(&self, line: &str, contact: &str) -> bool {
+        self.qualifier.reachable(line, contact)
     }
 
     /// Current registrations, for the gRPC API.
@@ -268,11 +294,117 @@ impl SipCore {
             Ok(Parsed::Sip(message)) => match *message {
                 rsip::SipMessage::Request(request) => self.request(request, path, tag),
                 // No client transactions in this build: responses have nowhere to go.
-                rsip::SipMessage::Response(_) => {
-                    self.counters.dropped.inc();
-                }
+                rsip::SipMessage::Response(response) => self.response(response, bytes),
             },
         }
+    }
+
+    /// A response: to the client transaction of its branch, if any.
+    fn response(&mut self, response: rsip::Response, bytes: &[u8]) {
+        let branch = response
+            .via_header()
+            .ok()
+            .and_then(|v| v.typed().ok())
+            .and_then(|v| v.branch().map(|b| b.to_string()));
+        let Some((tx, _)) = branch.as_ref().and_then(|b| self.clients.get_mut(b)) else {
+            self.counters.dropped.inc();
+            return;
+        };
+        let now = Instant::now();
+        tx.handle_response(now, response.status_code.code(), bytes.to_vec());
+        let branch = branch.unwrap_or_default();
+        self.client_events(&branch, now);
+    }
+
+    fn client_events(&mut self, branch: &str, now: Instant) {
+        let Some((tx, path)) = self.clients.get_mut(branch) else {
+            return;
+        };
+        flush_client(tx, path);
+        let mut events = Vec::new();
+        while let Some(event) = tx.poll_event() {
+            events.push(event);
+        }
+        let terminated = tx.is_terminated();
+        let next = tx.poll_timeout();
+        for event in events {
+            match event {
+                ClientEvent::Response(_) => {
+                    if let Some((line, contact)) = self.qualifier.answered(branch, now) {
+                        tracing::info!(%line, %contact, "reachable again");
+                    }
+                }
+                ClientEvent::Failed(_) => self.qualifier.gave_up(branch),
+            }
+        }
+        if terminated {
+            self.clients.remove(branch);
+        } else if let Some(at) = next {
+            self.client_deadlines.push(Reverse((at, branch.to_owned())));
+        }
+    }
+
+    /// Where to send a request to a binding: its source for `nat=yes`, else its
+    /// Contact's address; over its own TCP connection when it registered over TCP.
+    fn path_to(&self, binding: &Binding) -> Option<Path> {
+        let to = if binding.nat {
+            binding.source
+        } else {
+            contact_addr(&binding.contact)?
+        };
+        if binding.transport == "tcp" {
+            let writer = self.connections.get(&binding.source)?.clone();
+            return Some(Path::Tcp {
+                writer,
+                peer: binding.source,
+            });
+        }
+        Some(Path::Udp {
+            socket: self.udp.clone()?,
+            to,
+        })
+    }
+
+    fn probe(&mut self, key: &Key, now: Instant) {
+        let Some(binding) = self
+            .registrar
+            .contacts(&key.0, unix_now())
+            .into_iter()
+            .find(|b| b.contact == key.1)
+            .cloned()
+        else {
+            return;
+        };
+        let Some(path) = self.path_to(&binding) else {
+            return;
+        };
+        let Some(local) = self.udp.as_ref().and_then(|u| u.local_addr().ok()) else {
+            return;
+        };
+        let branch = format!("z9hG4bK{}", self.tag());
+        let tag = self.tag();
+        let transport = if path.reliable() { "TCP" } else { "UDP" };
+        let options = format!(
+            "OPTIONS {contact} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:asterisk@{local}>;tag={tag}\r\nTo: <{contact}>\r\n\
+Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            contact = binding.contact,
+        );
+        let transport = if path.reliable() {
+            Transport::Reliable
+        } else {
+            Transport::Unreliable
+        };
+        let tx = ClientTransaction::new(
+            false,
+            options.into_bytes(),
+            transport,
+            TimerValues::default(),
+            now,
+        );
+        self.qualifier.sent(key, branch.clone(), now);
+        self.clients.insert(branch.clone(), (tx, path));
+        self.client_events(&branch, now);
     }
 
     fn request(&mut self, mut request: rsip::Request, path: Path, tag: String) {
@@ -434,12 +566,43 @@ impl SipCore {
                 None => {}
             }
         }
+        while self
+            .client_deadlines
+            .peek()
+            .is_some_and(|Reverse((at, _))| *at <= now)
+        {
+            let Some(Reverse((_, branch))) = self.client_deadlines.pop() else {
+                break;
+            };
+            if let Some((tx, _)) = self.clients.get_mut(&branch) {
+                if tx.poll_timeout().is_some_and(|at| at <= now) {
+                    tx.handle_timeout(now);
+                    self.client_events(&branch, now);
+                }
+            }
+        }
         let unix = unix_now();
         if unix > self.expired_at {
             self.expired_at = unix;
             if !self.registrar.expire(unix).is_empty() {
                 self.persist();
             }
+            let bindings: Vec<Key> = self
+                .registrar
+                .lines_with_bindings()
+                .flat_map(|(line, bindings)| {
+                    bindings
+                        .iter()
+                        .map(move |b| (line.to_owned(), b.contact.clone()))
+                })
+                .collect();
+            self.qualifier.sync(now, bindings);
+        }
+        for key in self.qualifier.due(now) {
+            self.probe(&key, now);
+        }
+        for (line, contact) in self.qualifier.check(now) {
+            tracing::warn!(%line, %contact, "unreachable: no answer to OPTIONS in time");
         }
         if self.dirty && now.duration_since(self.last_write) >= PERSIST_EVERY {
             self.update_gauge();
@@ -451,6 +614,26 @@ impl SipCore {
     pub fn transactions(&self) -> usize {
         self.transactions.len()
     }
+}
+
+fn flush_client(tx: &mut ClientTransaction<Vec<u8>>, path: &Path) {
+    while let Some(transmit) = tx.poll_transmit() {
+        match transmit {
+            Transmit::Message(bytes) | Transmit::Ack(bytes) => path.send(bytes),
+        }
+    }
+}
+
+/// `sip:user@host:port;params` to `host:port` when the host is an address.
+fn contact_addr(uri: &str) -> Option<SocketAddr> {
+    let rest = uri.split_once(':')?.1;
+    let host_port = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+    let host_port = host_port.split([';', '?', '>']).next()?;
+    if let Ok(addr) = host_port.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    let ip: std::net::IpAddr = host_port.trim_matches(['[', ']']).parse().ok()?;
+    Some(SocketAddr::new(ip, 5060))
 }
 
 fn flush(tx: &mut ServerTransaction<Vec<u8>>, path: &Path) {
@@ -558,6 +741,10 @@ async fn connection(
             }
         }
     });
+    core.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .connections
+        .insert(peer, tx.clone());
     let mut framer = StreamFramer::new();
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
@@ -591,6 +778,10 @@ async fn connection(
                 Ok(None) => break,
                 Err(reason) => {
                     tracing::debug!(%peer, %reason, "SIP TCP framing lost; closing");
+                    core.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .connections
+                        .remove(&peer);
                     drop(tx);
                     let _ = write_task.await;
                     return;
@@ -598,6 +789,10 @@ async fn connection(
             }
         }
     }
+    core.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .connections
+        .remove(&peer);
     drop(tx);
     let _ = write_task.await;
 }

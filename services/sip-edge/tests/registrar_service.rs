@@ -317,3 +317,83 @@ To: <sip:127.0.0.1>\r\nFrom: <sip:x@127.0.0.1>;tag=f\r\nCall-ID: flood{i}\r\nCSe
     );
     edge.stop().await;
 }
+
+/// Answers one OPTIONS from the edge with 200, copying its transaction headers.
+async fn answer_options(socket: &UdpSocket) -> bool {
+    let mut buffer = vec![0u8; 65_535];
+    let Ok(Ok((n, from))) =
+        tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer)).await
+    else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    if !text.starts_with("OPTIONS sip:") {
+        return false;
+    }
+    let mut response = String::from("SIP/2.0 200 OK\r\n");
+    for line in text.split("\r\n") {
+        if ["Via:", "From:", "Call-ID:", "CSeq:"]
+            .iter()
+            .any(|h| line.starts_with(h))
+        {
+            response.push_str(line);
+            response.push_str("\r\n");
+        } else if line.starts_with("To:") {
+            response.push_str(line);
+            response.push_str(";tag=phone\r\n");
+        }
+    }
+    response.push_str("Content-Length: 0\r\n\r\n");
+    socket.send_to(response.as_bytes(), from).await.is_ok()
+}
+
+async fn reachable(grpc: &str) -> Option<bool> {
+    registrations(grpc).await.first().map(|r| r.reachable)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qualify_probes_registered_phones_and_marks_silent_ones_unreachable() {
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("sip.conf"),
+        "[13235550100]\ntype=friend\nhost=dynamic\nsecret=password\nnat=yes\nqualify=300\nqualifyfreq=1\n",
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let edge = start_with(sip_edge::Config::loopback(
+        config.path().to_owned(),
+        data.path().to_owned(),
+    ))
+    .await;
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+    let challenge = exchange(&phone, edge.sip, &register(local, 1, "", "UDP")).await;
+    let ok = exchange(&phone, edge.sip, &answer(&challenge, local, 2, "UDP")).await;
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+
+    // The phone answers its probes: reachable.
+    assert!(answer_options(&phone).await, "an OPTIONS probe arrives");
+    assert_eq!(reachable(&edge.grpc).await, Some(true));
+    // It stops answering: unreachable after the next probe's 300 ms.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reachable(&edge.grpc).await != Some(false) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never marked unreachable"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Answering again brings it back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        answer_options(&phone).await;
+        if reachable(&edge.grpc).await == Some(true) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reachable again"
+        );
+    }
+    edge.stop().await;
+}
