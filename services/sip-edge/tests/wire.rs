@@ -79,7 +79,7 @@ const CORPUS: &[(&str, Outcome)] = &[
 ];
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/rfc4475")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/rfc4475")
 }
 
 fn outcome(bytes: &[u8]) -> Outcome {
