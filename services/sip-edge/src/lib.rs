@@ -351,6 +351,11 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
 }
 
 impl Bound {
+    /// Where SIP is served (UDP and TCP on the same port).
+    pub fn sip_addr(&self) -> Option<SocketAddr> {
+        self.udp.local_addr().ok()
+    }
+
     pub fn info(&self) -> ServiceInfo {
         let mut info = self.server.info();
         if let Ok(addr) = self.udp.local_addr() {

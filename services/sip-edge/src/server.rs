@@ -543,14 +543,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
     /// Transaction timers that are due, registration expiry (once a second).
     pub fn tick(&mut self) {
         let now = Instant::now();
-        while self
-            .deadlines
-            .peek()
-            .is_some_and(|Reverse((at, _))| *at <= now)
-        {
-            let Some(Reverse((_, key))) = self.deadlines.pop() else {
-                break;
-            };
+        for key in pop_due(&mut self.deadlines, now) {
             let Some((tx, path)) = self.transactions.get_mut(&key) else {
                 continue;
             };
@@ -566,19 +559,16 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                 None => {}
             }
         }
-        while self
-            .client_deadlines
-            .peek()
-            .is_some_and(|Reverse((at, _))| *at <= now)
-        {
-            let Some(Reverse((_, branch))) = self.client_deadlines.pop() else {
-                break;
-            };
-            if let Some((tx, _)) = self.clients.get_mut(&branch) {
-                if tx.poll_timeout().is_some_and(|at| at <= now) {
+        for branch in pop_due(&mut self.client_deadlines, now) {
+            let due = self
+                .clients
+                .get(&branch)
+                .is_some_and(|(tx, _)| tx.poll_timeout().is_some_and(|at| at <= now));
+            if due {
+                if let Some((tx, _)) = self.clients.get_mut(&branch) {
                     tx.handle_timeout(now);
-                    self.client_events(&branch, now);
                 }
+                self.client_events(&branch, now);
             }
         }
         let unix = unix_now();
@@ -614,6 +604,18 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
     pub fn transactions(&self) -> usize {
         self.transactions.len()
     }
+}
+
+/// Pops every entry of a deadline heap due at `now` (stale ones included: callers check
+/// the transaction's own timeout).
+fn pop_due(heap: &mut BinaryHeap<Reverse<(Instant, String)>>, now: Instant) -> Vec<String> {
+    let mut due = Vec::new();
+    while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+        if let Some(Reverse((_, key))) = heap.pop() {
+            due.push(key);
+        }
+    }
+    due
 }
 
 fn flush_client(tx: &mut ClientTransaction<Vec<u8>>, path: &Path) {

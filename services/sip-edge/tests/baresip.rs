@@ -87,12 +87,7 @@ async fn baresip_registers_with_the_seed_credentials_and_unregisters() {
     .await
     .unwrap();
     let info = bound.info();
-    let sip: std::net::SocketAddr = info
-        .extra
-        .iter()
-        .find(|(k, _)| k == "sip")
-        .map(|(_, v)| v.trim_start_matches("udp+tcp:").parse().unwrap())
-        .unwrap();
+    let sip = bound.sip_addr().unwrap();
     let grpc = format!("http://{}", info.grpc);
     let shutdown = Shutdown::new();
     let task = tokio::spawn(bound.run(shutdown.clone()));

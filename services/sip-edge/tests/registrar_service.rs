@@ -31,12 +31,7 @@ async fn start(data_dir: &Path) -> Edge {
 async fn start_with(config: sip_edge::Config) -> Edge {
     let bound = sip_edge::bind(config).await.unwrap();
     let info = bound.info();
-    let sip = info
-        .extra
-        .iter()
-        .find(|(k, _)| k == "sip")
-        .map(|(_, v)| v.trim_start_matches("udp+tcp:").parse().unwrap())
-        .unwrap();
+    let sip = bound.sip_addr().unwrap();
     let grpc = format!("http://{}", info.grpc);
     let shutdown = Shutdown::new();
     let task = tokio::spawn(bound.run(shutdown.clone()));

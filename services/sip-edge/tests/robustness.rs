@@ -35,8 +35,7 @@ const TOKENS: &[&[u8]] = &[
 
 #[test]
 fn mutated_torture_messages() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/rfc4475");
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/rfc4475");
     let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
