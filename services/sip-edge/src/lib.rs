@@ -36,7 +36,7 @@ use phone_proto::edge::v1::{
     Registration,
 };
 use registrar::{Line, Registrar, RegistrarConfig};
-use service_runtime::grpc::{client_channel, not_yet, TracedChannel};
+use service_runtime::grpc::{client_channel, TracedChannel};
 use service_runtime::{CommonArgs, GrpcServer, ServiceInfo, Shutdown};
 use tokio::net::{TcpListener, UdpSocket};
 use tonic::{Request, Response, Status};
@@ -203,6 +203,22 @@ async fn trunk_addresses(sip: &SipConf) -> Vec<std::net::IpAddr> {
     out
 }
 
+/// `box@context` -> the lines whose `mailbox=` names it (`box` alone is `box@default`).
+fn mwi_lines(sip: &SipConf) -> std::collections::HashMap<String, Vec<String>> {
+    let mut map: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    for peer in &sip.peers {
+        for mailbox in &peer.mailboxes {
+            let key = if mailbox.contains('@') {
+                mailbox.clone()
+            } else {
+                format!("{mailbox}@default")
+            };
+            map.entry(key).or_default().push(peer.name.clone());
+        }
+    }
+    map
+}
+
 /// The lines with `qualify`: probed every `qualifyfreq` seconds, unreachable past the
 /// qualify time.
 fn qualifier_for(sip: &SipConf) -> qualify::Qualifier {
@@ -367,6 +383,7 @@ impl Bound {
     }
 
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
+        let mwi = mwi_lines(&self.sip);
         let Bound {
             server,
             udp,
@@ -374,15 +391,19 @@ impl Bound {
             core,
             ..
         } = self;
-        core.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_udp(udp.clone());
+        {
+            let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
+            core.set_udp(udp.clone());
+            core.set_mwi_lines(mwi);
+        }
         tokio::spawn(server::serve_udp(udp, core.clone(), shutdown.clone()));
         tokio::spawn(server::serve_tcp(tcp, core.clone(), shutdown.clone()));
-        tokio::spawn(server::tick(core.clone(), shutdown.clone()));
+        let ticker = tokio::spawn(server::tick(core.clone(), shutdown.clone()));
         server
             .serve_one(EdgeServer::new(EdgeApi { core }), shutdown)
             .await?;
+        // The ticker writes the last registration changes to disk as it stops.
+        let _ = ticker.await;
         Ok(())
     }
 }
@@ -401,9 +422,25 @@ struct EdgeApi {
 impl Edge for EdgeApi {
     async fn update_mailbox(
         &self,
-        _request: Request<MailboxUpdate>,
+        request: Request<MailboxUpdate>,
     ) -> Result<Response<MailboxUpdateResponse>, Status> {
-        Err(not_yet("Edge.UpdateMailbox (MWI NOTIFY)", 4))
+        let update = request.into_inner();
+        if update.mailbox.is_empty() {
+            return Err(Status::invalid_argument("mailbox is empty"));
+        }
+        let notified = self
+            .core
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update_mailbox(
+                &update.mailbox,
+                &update.context,
+                update.new_messages,
+                update.old_messages,
+                update.urgent_new,
+                update.urgent_old,
+            );
+        Ok(Response::new(MailboxUpdateResponse { notified }))
     }
 
     async fn list_registrations(

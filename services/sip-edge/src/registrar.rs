@@ -141,6 +141,11 @@ impl Registrar {
             .map(|(l, b)| (l.as_str(), b.as_slice()))
     }
 
+    /// Whether `name` is a line that may register.
+    pub fn has_line(&self, name: &str) -> bool {
+        self.lines.contains_key(name)
+    }
+
     /// How many bindings there are (expired ones included until `expire` runs).
     pub fn binding_count(&self) -> usize {
         self.bindings.values().map(Vec::len).sum()

@@ -112,6 +112,8 @@ pub struct SipCore {
     udp: Option<Arc<UdpSocket>>,
     /// Open TCP connections by peer, to reach phones registered over TCP.
     connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+    /// `box@context` -> the lines that show its message-waiting lamp.
+    mwi_lines: HashMap<String, Vec<String>>,
     persist: Option<PathBuf>,
     /// Bindings changed since the last write: written by `tick` at most every
     /// [`PERSIST_EVERY`], and by `flush` at shutdown (a write per REGISTER would cost
@@ -178,6 +180,7 @@ impl SipCore {
             qualifier,
             udp: None,
             connections: HashMap::new(),
+            mwi_lines: HashMap::new(),
             persist,
             dirty: false,
             last_write: Instant::now(),
@@ -196,6 +199,93 @@ impl SipCore {
             self.tag_seed
                 .wrapping_add(self.tag_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15))
         )
+    }
+
+    /// Which lines show which mailbox (`box@context` -> lines).
+    pub fn set_mwi_lines(&mut self, lines: HashMap<String, Vec<String>>) {
+        self.mwi_lines = lines;
+    }
+
+    /// New message counts of `mailbox@context` (RFC 3842): a NOTIFY to every reachable
+    /// binding of the lines that show it. Returns how many were sent.
+    pub fn update_mailbox(
+        &mut self,
+        mailbox: &str,
+        context: &str,
+        new: u32,
+        old: u32,
+        urgent_new: u32,
+        urgent_old: u32,
+    ) -> u32 {
+        let context = if context.is_empty() {
+            "default"
+        } else {
+            context
+        };
+        let key = format!("{mailbox}@{context}");
+        let lines: Vec<String> = match self.mwi_lines.get(&key) {
+            Some(lines) => lines.clone(),
+            // As the seed has it: no `mailbox=`, the line named like the mailbox.
+            None if context == "default" && self.registrar.has_line(mailbox) => {
+                vec![mailbox.to_owned()]
+            }
+            None => Vec::new(),
+        };
+        let now = Instant::now();
+        let unix = unix_now();
+        let mut sent = 0;
+        for line in lines {
+            let bindings: Vec<Binding> = self
+                .registrar
+                .contacts(&line, unix)
+                .into_iter()
+                .cloned()
+                .collect();
+            for binding in bindings {
+                if !self.qualifier.reachable(&line, &binding.contact) {
+                    continue;
+                }
+                let Some(path) = self.path_to(&binding) else {
+                    continue;
+                };
+                let Some(local) = self.udp.as_ref().and_then(|u| u.local_addr().ok()) else {
+                    continue;
+                };
+                let body = format!(
+                    "Messages-Waiting: {}\r\nMessage-Account: sip:{mailbox}@{}\r\nVoice-Message: {new}/{old} ({urgent_new}/{urgent_old})\r\n",
+                    if new > 0 { "yes" } else { "no" },
+                    local.ip(),
+                );
+                let branch = format!("z9hG4bK{}", self.tag());
+                let tag = self.tag();
+                let transport = if path.reliable() { "TCP" } else { "UDP" };
+                let notify = format!(
+                    "NOTIFY {contact} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:{mailbox}@{local}>;tag={tag}\r\nTo: <{contact}>\r\n\
+Call-ID: {tag}@{local}\r\nCSeq: 1 NOTIFY\r\nEvent: message-summary\r\n\
+Subscription-State: active\r\nContent-Type: application/simple-message-summary\r\n\
+Content-Length: {}\r\n\r\n{body}",
+                    body.len(),
+                    contact = binding.contact,
+                );
+                let transport = if path.reliable() {
+                    Transport::Reliable
+                } else {
+                    Transport::Unreliable
+                };
+                let tx = ClientTransaction::new(
+                    false,
+                    notify.into_bytes(),
+                    transport,
+                    TimerValues::default(),
+                    now,
+                );
+                self.clients.insert(branch.clone(), (tx, path));
+                self.client_events(&branch, now);
+                sent += 1;
+            }
+        }
+        sent
     }
 
     /// The socket requests leave from.

@@ -392,3 +392,104 @@ async fn qualify_probes_registered_phones_and_marks_silent_ones_unreachable() {
     }
     edge.stop().await;
 }
+
+/// Reads requests from the edge, answers each with 200, and returns the first NOTIFY.
+async fn next_notify(socket: &UdpSocket) -> String {
+    let mut buffer = vec![0u8; 65_535];
+    loop {
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer))
+            .await
+            .expect("a request from the edge within 5 s")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+        let mut response = String::from("SIP/2.0 200 OK\r\n");
+        for line in text.split("\r\n") {
+            if ["Via:", "From:", "Call-ID:", "CSeq:"]
+                .iter()
+                .any(|h| line.starts_with(h))
+            {
+                response.push_str(line);
+                response.push_str("\r\n");
+            } else if line.starts_with("To:") {
+                response.push_str(line);
+                response.push_str(";tag=phone\r\n");
+            }
+        }
+        response.push_str("Content-Length: 0\r\n\r\n");
+        socket.send_to(response.as_bytes(), from).await.unwrap();
+        if text.starts_with("NOTIFY ") {
+            return text;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mailbox_counts_light_the_phone_lamp_with_a_message_summary_notify() {
+    use phone_proto::edge::v1::MailboxUpdate;
+    let data = tempfile::tempdir().unwrap();
+    let edge = start(data.path()).await;
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+    let challenge = exchange(&phone, edge.sip, &register(local, 1, "", "UDP")).await;
+    assert!(
+        exchange(&phone, edge.sip, &answer(&challenge, local, 2, "UDP"))
+            .await
+            .starts_with("SIP/2.0 200")
+    );
+
+    let update = |new: u32, old: u32| {
+        let grpc = edge.grpc.clone();
+        async move {
+            let channel = service_runtime::grpc::client_channel(&grpc).unwrap();
+            EdgeClient::new(channel)
+                .update_mailbox(MailboxUpdate {
+                    mailbox: "13235550100".into(),
+                    context: "default".into(),
+                    new_messages: new,
+                    old_messages: old,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .notified
+        }
+    };
+    // The seed's line has no mailbox=: the line named like the mailbox shows it.
+    let (notified, notify) = tokio::join!(update(1, 0), next_notify(&phone));
+    assert_eq!(notified, 1);
+    assert!(
+        notify.starts_with(&format!("NOTIFY sip:13235550100@{local} SIP/2.0\r\n")),
+        "{notify}"
+    );
+    assert!(
+        notify.contains("\r\nEvent: message-summary\r\n"),
+        "{notify}"
+    );
+    assert!(
+        notify.contains("\r\nContent-Type: application/simple-message-summary\r\n"),
+        "{notify}"
+    );
+    assert!(notify.ends_with("\r\n\r\nMessages-Waiting: yes\r\nMessage-Account: sip:13235550100@127.0.0.1\r\nVoice-Message: 1/0 (0/0)\r\n"), "{notify}");
+
+    let (_, notify) = tokio::join!(update(0, 1), next_notify(&phone));
+    assert!(
+        notify.contains("Messages-Waiting: no\r\n") && notify.contains("Voice-Message: 0/1 (0/0)"),
+        "{notify}"
+    );
+
+    // A mailbox no line shows notifies nobody.
+    let channel = service_runtime::grpc::client_channel(&edge.grpc).unwrap();
+    let none = EdgeClient::new(channel)
+        .update_mailbox(MailboxUpdate {
+            mailbox: "999".into(),
+            new_messages: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .notified;
+    assert_eq!(none, 0);
+    edge.stop().await;
+}
