@@ -3,9 +3,9 @@
 
 use crate::wire::{parse, Parsed, StreamFramer, StreamItem, MAX_MESSAGE};
 
-/// Asserts: no panic; a rejection's response is itself a valid SIP response; stream
+/// Asserts: no panic; a rejection's response is one well-framed response; stream
 /// framing yields the same messages whether the bytes come at once or in pieces, none
-/// larger than the cap.
+/// larger than the cap; SDP that anchors prints back to SDP aimed at the relay.
 pub fn check(data: &[u8]) {
     for datagram in [true, false] {
         match parse(data, datagram, "fz") {
@@ -30,6 +30,20 @@ pub fn check(data: &[u8]) {
                     vec![Ok(StreamItem::Message(response.clone()))],
                     "{text}"
                 );
+            }
+        }
+    }
+
+    // The same bytes as an SDP body: what anchors prints back to SDP that parses, with
+    // its audio at the relay.
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(session) = crate::sdp::Session::parse(text) {
+            let relay = (std::net::IpAddr::from([203, 0, 113, 5]), 30_000);
+            if let Ok(anchored) = session.anchored(&["ulaw".into(), "alaw".into()], relay, "edge") {
+                let printed = anchored.to_string();
+                let again = crate::sdp::Session::parse(&printed)
+                    .unwrap_or_else(|e| panic!("anchored SDP does not parse ({e}):\n{printed}"));
+                assert_eq!(again.audio_endpoint(), Some(relay), "{printed}");
             }
         }
     }

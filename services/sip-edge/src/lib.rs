@@ -20,6 +20,7 @@ pub mod fuzzing;
 pub mod guard;
 pub mod qualify;
 pub mod registrar;
+pub mod sdp;
 pub mod server;
 pub mod transaction;
 pub mod wire;

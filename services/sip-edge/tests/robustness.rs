@@ -43,6 +43,11 @@ fn mutated_torture_messages() {
         .map(|p| std::fs::read(p).unwrap())
         .collect();
     seeds.sort();
+    seeds.push(
+        b"v=0\r\no=- 1 2 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\
+m=audio 10024 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n"
+            .to_vec(),
+    );
     let mut rng = XorShift(0x51b_ed6e_0001);
     for seed in &seeds {
         check(seed);
