@@ -18,6 +18,7 @@ pub mod digest;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
+pub mod outbound;
 pub mod qualify;
 pub mod registrar;
 pub mod sdp;
@@ -152,6 +153,7 @@ pub enum Error {
 /// The edge with every socket bound, before it serves.
 pub struct Bound {
     server: GrpcServer,
+    advertise_ip: Option<std::net::IpAddr>,
     sip: SipConf,
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
@@ -200,6 +202,36 @@ async fn trunk_addresses(sip: &SipConf) -> Vec<std::net::IpAddr> {
                 tracing::warn!(peer = %peer.name, host = %host, error = %e, "cannot resolve the trunk's host; it is not exempt from limits")
             }
         }
+    }
+    out
+}
+
+/// The `register =>` lines, their hosts resolved through DNS (A and AAAA records). A
+/// host that does not resolve is logged and its line skipped.
+async fn outbound_registrations(
+    sip: &SipConf,
+) -> Vec<(outbound::OutboundRegistration, SocketAddr)> {
+    let mut out = Vec::new();
+    for (index, line) in sip.registrations.iter().enumerate() {
+        let target = tokio::net::lookup_host((line.host.as_str(), line.port.unwrap_or(5060)))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.find(|a| a.is_ipv4()).or_else(|| addrs.next()));
+        let Some(target) = target else {
+            tracing::warn!(host = %line.host, at = %line.location, "cannot resolve the register => host; not registering");
+            continue;
+        };
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let registration = outbound::OutboundRegistration::new(
+            line,
+            format!("{seed:x}-{index}@edge"),
+            format!("{:x}", seed.wrapping_mul(31).wrapping_add(index as u128)),
+            std::time::Instant::now(),
+        );
+        out.push((registration, target));
     }
     out
 }
@@ -359,6 +391,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     };
     Ok(Bound {
         server,
+        advertise_ip: config.advertise_ip,
         sip,
         udp: Arc::new(udp),
         tcp,
@@ -385,6 +418,8 @@ impl Bound {
 
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
         let mwi = mwi_lines(&self.sip);
+        let outbound = outbound_registrations(&self.sip).await;
+        let advertise = self.advertise_ip;
         let Bound {
             server,
             udp,
@@ -396,6 +431,8 @@ impl Bound {
             let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
             core.set_udp(udp.clone());
             core.set_mwi_lines(mwi);
+            core.set_outbound(outbound);
+            core.set_advertise(advertise);
         }
         tokio::spawn(server::serve_udp(udp, core.clone(), shutdown.clone()));
         tokio::spawn(server::serve_tcp(tcp, core.clone(), shutdown.clone()));

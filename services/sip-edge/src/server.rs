@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::guard::{self, Admission, Guard};
+use crate::outbound::{self, OutboundRegistration};
 use crate::qualify::{Key, Qualifier};
 use crate::registrar::{Binding, Registrar, Source};
 use crate::transaction::{ClientEvent, ClientTransaction};
@@ -114,6 +115,12 @@ pub struct SipCore {
     connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
     /// `box@context` -> the lines that show its message-waiting lamp.
     mwi_lines: HashMap<String, Vec<String>>,
+    /// Registrations to providers (`register =>`), with the address they go to.
+    outbound: Vec<(OutboundRegistration, SocketAddr)>,
+    /// Branch of a request in flight -> the outbound registration it belongs to.
+    outbound_branches: HashMap<String, usize>,
+    /// The address put in Via and Contact (`--advertise-ip`), if not the bound one.
+    advertise: Option<std::net::IpAddr>,
     persist: Option<PathBuf>,
     /// Bindings changed since the last write: written by `tick` at most every
     /// [`PERSIST_EVERY`], and by `flush` at shutdown (a write per REGISTER would cost
@@ -181,6 +188,9 @@ impl SipCore {
             udp: None,
             connections: HashMap::new(),
             mwi_lines: HashMap::new(),
+            outbound: Vec::new(),
+            outbound_branches: HashMap::new(),
+            advertise: None,
             persist,
             dirty: false,
             last_write: Instant::now(),
@@ -199,6 +209,57 @@ impl SipCore {
             self.tag_seed
                 .wrapping_add(self.tag_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15))
         )
+    }
+
+    /// The provider registrations to keep up, with their resolved addresses.
+    pub fn set_outbound(&mut self, registrations: Vec<(OutboundRegistration, SocketAddr)>) {
+        self.outbound = registrations;
+    }
+
+    /// The address advertised in Via and Contact instead of the bound one.
+    pub fn set_advertise(&mut self, ip: Option<std::net::IpAddr>) {
+        self.advertise = ip;
+    }
+
+    /// Where requests say they come from: the advertised address (with the SIP port),
+    /// else the bound one.
+    fn local_addr(&self) -> Option<SocketAddr> {
+        let bound = self.udp.as_ref()?.local_addr().ok()?;
+        Some(match self.advertise {
+            Some(ip) => SocketAddr::new(ip, bound.port()),
+            None => bound,
+        })
+    }
+
+    /// The state of each provider registration: (user, status).
+    pub fn outbound_status(&self) -> Vec<(String, outbound::Status)> {
+        self.outbound
+            .iter()
+            .map(|(r, _)| (r.user.clone(), r.status().clone()))
+            .collect()
+    }
+
+    fn send_outbound(&mut self, index: usize, request: outbound::Request, now: Instant) {
+        let Some((_, target)) = self.outbound.get(index) else {
+            return;
+        };
+        let Some(socket) = self.udp.clone() else {
+            return;
+        };
+        let path = Path::Udp {
+            socket,
+            to: *target,
+        };
+        let tx = ClientTransaction::new(
+            false,
+            request.bytes,
+            Transport::Unreliable,
+            TimerValues::default(),
+            now,
+        );
+        self.outbound_branches.insert(request.branch.clone(), index);
+        self.clients.insert(request.branch.clone(), (tx, path));
+        self.client_events(&request.branch, now);
     }
 
     /// Which lines show which mailbox (`box@context` -> lines).
@@ -419,18 +480,90 @@ Content-Length: {}\r\n\r\n{body}",
         let next = tx.poll_timeout();
         for event in events {
             match event {
-                ClientEvent::Response(_) => {
+                ClientEvent::Response(bytes) => {
                     if let Some((line, contact)) = self.qualifier.answered(branch, now) {
                         tracing::info!(%line, %contact, "reachable again");
                     }
+                    if let Some(&index) = self.outbound_branches.get(branch) {
+                        self.outbound_answer(index, branch, &bytes, now);
+                    }
                 }
-                ClientEvent::Failed(_) => self.qualifier.gave_up(branch),
+                ClientEvent::Failed(_) => {
+                    self.qualifier.gave_up(branch);
+                    if let Some(index) = self.outbound_branches.remove(branch) {
+                        if let Some((registration, _)) = self.outbound.get_mut(index) {
+                            registration.handle_failure(now, branch);
+                            tracing::warn!(user = %registration.user, "provider registration failed: no answer");
+                        }
+                    }
+                }
             }
         }
         if terminated {
             self.clients.remove(branch);
         } else if let Some(at) = next {
             self.client_deadlines.push(Reverse((at, branch.to_owned())));
+        }
+    }
+
+    /// A response to a provider registration: final ones drive it on.
+    fn outbound_answer(&mut self, index: usize, branch: &str, bytes: &[u8], now: Instant) {
+        let Ok(Parsed::Sip(message)) = wire::parse(bytes, true, "x") else {
+            return;
+        };
+        let rsip::SipMessage::Response(response) = *message else {
+            return;
+        };
+        let status = response.status_code.code();
+        if status < 200 {
+            return;
+        }
+        self.outbound_branches.remove(branch);
+        let header = |name: &str| {
+            response.headers.iter().find_map(|h| {
+                let text = h.to_string();
+                let (n, v) = text.split_once(": ")?;
+                n.eq_ignore_ascii_case(name).then(|| v.to_owned())
+            })
+        };
+        let challenge = header(if status == 407 {
+            "Proxy-Authenticate"
+        } else {
+            "WWW-Authenticate"
+        });
+        let expires = header("Expires")
+            .and_then(|v| v.trim().parse().ok())
+            .or_else(|| {
+                header("Contact").and_then(|c| {
+                    c.split(';')
+                        .find_map(|p| p.trim().strip_prefix("expires="))
+                        .and_then(|v| v.trim().parse().ok())
+                })
+            });
+        let Some(local) = self.local_addr() else {
+            return;
+        };
+        let next_branch = format!("z9hG4bK{}", self.tag());
+        let Some((registration, _)) = self.outbound.get_mut(index) else {
+            return;
+        };
+        let answer = outbound::Answer {
+            status,
+            challenge,
+            expires,
+        };
+        let next = registration.handle_answer(now, branch, answer, local, next_branch);
+        match registration.status() {
+            outbound::Status::Registered { .. } => {
+                tracing::debug!(user = %registration.user, "registered to the provider")
+            }
+            outbound::Status::Failed { reason } => {
+                tracing::warn!(user = %registration.user, %reason, "provider registration failed")
+            }
+            outbound::Status::Unregistered => {}
+        }
+        if let Some(request) = next {
+            self.send_outbound(index, request, now);
         }
     }
 
@@ -680,6 +813,14 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         }
         for key in self.qualifier.due(now) {
             self.probe(&key, now);
+        }
+        if let Some(local) = self.local_addr() {
+            for index in 0..self.outbound.len() {
+                let branch = format!("z9hG4bK{}", self.tag());
+                if let Some(request) = self.outbound[index].0.poll_request(now, local, branch) {
+                    self.send_outbound(index, request, now);
+                }
+            }
         }
         for (line, contact) in self.qualifier.check(now) {
             tracing::warn!(%line, %contact, "unreachable: no answer to OPTIONS in time");

@@ -493,3 +493,59 @@ async fn mailbox_counts_light_the_phone_lamp_with_a_message_summary_notify() {
     assert_eq!(none, 0);
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn register_lines_register_to_the_provider_through_its_challenge() {
+    // The provider: another edge with the trunk's account as a line.
+    let provider_conf = tempfile::tempdir().unwrap();
+    std::fs::write(
+        provider_conf.path().join("sip.conf"),
+        "[12345678]\ntype=friend\nhost=dynamic\nsecret=password\ncontext=from-customer\n",
+    )
+    .unwrap();
+    let provider_data = tempfile::tempdir().unwrap();
+    let provider = start_with(sip_edge::Config::loopback(
+        provider_conf.path().to_owned(),
+        provider_data.path().to_owned(),
+    ))
+    .await;
+
+    // Our edge, with the seed's kind of trunk registration (`register =>`).
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(
+        conf.path().join("sip.conf"),
+        format!(
+            "[general]\nregister => 12345678:password@127.0.0.1:{}/13235550100~300\n\n\
+             [flowroute]\ntype=friend\nhost=127.0.0.1\nusername=12345678\nsecret=password\ncontext=inbound\n",
+            provider.sip.port()
+        ),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let edge = start_with(sip_edge::Config::loopback(
+        conf.path().to_owned(),
+        data.path().to_owned(),
+    ))
+    .await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let registration = loop {
+        let regs = registrations(&provider.grpc).await;
+        if let Some(r) = regs.into_iter().find(|r| r.peer == "12345678") {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never registered to the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        registration.contact,
+        format!("sip:13235550100@{}", edge.sip),
+        "calls for the DID come to us"
+    );
+    assert!(registration.expires_time > 0);
+    edge.stop().await;
+    provider.stop().await;
+}
