@@ -16,6 +16,7 @@
 
 pub mod digest;
 #[doc(hidden)]
+pub mod fork;
 pub mod fuzzing;
 pub mod guard;
 pub mod outbound;
