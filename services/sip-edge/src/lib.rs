@@ -189,18 +189,24 @@ impl std::str::FromStr for Algorithms {
     }
 }
 
-/// The addresses of the trunks (peers with a `host`), resolved through DNS (A and AAAA
-/// records): never rate-limited or banned. A name that does not resolve is logged.
-async fn trunk_addresses(sip: &SipConf) -> Vec<std::net::IpAddr> {
+/// The trunks (peers with a `host`), their hosts resolved through DNS (A and AAAA
+/// records). Their addresses are never rate-limited or banned; a name that does not
+/// resolve is logged and that trunk is not recognised by address.
+async fn trunks(sip: &SipConf) -> Vec<server::Trunk> {
     let mut out = Vec::new();
     for peer in &sip.peers {
         let Host::Static(host) = &peer.host else {
             continue;
         };
         match tokio::net::lookup_host((host.as_str(), peer.port.unwrap_or(5060))).await {
-            Ok(addrs) => out.extend(addrs.map(|a| a.ip())),
+            Ok(addrs) => out.push(server::Trunk {
+                name: peer.name.clone(),
+                addrs: addrs.collect(),
+                any_port: peer.insecure.port,
+                no_challenge: peer.insecure.invite,
+            }),
             Err(e) => {
-                tracing::warn!(peer = %peer.name, host = %host, error = %e, "cannot resolve the trunk's host; it is not exempt from limits")
+                tracing::warn!(peer = %peer.name, host = %host, error = %e, "cannot resolve the trunk's host; it is not recognised by address")
             }
         }
     }
@@ -366,6 +372,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         path: config.data_dir.clone(),
         source,
     })?;
+    let trunks = trunks(&sip).await;
     let guard = guard::Guard::new(
         guard::GuardConfig {
             rate: config.rate_limit,
@@ -375,9 +382,12 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
             ban_time: config.ban_time,
             ..guard::GuardConfig::default()
         },
-        trunk_addresses(&sip).await,
+        trunks
+            .iter()
+            .flat_map(|t| t.addrs.iter().map(|a| a.ip()))
+            .collect::<Vec<_>>(),
     );
-    let core = server::SipCore::new(
+    let mut core = server::SipCore::new(
         registrar_for(&sip, &config.auth_algorithms.0),
         guard,
         qualifier_for(&sip),
@@ -385,6 +395,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         Some(config.data_dir.join("registrations.json")),
         counters,
     );
+    core.set_trunks(trunks);
     let peers = Peers {
         router: client_channel(&config.router_url)?,
         media_relay: client_channel(&config.media_relay_url)?,

@@ -85,6 +85,18 @@ pub struct Source {
     pub reliable: bool,
 }
 
+/// Who sent a request, after authentication.
+#[derive(Debug)]
+pub enum Authenticated {
+    /// The line the credentials are for.
+    Line(String),
+    /// Challenge or refuse with this response; `failed` when credentials were wrong.
+    Respond {
+        response: rsip::Response,
+        failed: bool,
+    },
+}
+
 /// What a REGISTER did.
 #[derive(Debug)]
 pub struct Outcome {
@@ -246,12 +258,72 @@ impl Registrar {
         self.update(now, request, source, &line, to_tag)
     }
 
+    /// Authenticates a request other than REGISTER (an INVITE from a phone) with
+    /// `Proxy-Authorization`, challenging with `407` as chan_sip does.
+    pub fn authenticate(
+        &mut self,
+        now: u64,
+        request: &rsip::Request,
+        method: &str,
+        to_tag: &str,
+    ) -> Authenticated {
+        let proxy_authorization = request.headers.iter().find_map(|h| match h {
+            rsip::Header::ProxyAuthorization(a) => Some(a.value().to_owned()),
+            _ => None,
+        });
+        let challenge = |r: &mut Self, stale: bool, failed: bool| Authenticated::Respond {
+            response: r.challenge_with(request, now, to_tag, stale, 407, "Proxy-Authenticate"),
+            failed,
+        };
+        let Some(value) = proxy_authorization else {
+            return challenge(self, false, false);
+        };
+        let Ok(credentials) = Credentials::parse(&value) else {
+            return challenge(self, false, true);
+        };
+        let refused = Authenticated::Respond {
+            response: response(request, 403, "Forbidden", to_tag, vec![]),
+            failed: true,
+        };
+        if !self.config.algorithms.contains(&credentials.algorithm) {
+            return refused;
+        }
+        let password = self
+            .lines
+            .get(&credentials.username)
+            .and_then(|l| l.secret.clone());
+        match digest::verify(
+            &mut self.nonces,
+            &credentials,
+            &self.config.realm,
+            method,
+            password.as_deref(),
+            now,
+        ) {
+            Verdict::Ok => Authenticated::Line(credentials.username),
+            Verdict::Stale => challenge(self, true, false),
+            Verdict::Rejected => refused,
+        }
+    }
+
     fn challenge(
         &mut self,
         request: &rsip::Request,
         now: u64,
         to_tag: &str,
         stale: bool,
+    ) -> rsip::Response {
+        self.challenge_with(request, now, to_tag, stale, 401, "WWW-Authenticate")
+    }
+
+    fn challenge_with(
+        &mut self,
+        request: &rsip::Request,
+        now: u64,
+        to_tag: &str,
+        stale: bool,
+        status: u16,
+        header: &str,
     ) -> rsip::Response {
         let nonce = self.nonces.issue(now);
         let headers = self
@@ -267,10 +339,15 @@ impl Registrar {
                     qop_auth: true,
                     stale,
                 };
-                rsip::Header::Other("WWW-Authenticate".into(), challenge.to_header())
+                rsip::Header::Other(header.into(), challenge.to_header())
             })
             .collect();
-        response(request, 401, "Unauthorized", to_tag, headers)
+        let reason = if status == 407 {
+            "Proxy Authentication Required"
+        } else {
+            "Unauthorized"
+        };
+        response(request, status, reason, to_tag, headers)
     }
 
     fn update(

@@ -80,6 +80,18 @@ impl Path {
     }
 }
 
+/// A trunk (a peer with a `host`): where its requests come from and what is not
+/// checked for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trunk {
+    pub name: String,
+    pub addrs: Vec<SocketAddr>,
+    /// `insecure=port`: match by address alone, any source port.
+    pub any_port: bool,
+    /// `insecure=invite`: its INVITEs are not challenged.
+    pub no_challenge: bool,
+}
+
 /// Counters the service exports.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
@@ -121,6 +133,7 @@ pub struct SipCore {
     outbound_branches: HashMap<String, usize>,
     /// The address put in Via and Contact (`--advertise-ip`), if not the bound one.
     advertise: Option<std::net::IpAddr>,
+    trunks: Vec<Trunk>,
     persist: Option<PathBuf>,
     /// Bindings changed since the last write: written by `tick` at most every
     /// [`PERSIST_EVERY`], and by `flush` at shutdown (a write per REGISTER would cost
@@ -191,6 +204,7 @@ impl SipCore {
             outbound: Vec::new(),
             outbound_branches: HashMap::new(),
             advertise: None,
+            trunks: Vec::new(),
             persist,
             dirty: false,
             last_write: Instant::now(),
@@ -214,6 +228,21 @@ impl SipCore {
     /// The provider registrations to keep up, with their resolved addresses.
     pub fn set_outbound(&mut self, registrations: Vec<(OutboundRegistration, SocketAddr)>) {
         self.outbound = registrations;
+    }
+
+    /// The trunks, by address.
+    pub fn set_trunks(&mut self, trunks: Vec<Trunk>) {
+        self.trunks = trunks;
+    }
+
+    /// The trunk a request from `source` belongs to (RFC-less but chan_sip's rule: by
+    /// address and port, or by address alone with `insecure=port`).
+    fn trunk_for(&self, source: SocketAddr) -> Option<&Trunk> {
+        self.trunks.iter().find(|t| {
+            t.addrs
+                .iter()
+                .any(|a| a.ip() == source.ip() && (t.any_port || a.port() == source.port()))
+        })
     }
 
     /// The address advertised in Via and Contact instead of the bound one.
@@ -723,17 +752,45 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                 )
             }
             rsip::Method::Invite => {
-                let retry = vec![rsip::Header::Other("Retry-After".into(), "60".into())];
-                (
-                    503,
-                    crate::registrar::response(
-                        &request,
-                        503,
-                        "Service Unavailable (calls are not handled yet)",
-                        &tag,
-                        retry,
-                    ),
-                )
+                // Who is calling: a trunk by its address (not challenged with
+                // insecure=invite), else a line that proves itself with digest (407).
+                let caller = match self.trunk_for(path.peer()) {
+                    Some(trunk) if trunk.no_challenge => Ok(trunk.name.clone()),
+                    _ => match self
+                        .registrar
+                        .authenticate(unix_now(), &request, "INVITE", &tag)
+                    {
+                        crate::registrar::Authenticated::Line(line) => Ok(line),
+                        crate::registrar::Authenticated::Respond { response, failed } => {
+                            if failed {
+                                self.counters.auth_failures.inc();
+                                if self.guard.auth_failed(now, path.peer().ip()) {
+                                    self.counters.bans.inc();
+                                    tracing::warn!(source = %path.peer().ip(), "banned after repeated authentication failures");
+                                }
+                            }
+                            Err(response)
+                        }
+                    },
+                };
+                match caller {
+                    Ok(peer) => {
+                        let called = request.uri.user().unwrap_or("s").to_owned();
+                        tracing::info!(%peer, %called, "call admitted; the call path (B2BUA) is not in this build");
+                        let retry = vec![rsip::Header::Other("Retry-After".into(), "60".into())];
+                        (
+                            503,
+                            crate::registrar::response(
+                                &request,
+                                503,
+                                "Service Unavailable (calls are not handled yet)",
+                                &tag,
+                                retry,
+                            ),
+                        )
+                    }
+                    Err(response) => (response.status_code.code(), response),
+                }
             }
             rsip::Method::Bye | rsip::Method::Cancel => (
                 481,

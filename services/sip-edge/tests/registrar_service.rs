@@ -549,3 +549,106 @@ async fn register_lines_register_to_the_provider_through_its_challenge() {
     edge.stop().await;
     provider.stop().await;
 }
+
+/// Sends an INVITE and returns the final response (skipping 100 Trying).
+async fn invite_final(
+    socket: &UdpSocket,
+    edge: SocketAddr,
+    number: &str,
+    branch: &str,
+    extra: &str,
+) -> String {
+    let local = socket.local_addr().unwrap();
+    let invite = format!(
+        "INVITE sip:{number}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch}\r\nMax-Forwards: 70\r\n\
+To: <sip:{number}@127.0.0.1>\r\nFrom: <sip:13105550199@carrier.example.com>;tag=c1\r\nCall-ID: {branch}@test\r\n\
+CSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
+    );
+    socket.send_to(invite.as_bytes(), edge).await.unwrap();
+    let mut buffer = vec![0u8; 65_535];
+    loop {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+        if !text.starts_with("SIP/2.0 100 ") {
+            return text;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invites_from_the_trunk_are_not_challenged_and_phones_must_authenticate() {
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(
+        conf.path().join("sip.conf"),
+        "[flowroute]\ntype=friend\nhost=127.0.0.2\ncontext=inbound\ninsecure=port,invite\n\n\
+         [13235550100]\ntype=friend\nhost=dynamic\nsecret=password\ncontext=localexts\n",
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let edge = start_with(sip_edge::Config::loopback(
+        conf.path().to_owned(),
+        data.path().to_owned(),
+    ))
+    .await;
+
+    // The carrier, from its address (any port, insecure=port): admitted without a
+    // challenge (and, calls not being built yet, answered 503).
+    let carrier = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let answer = invite_final(&carrier, edge.sip, "13235550100", "z9hG4bKc1", "").await;
+    assert!(answer.starts_with("SIP/2.0 503 "), "{answer}");
+
+    // A phone: challenged with 407, admitted with the right password, refused with a wrong one.
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let challenge = invite_final(&phone, edge.sip, "13105550199", "z9hG4bKp1", "").await;
+    assert!(
+        challenge.starts_with("SIP/2.0 407 Proxy Authentication Required\r\n"),
+        "{challenge}"
+    );
+    let header = challenge
+        .split("\r\n")
+        .find_map(|l| l.strip_prefix("Proxy-Authenticate: "))
+        .expect("Proxy-Authenticate");
+    let challenge = Challenge::parse(header).unwrap();
+    let uri = "sip:13105550199@127.0.0.1";
+    for (password, branch, expected) in [
+        ("password", "z9hG4bKp2", "SIP/2.0 503 "),
+        ("guess", "z9hG4bKp3", "SIP/2.0 403 "),
+    ] {
+        let nonce_challenge = if password == "password" {
+            challenge.clone()
+        } else {
+            // A fresh nonce for the second try (nonces are single-use).
+            let again =
+                invite_final(&phone, edge.sip, "13105550199", &format!("{branch}x"), "").await;
+            Challenge::parse(
+                again
+                    .split("\r\n")
+                    .find_map(|l| l.strip_prefix("Proxy-Authenticate: "))
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        let creds = digest::authorize(
+            &nonce_challenge,
+            "13235550100",
+            password,
+            "INVITE",
+            uri,
+            "c",
+            1,
+        );
+        let answer = invite_final(
+            &phone,
+            edge.sip,
+            "13105550199",
+            branch,
+            &format!("Proxy-Authorization: {}\r\n", creds.to_header()),
+        )
+        .await;
+        assert!(answer.starts_with(expected), "{password}: {answer}");
+    }
+    edge.stop().await;
+}
