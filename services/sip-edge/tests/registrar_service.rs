@@ -64,14 +64,21 @@ Contact: <sip:13235550100@{local}>;expires=600\r\n\
     )
 }
 
+/// Sends `message` and returns the response to it. Requests the edge sends meanwhile
+/// (qualify's OPTIONS probes to a registered line) are skipped.
 async fn exchange(socket: &UdpSocket, to: SocketAddr, message: &str) -> String {
     socket.send_to(message.as_bytes(), to).await.unwrap();
     let mut buffer = vec![0u8; 65_535];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer))
-        .await
-        .expect("an answer within 5 s")
-        .unwrap();
-    String::from_utf8_lossy(&buffer[..n]).into_owned()
+    loop {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+        if text.starts_with("SIP/2.0 ") {
+            return text;
+        }
+    }
 }
 
 fn header<'a>(response: &'a str, name: &str) -> Vec<&'a str> {
