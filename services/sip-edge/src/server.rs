@@ -39,7 +39,7 @@ pub const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a TCP connection may stay silent before it is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(600);
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE";
 
 /// Where the answer to a message goes.
 #[derive(Debug, Clone)]
@@ -92,6 +92,24 @@ pub struct Trunk {
     pub no_challenge: bool,
 }
 
+/// A message-summary subscription: the dialog the NOTIFYs go in.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub line: String,
+    pub mailbox: String,
+    /// Where NOTIFYs go (the subscriber's Contact).
+    pub target: String,
+    /// Our side (the SUBSCRIBE's To, with our tag) and theirs (its From).
+    pub local: String,
+    pub remote: String,
+    pub cseq: u32,
+    pub expires_at: Instant,
+    pub path: Path,
+}
+
+/// How long a subscription lasts at most, and without an Expires header.
+pub const SUBSCRIPTION_EXPIRES: u32 = 3600;
+
 /// Counters the service exports.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
@@ -134,6 +152,10 @@ pub struct SipCore {
     /// The address put in Via and Contact (`--advertise-ip`), if not the bound one.
     advertise: Option<std::net::IpAddr>,
     trunks: Vec<Trunk>,
+    /// Current counts by `box@context`: (new, old, urgent new, urgent old).
+    mwi_counts: HashMap<String, [u32; 4]>,
+    /// message-summary subscriptions (RFC 3265 / RFC 3842), by Call-ID.
+    subscriptions: HashMap<String, Subscription>,
     persist: Option<PathBuf>,
     /// Bindings changed since the last write: written by `tick` at most every
     /// [`PERSIST_EVERY`], and by `flush` at shutdown (a write per REGISTER would cost
@@ -205,6 +227,8 @@ impl SipCore {
             outbound_branches: HashMap::new(),
             advertise: None,
             trunks: Vec::new(),
+            mwi_counts: HashMap::new(),
+            subscriptions: HashMap::new(),
             persist,
             dirty: false,
             last_write: Instant::now(),
@@ -313,6 +337,25 @@ impl SipCore {
             context
         };
         let key = format!("{mailbox}@{context}");
+        self.mwi_counts
+            .insert(key.clone(), [new, old, urgent_new, urgent_old]);
+        // Subscribers get the counts in their dialogs; lines without a subscription get
+        // an unsolicited NOTIFY at each binding.
+        let subscribed: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| s.mailbox == key)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut sent = 0;
+        let mut subscribed_lines = Vec::new();
+        for call_id in subscribed {
+            if let Some(line) = self.subscriptions.get(&call_id).map(|s| s.line.clone()) {
+                subscribed_lines.push(line);
+            }
+            self.notify_subscription(&call_id, false);
+            sent += 1;
+        }
         let lines: Vec<String> = match self.mwi_lines.get(&key) {
             Some(lines) => lines.clone(),
             // As the seed has it: no `mailbox=`, the line named like the mailbox.
@@ -323,8 +366,7 @@ impl SipCore {
         };
         let now = Instant::now();
         let unix = unix_now();
-        let mut sent = 0;
-        for line in lines {
+        for line in lines.into_iter().filter(|l| !subscribed_lines.contains(l)) {
             let bindings: Vec<Binding> = self
                 .registrar
                 .contacts(&line, unix)
@@ -376,6 +418,190 @@ Content-Length: {}\r\n\r\n{body}",
             }
         }
         sent
+    }
+
+    /// The mailbox a line shows: the one whose `mailbox=` names it, else its own name.
+    fn mailbox_of(&self, line: &str) -> String {
+        self.mwi_lines
+            .iter()
+            .find(|(_, lines)| lines.iter().any(|l| l == line))
+            .map(|(key, _)| key.clone())
+            .unwrap_or_else(|| format!("{line}@default"))
+    }
+
+    /// Sends the current counts in the subscription's dialog (RFC 3842 §5); `last` ends
+    /// it (`Subscription-State: terminated`).
+    fn notify_subscription(&mut self, call_id: &str, last: bool) {
+        let Some(local) = self.local_addr() else {
+            return;
+        };
+        let branch = format!("z9hG4bK{}", self.tag());
+        let now = Instant::now();
+        let Some(sub) = self.subscriptions.get_mut(call_id) else {
+            return;
+        };
+        sub.cseq += 1;
+        let [new, old, urgent_new, urgent_old] = self
+            .mwi_counts
+            .get(&sub.mailbox)
+            .copied()
+            .unwrap_or_default();
+        let account = sub.mailbox.split('@').next().unwrap_or_default();
+        let body = format!(
+            "Messages-Waiting: {}\r\nMessage-Account: sip:{account}@{}\r\nVoice-Message: {new}/{old} ({urgent_new}/{urgent_old})\r\n",
+            if new > 0 { "yes" } else { "no" },
+            local.ip(),
+        );
+        let remaining = sub.expires_at.saturating_duration_since(now).as_secs();
+        let state = if last {
+            "terminated;reason=timeout".to_owned()
+        } else {
+            format!("active;expires={remaining}")
+        };
+        let transport = if sub.path.reliable() { "TCP" } else { "UDP" };
+        let notify = format!(
+            "NOTIFY {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} NOTIFY\r\nContact: <sip:edge@{local}>\r\n\
+Event: message-summary\r\nSubscription-State: {state}\r\nContent-Type: application/simple-message-summary\r\n\
+Content-Length: {}\r\n\r\n{body}",
+            body.len(),
+            target = sub.target,
+            from = sub.local,
+            to = sub.remote,
+            cseq = sub.cseq,
+        );
+        let path = sub.path.clone();
+        let transport = if path.reliable() {
+            Transport::Reliable
+        } else {
+            Transport::Unreliable
+        };
+        let tx = ClientTransaction::new(
+            false,
+            notify.into_bytes(),
+            transport,
+            TimerValues::default(),
+            now,
+        );
+        self.clients.insert(branch.clone(), (tx, path));
+        self.client_events(&branch, now);
+    }
+
+    /// A SUBSCRIBE: message-summary only, from an authenticated line.
+    fn subscribe(
+        &mut self,
+        request: &rsip::Request,
+        path: &Path,
+        tag: &str,
+    ) -> (u16, rsip::Response) {
+        let event = request
+            .headers
+            .iter()
+            .find_map(|h| match h {
+                rsip::Header::Event(e) => Some(e.value().to_owned()),
+                rsip::Header::Other(n, v) if n.eq_ignore_ascii_case("Event") || n == "o" => {
+                    Some(v.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        if event.split(';').next().unwrap_or("").trim() != "message-summary" {
+            let allow = vec![rsip::Header::Other(
+                "Allow-Events".into(),
+                "message-summary".into(),
+            )];
+            return (
+                489,
+                crate::registrar::response(request, 489, "Bad Event", tag, allow),
+            );
+        }
+        let line = match self
+            .registrar
+            .authenticate(unix_now(), request, "SUBSCRIBE", tag)
+        {
+            crate::registrar::Authenticated::Line(line) => line,
+            crate::registrar::Authenticated::Respond { response, failed } => {
+                if failed {
+                    self.counters.auth_failures.inc();
+                }
+                return (response.status_code.code(), response);
+            }
+        };
+        let call_id = request
+            .call_id_header()
+            .map(|h| h.value().to_owned())
+            .unwrap_or_default();
+        let expires = request
+            .expires_header()
+            .and_then(|e| e.value().trim().parse::<u32>().ok())
+            .unwrap_or(SUBSCRIPTION_EXPIRES)
+            .min(SUBSCRIPTION_EXPIRES);
+        let Some(local) = self.local_addr() else {
+            return (
+                500,
+                crate::registrar::response(request, 500, "Server Internal Error", tag, vec![]),
+            );
+        };
+        let contact = request
+            .headers
+            .iter()
+            .find_map(|h| match h {
+                rsip::Header::Contact(c) => Some(c.value().to_owned()),
+                _ => None,
+            })
+            .and_then(|c| {
+                let start = c.find('<')? + 1;
+                let end = c[start..].find('>')? + start;
+                Some(c[start..end].to_owned())
+            })
+            .unwrap_or_else(|| request.uri.to_string());
+        let response = crate::registrar::response(
+            request,
+            200,
+            "OK",
+            tag,
+            vec![
+                rsip::Header::Expires(rsip::headers::Expires::new(expires.to_string())),
+                rsip::Header::Contact(rsip::headers::Contact::new(format!("<sip:edge@{local}>"))),
+            ],
+        );
+        // Our side of the dialog is the To of our response (with the tag it has now).
+        let local_party = response
+            .headers
+            .iter()
+            .find_map(|h| match h {
+                rsip::Header::To(t) => Some(t.value().to_owned()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let remote_party = request
+            .from_header()
+            .map(|f| f.value().to_owned())
+            .unwrap_or_default();
+        let now = Instant::now();
+        let existing_cseq = self
+            .subscriptions
+            .get(&call_id)
+            .map(|s| s.cseq)
+            .unwrap_or(0);
+        self.subscriptions.insert(
+            call_id.clone(),
+            Subscription {
+                mailbox: self.mailbox_of(&line),
+                line,
+                target: contact,
+                local: self
+                    .subscriptions
+                    .get(&call_id)
+                    .map(|s| s.local.clone())
+                    .unwrap_or(local_party),
+                remote: remote_party,
+                cseq: existing_cseq,
+                expires_at: now + Duration::from_secs(u64::from(expires)),
+                path: path.clone(),
+            },
+        );
+        (200, response)
     }
 
     /// The socket requests leave from.
@@ -792,6 +1018,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                     Err(response) => (response.status_code.code(), response),
                 }
             }
+            rsip::Method::Subscribe => self.subscribe(&request, &path, &tag),
             rsip::Method::Bye | rsip::Method::Cancel => (
                 481,
                 crate::registrar::response(
@@ -812,6 +1039,21 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         };
         tx.respond(now, status, response.to_string().into_bytes());
         flush(&mut tx, &path);
+        if method == rsip::Method::Subscribe && status == 200 {
+            // RFC 3265 §3.1.6.2: a NOTIFY follows the 200 at once; Expires: 0 ends it.
+            let call_id = request
+                .call_id_header()
+                .map(|h| h.value().to_owned())
+                .unwrap_or_default();
+            let ending = self
+                .subscriptions
+                .get(&call_id)
+                .is_some_and(|s| s.expires_at <= now);
+            self.notify_subscription(&call_id, ending);
+            if ending {
+                self.subscriptions.remove(&call_id);
+            }
+        }
         if !tx.is_terminated() {
             if let Some(at) = tx.poll_timeout() {
                 self.deadlines.push(Reverse((at, key.clone())));
@@ -867,6 +1109,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                 })
                 .collect();
             self.qualifier.sync(now, bindings);
+            self.subscriptions.retain(|_, s| s.expires_at > now);
         }
         for key in self.qualifier.due(now) {
             self.probe(&key, now);

@@ -25,26 +25,54 @@ impl Drop for Phone {
 
 /// A baresip with one account on the edge at `edge`.
 fn baresip(dir: &std::path::Path, edge: std::net::SocketAddr, password: &str) -> Phone {
+    baresip_with(dir, edge, password, "", "", false)
+}
+
+/// The same with extra config lines and account parameters; `piped` captures its
+/// output as it comes, through a pseudo-terminal (util-linux's `script`): on a pipe
+/// baresip's output would wait in a buffer until it exits.
+fn baresip_with(
+    dir: &std::path::Path,
+    edge: std::net::SocketAddr,
+    password: &str,
+    extra: &str,
+    account: &str,
+    piped: bool,
+) -> Phone {
     std::fs::write(
         dir.join("config"),
-        "poll_method\tepoll\n\
-         net_interface\t127.0.0.1\n\
-         module_path\t/usr/lib/baresip/modules\n\
-         module\tg711.so\n\
-         module_tmp\tuuid.so\n\
-         module_tmp\taccount.so\n",
+        format!(
+            "poll_method\tepoll\n\
+             net_interface\t127.0.0.1\n\
+             module_path\t/usr/lib/baresip/modules\n\
+             module\tg711.so\n\
+             module_tmp\tuuid.so\n\
+             module_tmp\taccount.so\n{extra}"
+        ),
     )
     .unwrap();
     std::fs::write(
         dir.join("accounts"),
-        format!("<sip:13235550100@{edge}>;auth_pass={password};regint=600\n"),
+        format!("<sip:13235550100@{edge}>;auth_pass={password};regint=600{account}\n"),
     )
     .unwrap();
-    let child = Command::new("baresip")
-        .arg("-f")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+    let mut command = if piped {
+        let mut c = Command::new("script");
+        c.args([
+            "-qfec",
+            &format!("baresip -f {}", dir.display()),
+            "/dev/null",
+        ]);
+        c
+    } else {
+        let mut c = Command::new("baresip");
+        c.arg("-f").arg(dir);
+        c
+    };
+    // script ends when its input does: a pipe held open (in the child handle) keeps it.
+    let child = command
+        .stdin(if piped { Stdio::piped() } else { Stdio::null() })
+        .stdout(if piped { Stdio::piped() } else { Stdio::null() })
         .stderr(Stdio::null())
         .spawn()
         .expect("baresip is installed (scripts/install-deps)");
@@ -137,6 +165,91 @@ async fn baresip_registers_with_the_seed_credentials_and_unregisters() {
     .await;
     let _ = phone.0.wait();
 
+    shutdown.trigger();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn baresip_subscribes_to_message_summary_and_its_lamp_lights() {
+    use phone_proto::edge::v1::MailboxUpdate;
+    use std::io::BufRead;
+    let data = tempfile::tempdir().unwrap();
+    let bound = sip_edge::bind(sip_edge::Config::loopback(
+        seed_dir(),
+        data.path().to_owned(),
+    ))
+    .await
+    .unwrap();
+    let sip = bound.sip_addr().unwrap();
+    let grpc = format!("http://{}", bound.info().grpc);
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(bound.run(shutdown.clone()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut phone = baresip_with(
+        dir.path(),
+        sip,
+        "password",
+        "module_app\tmwi.so\nmodule_app\tmenu.so\n",
+        ";mwi=yes",
+        true,
+    );
+    let stdout = phone.0.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    wait_for("baresip to register", async || {
+        registrations(&grpc).await.into_iter().next()
+    })
+    .await;
+
+    // New message counts until the phone shows them (its subscription may still be on
+    // its way when the first update goes out).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        let channel = service_runtime::grpc::client_channel(&grpc).unwrap();
+        EdgeClient::new(channel)
+            .update_mailbox(MailboxUpdate {
+                mailbox: "13235550100".into(),
+                context: "default".into(),
+                new_messages: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let wait = tokio::time::sleep(Duration::from_millis(500));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                line = rx.recv() => match line {
+                    Some(line) => seen.push(line),
+                    None => break,
+                },
+                _ = &mut wait => break,
+            }
+        }
+        let text = seen.join("\n");
+        if text.contains("MWI for")
+            && text.contains("Messages-Waiting: yes")
+            && text.contains("Voice-Message: 1/0")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "baresip never showed the message: {text}"
+        );
+    }
+    drop(phone);
     shutdown.trigger();
     task.await.unwrap().unwrap();
 }
