@@ -254,7 +254,15 @@ impl Registrar {
                 )
             }
         }
-        let line = line.expect("a verified user is a line");
+        // Verified credentials always belong to a line; should that ever not hold, the
+        // request is refused rather than the edge panicking.
+        let Some(line) = line else {
+            return outcome(
+                response(request, 403, "Forbidden", to_tag, vec![]),
+                None,
+                true,
+            );
+        };
         self.update(now, request, source, &line, to_tag)
     }
 
