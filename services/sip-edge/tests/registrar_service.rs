@@ -320,20 +320,10 @@ To: <sip:127.0.0.1>\r\nFrom: <sip:x@127.0.0.1>;tag=f\r\nCall-ID: flood{i}\r\nCSe
     edge.stop().await;
 }
 
-/// Answers one OPTIONS from the edge with 200, copying its transaction headers.
-async fn answer_options(socket: &UdpSocket) -> bool {
-    let mut buffer = vec![0u8; 65_535];
-    let Ok(Ok((n, from))) =
-        tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer)).await
-    else {
-        return false;
-    };
-    let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
-    if !text.starts_with("OPTIONS sip:") {
-        return false;
-    }
+/// A 200 to a request from the edge, its transaction headers copied (RFC 3261 §8.2.6).
+fn ok_for(request: &str) -> String {
     let mut response = String::from("SIP/2.0 200 OK\r\n");
-    for line in text.split("\r\n") {
+    for line in request.split("\r\n") {
         if ["Via:", "From:", "Call-ID:", "CSeq:"]
             .iter()
             .any(|h| line.starts_with(h))
@@ -346,6 +336,22 @@ async fn answer_options(socket: &UdpSocket) -> bool {
         }
     }
     response.push_str("Content-Length: 0\r\n\r\n");
+    response
+}
+
+/// Answers one OPTIONS from the edge with 200, copying its transaction headers.
+async fn answer_options(socket: &UdpSocket) -> bool {
+    let mut buffer = vec![0u8; 65_535];
+    let Ok(Ok((n, from))) =
+        tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer)).await
+    else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    if !text.starts_with("OPTIONS sip:") {
+        return false;
+    }
+    let response = ok_for(&text);
     socket.send_to(response.as_bytes(), from).await.is_ok()
 }
 
@@ -409,20 +415,7 @@ async fn next_notify(socket: &UdpSocket) -> String {
             .expect("a request from the edge within 5 s")
             .unwrap();
         let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
-        let mut response = String::from("SIP/2.0 200 OK\r\n");
-        for line in text.split("\r\n") {
-            if ["Via:", "From:", "Call-ID:", "CSeq:"]
-                .iter()
-                .any(|h| line.starts_with(h))
-            {
-                response.push_str(line);
-                response.push_str("\r\n");
-            } else if line.starts_with("To:") {
-                response.push_str(line);
-                response.push_str(";tag=phone\r\n");
-            }
-        }
-        response.push_str("Content-Length: 0\r\n\r\n");
+        let response = ok_for(&text);
         socket.send_to(response.as_bytes(), from).await.unwrap();
         if text.starts_with("NOTIFY ") {
             return text;
