@@ -303,16 +303,8 @@ impl SipCore {
             socket,
             to: *target,
         };
-        let tx = ClientTransaction::new(
-            false,
-            request.bytes,
-            Transport::Unreliable,
-            TimerValues::default(),
-            now,
-        );
         self.outbound_branches.insert(request.branch.clone(), index);
-        self.clients.insert(request.branch.clone(), (tx, path));
-        self.client_events(&request.branch, now);
+        self.start_client(request.branch, request.bytes, path, now);
     }
 
     /// Which lines show which mailbox (`box@context` -> lines).
@@ -383,11 +375,7 @@ impl SipCore {
                 let Some(local) = self.udp.as_ref().and_then(|u| u.local_addr().ok()) else {
                     continue;
                 };
-                let body = format!(
-                    "Messages-Waiting: {}\r\nMessage-Account: sip:{mailbox}@{}\r\nVoice-Message: {new}/{old} ({urgent_new}/{urgent_old})\r\n",
-                    if new > 0 { "yes" } else { "no" },
-                    local.ip(),
-                );
+                let body = message_summary(mailbox, local.ip(), [new, old, urgent_new, urgent_old]);
                 let branch = format!("z9hG4bK{}", self.tag());
                 let tag = self.tag();
                 let transport = if path.reliable() { "TCP" } else { "UDP" };
@@ -400,20 +388,7 @@ Content-Length: {}\r\n\r\n{body}",
                     body.len(),
                     contact = binding.contact,
                 );
-                let transport = if path.reliable() {
-                    Transport::Reliable
-                } else {
-                    Transport::Unreliable
-                };
-                let tx = ClientTransaction::new(
-                    false,
-                    notify.into_bytes(),
-                    transport,
-                    TimerValues::default(),
-                    now,
-                );
-                self.clients.insert(branch.clone(), (tx, path));
-                self.client_events(&branch, now);
+                self.start_client(branch, notify.into_bytes(), path, now);
                 sent += 1;
             }
         }
@@ -447,11 +422,7 @@ Content-Length: {}\r\n\r\n{body}",
             .copied()
             .unwrap_or_default();
         let account = sub.mailbox.split('@').next().unwrap_or_default();
-        let body = format!(
-            "Messages-Waiting: {}\r\nMessage-Account: sip:{account}@{}\r\nVoice-Message: {new}/{old} ({urgent_new}/{urgent_old})\r\n",
-            if new > 0 { "yes" } else { "no" },
-            local.ip(),
-        );
+        let body = message_summary(account, local.ip(), [new, old, urgent_new, urgent_old]);
         let remaining = sub.expires_at.saturating_duration_since(now).as_secs();
         let state = if last {
             "terminated;reason=timeout".to_owned()
@@ -471,20 +442,7 @@ Content-Length: {}\r\n\r\n{body}",
             cseq = sub.cseq,
         );
         let path = sub.path.clone();
-        let transport = if path.reliable() {
-            Transport::Reliable
-        } else {
-            Transport::Unreliable
-        };
-        let tx = ClientTransaction::new(
-            false,
-            notify.into_bytes(),
-            transport,
-            TimerValues::default(),
-            now,
-        );
-        self.clients.insert(branch.clone(), (tx, path));
-        self.client_events(&branch, now);
+        self.start_client(branch, notify.into_bytes(), path, now);
     }
 
     /// A SUBSCRIBE: message-summary only, from an authenticated line.
@@ -822,6 +780,19 @@ Content-Length: {}\r\n\r\n{body}",
         }
     }
 
+    /// Sends a request the edge originates in a client transaction over `path`; its
+    /// answers come back through `client_events` by `branch`.
+    fn start_client(&mut self, branch: String, bytes: Vec<u8>, path: Path, now: Instant) {
+        let transport = if path.reliable() {
+            Transport::Reliable
+        } else {
+            Transport::Unreliable
+        };
+        let tx = ClientTransaction::new(false, bytes, transport, TimerValues::default(), now);
+        self.clients.insert(branch.clone(), (tx, path));
+        self.client_events(&branch, now);
+    }
+
     /// Where to send a request to a binding: its source for `nat=yes`, else its
     /// Contact's address; over its own TCP connection when it registered over TCP.
     fn path_to(&self, binding: &Binding) -> Option<Path> {
@@ -868,21 +839,8 @@ Max-Forwards: 70\r\nFrom: <sip:asterisk@{local}>;tag={tag}\r\nTo: <{contact}>\r\
 Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
             contact = binding.contact,
         );
-        let transport = if path.reliable() {
-            Transport::Reliable
-        } else {
-            Transport::Unreliable
-        };
-        let tx = ClientTransaction::new(
-            false,
-            options.into_bytes(),
-            transport,
-            TimerValues::default(),
-            now,
-        );
         self.qualifier.sent(key, branch.clone(), now);
-        self.clients.insert(branch.clone(), (tx, path));
-        self.client_events(&branch, now);
+        self.start_client(branch, options.into_bytes(), path, now);
     }
 
     fn request(&mut self, mut request: rsip::Request, path: Path, tag: String) {
@@ -1147,6 +1105,16 @@ fn pop_due(heap: &mut BinaryHeap<Reverse<(Instant, String)>>, now: Instant) -> V
         }
     }
     due
+}
+
+/// An `application/simple-message-summary` body (RFC 3842 §5.2) for `account` at
+/// `host`: counts are new, old, urgent new, urgent old.
+fn message_summary(account: &str, host: std::net::IpAddr, counts: [u32; 4]) -> String {
+    let [new, old, urgent_new, urgent_old] = counts;
+    format!(
+        "Messages-Waiting: {}\r\nMessage-Account: sip:{account}@{host}\r\nVoice-Message: {new}/{old} ({urgent_new}/{urgent_old})\r\n",
+        if new > 0 { "yes" } else { "no" },
+    )
 }
 
 fn flush_client(tx: &mut ClientTransaction<Vec<u8>>, path: &Path) {
