@@ -28,6 +28,19 @@ async fn start(data_dir: &Path) -> Edge {
     start_with(sip_edge::Config::loopback(seed_dir(), data_dir.to_owned())).await
 }
 
+/// An edge on a `sip.conf` of the test's own; the directories live as long as it.
+async fn start_with_sip_conf(sip_conf: &str) -> (Edge, [tempfile::TempDir; 2]) {
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(conf.path().join("sip.conf"), sip_conf).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let edge = start_with(sip_edge::Config::loopback(
+        conf.path().to_owned(),
+        data.path().to_owned(),
+    ))
+    .await;
+    (edge, [conf, data])
+}
+
 async fn start_with(config: sip_edge::Config) -> Edge {
     let bound = sip_edge::bind(config).await.unwrap();
     let info = bound.info();
@@ -213,8 +226,10 @@ async fn read(stream: &mut TcpStream) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_phone_registers_over_tcp() {
-    let data = tempfile::tempdir().unwrap();
-    let edge = start(data.path()).await;
+    // No qualify: an OPTIONS probe on the stream would interleave with the answers
+    // this test reads byte for byte.
+    let (edge, _dirs) =
+        start_with_sip_conf("[13235550100]\ntype=friend\nhost=dynamic\nsecret=password\n").await;
     let mut stream = TcpStream::connect(edge.sip).await.unwrap();
     let local = stream.local_addr().unwrap();
     stream
@@ -361,18 +376,7 @@ async fn reachable(grpc: &str) -> Option<bool> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn qualify_probes_registered_phones_and_marks_silent_ones_unreachable() {
-    let config = tempfile::tempdir().unwrap();
-    std::fs::write(
-        config.path().join("sip.conf"),
-        "[13235550100]\ntype=friend\nhost=dynamic\nsecret=password\nnat=yes\nqualify=300\nqualifyfreq=1\n",
-    )
-    .unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let edge = start_with(sip_edge::Config::loopback(
-        config.path().to_owned(),
-        data.path().to_owned(),
-    ))
-    .await;
+    let (edge, _edge_dirs) = start_with_sip_conf("[13235550100]\ntype=friend\nhost=dynamic\nsecret=password\nnat=yes\nqualify=300\nqualifyfreq=1\n").await;
     let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let local = phone.local_addr().unwrap();
     let challenge = exchange(&phone, edge.sip, &register(local, 1, "", "UDP")).await;
@@ -497,36 +501,17 @@ async fn mailbox_counts_light_the_phone_lamp_with_a_message_summary_notify() {
 #[tokio::test(flavor = "multi_thread")]
 async fn register_lines_register_to_the_provider_through_its_challenge() {
     // The provider: another edge with the trunk's account as a line.
-    let provider_conf = tempfile::tempdir().unwrap();
-    std::fs::write(
-        provider_conf.path().join("sip.conf"),
+    let (provider, _provider_dirs) = start_with_sip_conf(
         "[12345678]\ntype=friend\nhost=dynamic\nsecret=password\ncontext=from-customer\n",
     )
-    .unwrap();
-    let provider_data = tempfile::tempdir().unwrap();
-    let provider = start_with(sip_edge::Config::loopback(
-        provider_conf.path().to_owned(),
-        provider_data.path().to_owned(),
-    ))
     .await;
 
     // Our edge, with the seed's kind of trunk registration (`register =>`).
-    let conf = tempfile::tempdir().unwrap();
-    std::fs::write(
-        conf.path().join("sip.conf"),
-        format!(
+    let (edge, _edge_dirs) = start_with_sip_conf(&format!(
             "[general]\nregister => 12345678:password@127.0.0.1:{}/13235550100~300\n\n\
              [flowroute]\ntype=friend\nhost=127.0.0.1\nusername=12345678\nsecret=password\ncontext=inbound\n",
             provider.sip.port()
-        ),
-    )
-    .unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let edge = start_with(sip_edge::Config::loopback(
-        conf.path().to_owned(),
-        data.path().to_owned(),
-    ))
-    .await;
+        )).await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let registration = loop {
@@ -580,18 +565,10 @@ CSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invites_from_the_trunk_are_not_challenged_and_phones_must_authenticate() {
-    let conf = tempfile::tempdir().unwrap();
-    std::fs::write(
-        conf.path().join("sip.conf"),
+    let (edge, _edge_dirs) = start_with_sip_conf(
         "[flowroute]\ntype=friend\nhost=127.0.0.2\ncontext=inbound\ninsecure=port,invite\n\n\
          [13235550100]\ntype=friend\nhost=dynamic\nsecret=password\ncontext=localexts\n",
     )
-    .unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let edge = start_with(sip_edge::Config::loopback(
-        conf.path().to_owned(),
-        data.path().to_owned(),
-    ))
     .await;
 
     // The carrier, from its address (any port, insecure=port): admitted without a
