@@ -182,9 +182,6 @@ async fn baresip_subscribes_to_message_summary_and_its_lamp_lights() {
     .unwrap();
     let sip = bound.sip_addr().unwrap();
     let grpc = format!("http://{}", bound.info().grpc);
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(bound.run(shutdown.clone()));
-
     let dir = tempfile::tempdir().unwrap();
     let mut phone = baresip_with(
         dir.path(),
@@ -194,6 +191,13 @@ async fn baresip_subscribes_to_message_summary_and_its_lamp_lights() {
         ";mwi=yes",
         true,
     );
+    // baresip 1.0's mwi module runs a start-up timer that subscribes every account
+    // already in its list while appending to that list: if registration beats the
+    // timer, it resubscribes forever. The edge's socket is bound but not yet served,
+    // so the phone's REGISTER waits in it until the timer has long fired.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(bound.run(shutdown.clone()));
     let stdout = phone.0.stdout.take().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
