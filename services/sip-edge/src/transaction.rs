@@ -567,6 +567,23 @@ mod tests {
 
     /// Runs the transaction on simulated time until `until`, returning when each
     /// transmission happened, relative to `start`.
+    fn client(
+        invite: bool,
+        request: &'static str,
+        transport: Transport,
+        start: Instant,
+    ) -> ClientTransaction<&'static str> {
+        ClientTransaction::new(invite, request, transport, TimerValues::default(), start)
+    }
+
+    fn server(
+        invite: bool,
+        trying: Option<&'static str>,
+        transport: Transport,
+    ) -> ServerTransaction<&'static str> {
+        ServerTransaction::new(invite, trying, transport, TimerValues::default())
+    }
+
     fn run_client(
         t: &mut ClientTransaction<&'static str>,
         start: Instant,
@@ -591,13 +608,7 @@ mod tests {
     #[test]
     fn invite_client_timer_a_doubles_and_timer_b_times_out_at_64_t1() {
         let start = Instant::now();
-        let mut t = ClientTransaction::new(
-            true,
-            "INVITE",
-            Transport::Unreliable,
-            TimerValues::default(),
-            start,
-        );
+        let mut t = client(true, "INVITE", Transport::Unreliable, start);
         let sent = run_client(&mut t, start, Duration::from_secs(60));
         let ms: Vec<u128> = sent.iter().map(Duration::as_millis).collect();
         // A: 0.5, 1, 2, 4, 8, 16 s after the previous one; B at 32 s ends it.
@@ -609,13 +620,7 @@ mod tests {
     #[test]
     fn invite_client_over_tcp_sends_once() {
         let start = Instant::now();
-        let mut t = ClientTransaction::new(
-            true,
-            "INVITE",
-            Transport::Reliable,
-            TimerValues::default(),
-            start,
-        );
+        let mut t = client(true, "INVITE", Transport::Reliable, start);
         let sent = run_client(&mut t, start, Duration::from_secs(60));
         assert_eq!(sent, [Duration::ZERO]);
         assert_eq!(t.poll_event(), Some(ClientEvent::Failed(Failure::Timeout)));
@@ -624,13 +629,7 @@ mod tests {
     #[test]
     fn invite_client_provisional_stops_a_but_not_b() {
         let start = Instant::now();
-        let mut t = ClientTransaction::new(
-            true,
-            "INVITE",
-            Transport::Unreliable,
-            TimerValues::default(),
-            start,
-        );
+        let mut t = client(true, "INVITE", Transport::Unreliable, start);
         transmits(&mut t);
         t.handle_response(start + T1 / 2, 180, "180");
         assert_eq!(t.state(), ClientState::Proceeding);
@@ -642,13 +641,7 @@ mod tests {
     #[test]
     fn invite_client_non_2xx_final_is_acked_and_reacked_then_timer_d() {
         let start = Instant::now();
-        let mut t = ClientTransaction::new(
-            true,
-            "INVITE",
-            Transport::Unreliable,
-            TimerValues::default(),
-            start,
-        );
+        let mut t = client(true, "INVITE", Transport::Unreliable, start);
         transmits(&mut t);
         let now = start + Duration::from_secs(3);
         t.handle_response(now, 486, "486");
@@ -675,13 +668,7 @@ mod tests {
     #[test]
     fn invite_client_2xx_goes_to_accepted_with_timer_m_and_passes_retransmissions() {
         let start = Instant::now();
-        let mut t = ClientTransaction::new(
-            true,
-            "INVITE",
-            Transport::Unreliable,
-            TimerValues::default(),
-            start,
-        );
+        let mut t = client(true, "INVITE", Transport::Unreliable, start);
         transmits(&mut t);
         t.handle_response(start, 200, "200");
         assert_eq!(t.state(), ClientState::Accepted);
@@ -701,13 +688,7 @@ mod tests {
     #[test]
     fn non_invite_client_timer_e_caps_at_t2_and_timer_f() {
         let start = Instant::now();
-        let mut t = ClientTransaction::new(
-            false,
-            "REGISTER",
-            Transport::Unreliable,
-            TimerValues::default(),
-            start,
-        );
+        let mut t = client(false, "REGISTER", Transport::Unreliable, start);
         let sent = run_client(&mut t, start, Duration::from_secs(60));
         let ms: Vec<u128> = sent.iter().map(Duration::as_millis).collect();
         // E: 0.5, 1, 2, 4, 4, 4, ... s apart; F at 32 s.
@@ -721,13 +702,7 @@ mod tests {
     #[test]
     fn non_invite_client_in_proceeding_retransmits_every_t2_then_completes_with_k() {
         let start = Instant::now();
-        let mut t = ClientTransaction::new(
-            false,
-            "OPTIONS",
-            Transport::Unreliable,
-            TimerValues::default(),
-            start,
-        );
+        let mut t = client(false, "OPTIONS", Transport::Unreliable, start);
         transmits(&mut t);
         t.handle_response(start + Duration::from_millis(100), 100, "100");
         assert_eq!(t.state(), ClientState::Proceeding);
@@ -750,13 +725,7 @@ mod tests {
         assert!(t.is_terminated());
 
         // Over TCP, K is zero: terminated with the response.
-        let mut t = ClientTransaction::new(
-            false,
-            "OPTIONS",
-            Transport::Reliable,
-            TimerValues::default(),
-            start,
-        );
+        let mut t = client(false, "OPTIONS", Transport::Reliable, start);
         t.handle_response(start, 200, "200");
         assert!(t.is_terminated());
         assert_eq!(t.poll_event(), Some(ClientEvent::Response("200")));
@@ -765,20 +734,13 @@ mod tests {
     #[test]
     fn transport_errors_fail_the_transaction() {
         let start = Instant::now();
-        let mut t = ClientTransaction::new(
-            true,
-            "INVITE",
-            Transport::Reliable,
-            TimerValues::default(),
-            start,
-        );
+        let mut t = client(true, "INVITE", Transport::Reliable, start);
         t.handle_transport_error();
         assert_eq!(
             t.poll_event(),
             Some(ClientEvent::Failed(Failure::TransportError))
         );
-        let mut s: ServerTransaction<&str> =
-            ServerTransaction::new(false, None, Transport::Reliable, TimerValues::default());
+        let mut s: ServerTransaction<&str> = server(false, None, Transport::Reliable);
         s.handle_transport_error();
         assert_eq!(
             s.poll_event(),
@@ -789,12 +751,7 @@ mod tests {
     #[test]
     fn invite_server_sends_100_and_repeats_the_last_response_on_retransmission() {
         let start = Instant::now();
-        let mut s = ServerTransaction::new(
-            true,
-            Some("100"),
-            Transport::Unreliable,
-            TimerValues::default(),
-        );
+        let mut s = server(true, Some("100"), Transport::Unreliable);
         assert_eq!(server_transmits(&mut s), [Transmit::Message("100")]);
         s.handle_retransmission();
         assert_eq!(server_transmits(&mut s), [Transmit::Message("100")]);
@@ -810,12 +767,7 @@ mod tests {
     #[test]
     fn invite_server_timer_g_retransmits_until_ack_then_timer_i() {
         let start = Instant::now();
-        let mut s = ServerTransaction::new(
-            true,
-            Some("100"),
-            Transport::Unreliable,
-            TimerValues::default(),
-        );
+        let mut s = server(true, Some("100"), Transport::Unreliable);
         server_transmits(&mut s);
         s.respond(start, 486, "486");
         assert_eq!(s.state(), ServerState::Completed);
@@ -854,7 +806,7 @@ mod tests {
     #[test]
     fn invite_server_timer_h_without_ack() {
         let start = Instant::now();
-        let mut s = ServerTransaction::new(true, None, Transport::Reliable, TimerValues::default());
+        let mut s = server(true, None, Transport::Reliable);
         s.respond(start, 603, "603");
         assert_eq!(
             s.poll_timeout().unwrap() - start,
@@ -869,12 +821,7 @@ mod tests {
     #[test]
     fn invite_server_2xx_accepted_with_timer_l_passes_ack_absorbs_invite() {
         let start = Instant::now();
-        let mut s = ServerTransaction::new(
-            true,
-            Some("100"),
-            Transport::Unreliable,
-            TimerValues::default(),
-        );
+        let mut s = server(true, Some("100"), Transport::Unreliable);
         server_transmits(&mut s);
         s.respond(start, 200, "200");
         assert_eq!(s.state(), ServerState::Accepted);
@@ -901,8 +848,7 @@ mod tests {
     #[test]
     fn non_invite_server_timer_j() {
         let start = Instant::now();
-        let mut s =
-            ServerTransaction::new(false, None, Transport::Unreliable, TimerValues::default());
+        let mut s = server(false, None, Transport::Unreliable);
         assert_eq!(s.state(), ServerState::Trying);
         s.handle_retransmission();
         assert_eq!(server_transmits(&mut s), [], "nothing to repeat in Trying");
@@ -918,8 +864,7 @@ mod tests {
         s.handle_timeout(start + 64 * T1);
         assert!(s.is_terminated());
 
-        let mut s =
-            ServerTransaction::new(false, None, Transport::Reliable, TimerValues::default());
+        let mut s = server(false, None, Transport::Reliable);
         s.respond(start, 200, "200");
         assert!(s.is_terminated(), "J is zero over TCP");
     }
