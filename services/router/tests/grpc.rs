@@ -89,6 +89,11 @@ impl Edge {
     }
 }
 
+/// A call from the carrier's number to the seed's DID.
+fn carrier_call(channel: &str) -> NewChannel {
+    new_channel(channel, "inbound", "13235550100", "13105550199")
+}
+
 fn new_channel(channel: &str, context: &str, exten: &str, caller: &str) -> NewChannel {
     NewChannel {
         channel: channel.into(),
@@ -111,17 +116,9 @@ async fn inbound_and_outbound_calls_over_the_call_control_stream() {
     let router = start(&seed_dir(), Duration::ZERO).await;
 
     // Inbound from the carrier: the phone is dialled for 20 s and answers.
-    let mut edge = Edge::open(
-        &router.url,
-        new_channel(
-            "SIP/flowroute-00000001",
-            "inbound",
-            "13235550100",
-            "13105550199",
-        ),
-    )
-    .await
-    .unwrap();
+    let mut edge = Edge::open(&router.url, carrier_call("SIP/flowroute-00000001"))
+        .await
+        .unwrap();
     let (id, command) = edge.next().await.unwrap();
     let dialplan_command::Command::Dial(dial) = command else {
         panic!("{command:?}")
@@ -199,17 +196,9 @@ async fn inbound_and_outbound_calls_over_the_call_control_stream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn voicemail_unreachable_and_caller_hang_up() {
     let router = start(&seed_dir(), Duration::ZERO).await;
-    let mut edge = Edge::open(
-        &router.url,
-        new_channel(
-            "SIP/flowroute-00000004",
-            "inbound",
-            "13235550100",
-            "13105550199",
-        ),
-    )
-    .await
-    .unwrap();
+    let mut edge = Edge::open(&router.url, carrier_call("SIP/flowroute-00000004"))
+        .await
+        .unwrap();
     let (id, _) = edge.next().await.unwrap();
     edge.send(channel_event::Event::DialResult(DialResult {
         command_id: id,
@@ -227,17 +216,9 @@ async fn voicemail_unreachable_and_caller_hang_up() {
     assert!(edge.next().await.is_none());
 
     // A caller hanging up while the phone rings ends the stream.
-    let mut edge = Edge::open(
-        &router.url,
-        new_channel(
-            "SIP/flowroute-00000005",
-            "inbound",
-            "13235550100",
-            "13105550199",
-        ),
-    )
-    .await
-    .unwrap();
+    let mut edge = Edge::open(&router.url, carrier_call("SIP/flowroute-00000005"))
+        .await
+        .unwrap();
     edge.next().await.unwrap();
     edge.send(channel_event::Event::HangUp(HangUp {
         cause: 16,
