@@ -657,7 +657,6 @@ Content-Length: {}\r\n\r\n{body}",
             }
             Ok(Parsed::Sip(message)) => match *message {
                 rsip::SipMessage::Request(request) => self.request(request, path, tag),
-                // No client transactions in this build: responses have nowhere to go.
                 rsip::SipMessage::Response(response) => self.response(response, bytes),
             },
         }
@@ -669,14 +668,15 @@ Content-Length: {}\r\n\r\n{body}",
             .via_header()
             .ok()
             .and_then(|v| v.typed().ok())
-            .and_then(|v| v.branch().map(|b| b.to_string()));
-        let Some((tx, _)) = branch.as_ref().and_then(|b| self.clients.get_mut(b)) else {
+            .and_then(|v| v.branch().map(|b| b.to_string()))
+            .unwrap_or_default();
+        // No branch (empty) matches none of ours.
+        let Some((tx, _)) = self.clients.get_mut(&branch) else {
             self.counters.dropped.inc();
             return;
         };
         let now = Instant::now();
         tx.handle_response(now, response.status_code.code(), bytes.to_vec());
-        let branch = branch.unwrap_or_default();
         self.client_events(&branch, now);
     }
 
