@@ -445,13 +445,17 @@ Content-Length: {}\r\n\r\n{body}",
         self.start_client(branch, notify.into_bytes(), path, now);
     }
 
+    /// A wrong password from `source`: counted, and banned after repeated tries.
+    fn auth_failed(&mut self, source: std::net::IpAddr) {
+        self.counters.auth_failures.inc();
+        if self.guard.auth_failed(Instant::now(), source) {
+            self.counters.bans.inc();
+            tracing::warn!(%source, "banned after repeated authentication failures");
+        }
+    }
+
     /// A SUBSCRIBE: message-summary only, from an authenticated line.
-    fn subscribe(
-        &mut self,
-        request: &rsip::Request,
-        path: &Path,
-        tag: &str,
-    ) -> (u16, rsip::Response) {
+    fn subscribe(&mut self, request: &rsip::Request, path: &Path, tag: &str) -> rsip::Response {
         let event = request
             .headers
             .iter()
@@ -468,10 +472,7 @@ Content-Length: {}\r\n\r\n{body}",
                 "Allow-Events".into(),
                 "message-summary".into(),
             )];
-            return (
-                489,
-                crate::registrar::response(request, 489, "Bad Event", tag, allow),
-            );
+            return crate::registrar::response(request, 489, "Bad Event", tag, allow);
         }
         let line = match self
             .registrar
@@ -480,9 +481,9 @@ Content-Length: {}\r\n\r\n{body}",
             crate::registrar::Authenticated::Line(line) => line,
             crate::registrar::Authenticated::Respond { response, failed } => {
                 if failed {
-                    self.counters.auth_failures.inc();
+                    self.auth_failed(path.peer().ip());
                 }
-                return (response.status_code.code(), response);
+                return response;
             }
         };
         let call_id = request
@@ -495,10 +496,7 @@ Content-Length: {}\r\n\r\n{body}",
             .unwrap_or(SUBSCRIPTION_EXPIRES)
             .min(SUBSCRIPTION_EXPIRES);
         let Some(local) = self.local_addr() else {
-            return (
-                500,
-                crate::registrar::response(request, 500, "Server Internal Error", tag, vec![]),
-            );
+            return crate::registrar::response(request, 500, "Server Internal Error", tag, vec![]);
         };
         let contact = request
             .headers
@@ -537,29 +535,25 @@ Content-Length: {}\r\n\r\n{body}",
             .map(|f| f.value().to_owned())
             .unwrap_or_default();
         let now = Instant::now();
-        let existing_cseq = self
-            .subscriptions
-            .get(&call_id)
-            .map(|s| s.cseq)
-            .unwrap_or(0);
+        // A refresh keeps the dialog's tag and CSeq.
+        let (cseq, local) = match self.subscriptions.get(&call_id) {
+            Some(s) => (s.cseq, s.local.clone()),
+            None => (0, local_party),
+        };
         self.subscriptions.insert(
             call_id.clone(),
             Subscription {
                 mailbox: self.mailbox_of(&line),
                 line,
                 target: contact,
-                local: self
-                    .subscriptions
-                    .get(&call_id)
-                    .map(|s| s.local.clone())
-                    .unwrap_or(local_party),
+                local,
                 remote: remote_party,
-                cseq: existing_cseq,
+                cseq,
                 expires_at: now + Duration::from_secs(u64::from(expires)),
                 path: path.clone(),
             },
         );
-        (200, response)
+        response
     }
 
     /// The socket requests leave from.
@@ -908,7 +902,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         });
         let mut tx = ServerTransaction::new(invite, trying, transport, TimerValues::default());
 
-        let (status, response) = match method {
+        let response = match method {
             rsip::Method::Register => {
                 let source = Source {
                     addr: path.peer(),
@@ -916,24 +910,17 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                 };
                 let outcome = self.registrar.handle(unix_now(), &request, source, &tag);
                 if outcome.auth_failed {
-                    self.counters.auth_failures.inc();
-                    if self.guard.auth_failed(now, path.peer().ip()) {
-                        self.counters.bans.inc();
-                        tracing::warn!(source = %path.peer().ip(), "banned after repeated authentication failures");
-                    }
+                    self.auth_failed(path.peer().ip());
                 }
                 if let Some(line) = &outcome.changed {
                     tracing::debug!(line = %line, "registration changed");
                     self.persist();
                 }
-                (outcome.response.status_code.code(), outcome.response)
+                outcome.response
             }
             rsip::Method::Options => {
                 let allow = vec![rsip::Header::Other("Allow".into(), ALLOW.into())];
-                (
-                    200,
-                    crate::registrar::response(&request, 200, "OK", &tag, allow),
-                )
+                crate::registrar::response(&request, 200, "OK", &tag, allow)
             }
             rsip::Method::Invite => {
                 // Who is calling: a trunk by its address (not challenged with
@@ -947,11 +934,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                         crate::registrar::Authenticated::Line(line) => Ok(line),
                         crate::registrar::Authenticated::Respond { response, failed } => {
                             if failed {
-                                self.counters.auth_failures.inc();
-                                if self.guard.auth_failed(now, path.peer().ip()) {
-                                    self.counters.bans.inc();
-                                    tracing::warn!(source = %path.peer().ip(), "banned after repeated authentication failures");
-                                }
+                                self.auth_failed(path.peer().ip());
                             }
                             Err(response)
                         }
@@ -962,47 +945,35 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                         let called = request.uri.user().unwrap_or("s").to_owned();
                         tracing::info!(%peer, %called, "call admitted; the call path (B2BUA) is not in this build");
                         let retry = vec![rsip::Header::Other("Retry-After".into(), "60".into())];
-                        (
+                        crate::registrar::response(
+                            &request,
                             503,
-                            crate::registrar::response(
-                                &request,
-                                503,
-                                "Service Unavailable (calls are not handled yet)",
-                                &tag,
-                                retry,
-                            ),
+                            "Service Unavailable (calls are not handled yet)",
+                            &tag,
+                            retry,
                         )
                     }
-                    Err(response) => (response.status_code.code(), response),
+                    Err(response) => response,
                 }
             }
             rsip::Method::Subscribe => self.subscribe(&request, &path, &tag),
-            rsip::Method::Bye | rsip::Method::Cancel => (
+            rsip::Method::Bye | rsip::Method::Cancel => crate::registrar::response(
+                &request,
                 481,
-                crate::registrar::response(
-                    &request,
-                    481,
-                    "Call/Transaction Does Not Exist",
-                    &tag,
-                    vec![],
-                ),
+                "Call/Transaction Does Not Exist",
+                &tag,
+                vec![],
             ),
             _ => {
                 let allow = vec![rsip::Header::Other("Allow".into(), ALLOW.into())];
-                (
-                    405,
-                    crate::registrar::response(&request, 405, "Method Not Allowed", &tag, allow),
-                )
+                crate::registrar::response(&request, 405, "Method Not Allowed", &tag, allow)
             }
         };
+        let status = response.status_code.code();
         tx.respond(now, status, response.to_string().into_bytes());
         flush(&mut tx, &path);
         if method == rsip::Method::Subscribe && status == 200 {
             // RFC 3265 §3.1.6.2: a NOTIFY follows the 200 at once; Expires: 0 ends it.
-            let call_id = request
-                .call_id_header()
-                .map(|h| h.value().to_owned())
-                .unwrap_or_default();
             let ending = self
                 .subscriptions
                 .get(&call_id)

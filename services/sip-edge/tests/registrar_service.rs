@@ -307,6 +307,49 @@ To: <sip:911@127.0.0.1>\r\nFrom: <sip:13235550100@127.0.0.1>;tag=e\r\nCall-ID: e
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn wrong_passwords_on_subscribe_ban_the_source_too() {
+    let data = tempfile::tempdir().unwrap();
+    let edge = start(data.path()).await;
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+    let subscribe = |cseq: u32, auth: &str| {
+        format!(
+            "SUBSCRIBE sip:13235550100@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP {local};branch=z9hG4bKs{cseq}\r\nMax-Forwards: 70\r\n\
+To: <sip:13235550100@127.0.0.1>\r\nFrom: <sip:13235550100@127.0.0.1>;tag=s\r\n\
+Call-ID: sub-guess\r\nCSeq: {cseq} SUBSCRIBE\r\nEvent: message-summary\r\n\
+Contact: <sip:13235550100@{local}>\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+    };
+    for attempt in 0..5u32 {
+        let challenge = exchange(&phone, edge.sip, &subscribe(attempt * 2 + 1, "")).await;
+        assert!(challenge.starts_with("SIP/2.0 407 "), "{challenge}");
+        let challenge = Challenge::parse(header(&challenge, "Proxy-Authenticate")[0]).unwrap();
+        let creds = digest::authorize(
+            &challenge,
+            "13235550100",
+            "guess",
+            "SUBSCRIBE",
+            "sip:13235550100@127.0.0.1",
+            "c1",
+            1,
+        );
+        let auth = format!("Proxy-Authorization: {}\r\n", creds.to_header());
+        let refused = exchange(&phone, edge.sip, &subscribe(attempt * 2 + 2, &auth)).await;
+        assert!(refused.starts_with("SIP/2.0 403 "), "{refused}");
+    }
+    phone
+        .send_to(subscribe(99, "").as_bytes(), edge.sip)
+        .await
+        .unwrap();
+    assert!(
+        !answered_within(&phone, Duration::from_millis(700)).await,
+        "a source guessing through SUBSCRIBE is banned like one guessing through REGISTER"
+    );
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_flood_from_one_source_is_rate_limited() {
     let data = tempfile::tempdir().unwrap();
     let edge = start_with(sip_edge::Config {
