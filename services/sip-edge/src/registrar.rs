@@ -210,10 +210,7 @@ impl Registrar {
             );
         };
 
-        let authorization = request.headers.iter().find_map(|h| match h {
-            rsip::Header::Authorization(a) => Some(a.value().to_owned()),
-            _ => None,
-        });
+        let authorization = request.authorization_header().map(|a| a.value().to_owned());
         let Some(authorization) = authorization else {
             return outcome(self.challenge(request, now, to_tag, false), None, false);
         };
@@ -541,7 +538,7 @@ fn split_contacts(value: &str) -> Vec<String> {
 type Params = Vec<(String, Option<String>)>;
 
 /// `["name"] <uri>;params` or `uri;params` to the URI and the parameters.
-fn parse_contact(contact: &str) -> Option<(String, Params)> {
+pub(crate) fn parse_contact(contact: &str) -> Option<(String, Params)> {
     let (uri, params) = match contact.find('<') {
         Some(open) => {
             let close = open + contact[open..].find('>')?;

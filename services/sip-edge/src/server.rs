@@ -499,17 +499,10 @@ Content-Length: {}\r\n\r\n{body}",
             return crate::registrar::response(request, 500, "Server Internal Error", tag, vec![]);
         };
         let contact = request
-            .headers
-            .iter()
-            .find_map(|h| match h {
-                rsip::Header::Contact(c) => Some(c.value().to_owned()),
-                _ => None,
-            })
-            .and_then(|c| {
-                let start = c.find('<')? + 1;
-                let end = c[start..].find('>')? + start;
-                Some(c[start..end].to_owned())
-            })
+            .contact_header()
+            .ok()
+            .and_then(|c| crate::registrar::parse_contact(c.value()))
+            .map(|(uri, _)| uri)
             .unwrap_or_else(|| request.uri.to_string());
         let response = crate::registrar::response(
             request,
@@ -523,12 +516,8 @@ Content-Length: {}\r\n\r\n{body}",
         );
         // Our side of the dialog is the To of our response (with the tag it has now).
         let local_party = response
-            .headers
-            .iter()
-            .find_map(|h| match h {
-                rsip::Header::To(t) => Some(t.value().to_owned()),
-                _ => None,
-            })
+            .to_header()
+            .map(|t| t.value().to_owned())
             .unwrap_or_default();
         let remote_party = request
             .from_header()
