@@ -376,68 +376,40 @@ mod tests {
         );
     }
 
+    fn unauthorized(nonce: &str, stale: bool) -> Answer {
+        Answer {
+            status: 401,
+            challenge: Some(challenge(nonce, stale)),
+            expires: None,
+        }
+    }
+
+    /// A registration whose first REGISTER (branch b1) was challenged and answered
+    /// (branch b2).
+    fn challenged_once(t0: Instant) -> OutboundRegistration {
+        let mut r = OutboundRegistration::new(&line(), "c".into(), "f".into(), t0);
+        r.poll_request(t0, local(), "b1".into()).unwrap();
+        r.handle_answer(t0, "b1", unauthorized("n1", false), local(), "b2".into())
+            .unwrap();
+        r
+    }
+
     #[test]
     fn wrong_credentials_and_silence_fail_and_retry_later() {
         let t0 = Instant::now();
-        let mut r = OutboundRegistration::new(&line(), "c".into(), "f".into(), t0);
-        r.poll_request(t0, local(), "b1".into()).unwrap();
-        r.handle_answer(
-            t0,
-            "b1",
-            Answer {
-                status: 401,
-                challenge: Some(challenge("n1", false)),
-                expires: None,
-            },
-            local(),
-            "b2".into(),
-        )
-        .unwrap();
+        let mut r = challenged_once(t0);
         // Challenged again on the same nonce: the secret is wrong; no loop.
         assert!(r
-            .handle_answer(
-                t0,
-                "b2",
-                Answer {
-                    status: 401,
-                    challenge: Some(challenge("n1", false)),
-                    expires: None
-                },
-                local(),
-                "b3".into()
-            )
+            .handle_answer(t0, "b2", unauthorized("n1", false), local(), "b3".into())
             .is_none());
         assert!(
             matches!(r.status(), Status::Failed { reason } if reason.contains("check the user and secret"))
         );
         assert_eq!(r.poll_timeout().unwrap() - t0, RETRY_AFTER);
         // A stale nonce is simply answered again.
-        let mut r = OutboundRegistration::new(&line(), "c".into(), "f".into(), t0);
-        r.poll_request(t0, local(), "b1".into()).unwrap();
-        r.handle_answer(
-            t0,
-            "b1",
-            Answer {
-                status: 401,
-                challenge: Some(challenge("n1", false)),
-                expires: None,
-            },
-            local(),
-            "b2".into(),
-        )
-        .unwrap();
+        let mut r = challenged_once(t0);
         assert!(r
-            .handle_answer(
-                t0,
-                "b2",
-                Answer {
-                    status: 401,
-                    challenge: Some(challenge("n1", true)),
-                    expires: None
-                },
-                local(),
-                "b3".into()
-            )
+            .handle_answer(t0, "b2", unauthorized("n1", true), local(), "b3".into())
             .is_some());
         // No answer at all.
         r.handle_failure(t0, "b3");
