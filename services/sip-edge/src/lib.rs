@@ -343,26 +343,45 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         })?;
     let counters = server::Counters::default();
     let registry = server.registry().sub_registry_with_prefix("sip");
-    registry.register(
-        "messages_received",
-        "SIP messages received (UDP and TCP)",
-        counters.received.clone(),
-    );
-    registry.register(
-        "messages_rejected",
-        "SIP messages refused by the parser",
-        counters.rejected.clone(),
-    );
-    registry.register(
-        "messages_dropped",
-        "SIP messages dropped without an answer",
-        counters.dropped.clone(),
-    );
-    registry.register(
-        "auth_failures",
-        "Failed digest authentications",
-        counters.auth_failures.clone(),
-    );
+    for (name, help, counter) in [
+        (
+            "messages_received",
+            "SIP messages received (UDP and TCP)",
+            &counters.received,
+        ),
+        (
+            "messages_rejected",
+            "SIP messages refused by the parser",
+            &counters.rejected,
+        ),
+        (
+            "messages_dropped",
+            "SIP messages dropped without an answer",
+            &counters.dropped,
+        ),
+        (
+            "auth_failures",
+            "Failed digest authentications",
+            &counters.auth_failures,
+        ),
+        (
+            "rate_limited",
+            "SIP messages dropped by the per-source rate limit",
+            &counters.rate_limited,
+        ),
+        (
+            "banned_drops",
+            "SIP messages dropped because their source is banned",
+            &counters.banned_drops,
+        ),
+        (
+            "bans",
+            "Sources banned after repeated authentication failures",
+            &counters.bans,
+        ),
+    ] {
+        registry.register(name, help, counter.clone());
+    }
     registry.register(
         "registrations",
         "Registered contacts",

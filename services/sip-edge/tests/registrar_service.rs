@@ -20,6 +20,7 @@ fn seed_dir() -> PathBuf {
 struct Edge {
     sip: SocketAddr,
     grpc: String,
+    admin: SocketAddr,
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<Result<(), sip_edge::Error>>,
 }
@@ -51,6 +52,7 @@ async fn start_with(config: sip_edge::Config) -> Edge {
     Edge {
         sip,
         grpc,
+        admin: info.admin,
         shutdown,
         task,
     }
@@ -60,6 +62,18 @@ impl Edge {
     async fn stop(self) {
         self.shutdown.trigger();
         self.task.await.unwrap().unwrap();
+    }
+
+    /// The admin port's `/metrics` text.
+    async fn metrics(&self) -> String {
+        let mut stream = TcpStream::connect(self.admin).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        text
     }
 }
 
@@ -286,6 +300,14 @@ async fn repeated_auth_failures_ban_the_source_but_911_still_gets_through() {
         !answered_within(&phone, Duration::from_millis(700)).await,
         "a banned source is dropped"
     );
+    let metrics = edge.metrics().await;
+    for line in [
+        "sip_auth_failures_total 5",
+        "sip_bans_total 1",
+        "sip_banned_drops_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     // A call to 911 from the banned address is still taken (and, as calls are not in
     // this build, answered 100 then 503 rather than dropped).
     let invite = format!(
@@ -375,6 +397,9 @@ To: <sip:127.0.0.1>\r\nFrom: <sip:x@127.0.0.1>;tag=f\r\nCall-ID: flood{i}\r\nCSe
         (5..=7).contains(&answers),
         "the burst of 5 (and a refill or two) answered, the rest dropped: {answers}"
     );
+    let metrics = edge.metrics().await;
+    let limited = format!("sip_rate_limited_total {}", 20 - answers);
+    assert!(metrics.contains(&limited), "{limited} in {metrics}");
     edge.stop().await;
 }
 
