@@ -14,16 +14,8 @@
 
 use std::time::Instant;
 
-/// Asterisk's DIALSTATUS values the edge reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DialStatus {
-    Answer,
-    Busy,
-    NoAnswer,
-    Cancel,
-    Congestion,
-    ChanUnavail,
-}
+/// Asterisk's DIALSTATUS, as the edge reports it to the router.
+pub use phone_proto::router::v1::DialStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BranchState {
@@ -75,7 +67,7 @@ impl Fork {
                 .collect(),
         };
         if targets == 0 {
-            fork.finish(DialStatus::ChanUnavail);
+            fork.finish(DialStatus::Chanunavail);
         }
         fork
     }
@@ -144,7 +136,7 @@ impl Fork {
             return;
         }
         self.cancel_others(None);
-        self.finish(DialStatus::NoAnswer);
+        self.finish(DialStatus::Noanswer);
     }
 
     /// The caller hung up while it rang.
@@ -182,7 +174,7 @@ impl Fork {
         } else if statuses.iter().any(|s| matches!(s, 500 | 503 | 408)) {
             DialStatus::Congestion
         } else {
-            DialStatus::ChanUnavail
+            DialStatus::Chanunavail
         }
     }
 
@@ -261,7 +253,7 @@ mod tests {
             [
                 ForkAction::Cancel { index: 0 },
                 ForkAction::Cancel { index: 1 },
-                ForkAction::Finished(DialStatus::NoAnswer)
+                ForkAction::Finished(DialStatus::Noanswer)
             ]
         );
 
@@ -298,12 +290,12 @@ mod tests {
         assert_eq!(status(&[486]), Some(DialStatus::Busy));
         assert_eq!(status(&[404, 600]), Some(DialStatus::Busy));
         assert_eq!(status(&[503]), Some(DialStatus::Congestion));
-        assert_eq!(status(&[404]), Some(DialStatus::ChanUnavail));
-        assert_eq!(status(&[480, 603]), Some(DialStatus::ChanUnavail));
+        assert_eq!(status(&[404]), Some(DialStatus::Chanunavail));
+        assert_eq!(status(&[480, 603]), Some(DialStatus::Chanunavail));
         assert_eq!(status(&[404, 180]), None, "one still ringing");
         assert_eq!(
             Fork::new(0, None).poll_actions(),
-            [ForkAction::Finished(DialStatus::ChanUnavail)]
+            [ForkAction::Finished(DialStatus::Chanunavail)]
         );
     }
 }
