@@ -150,6 +150,16 @@ fn answer_with(
     )
 }
 
+/// A phone on UDP registered through the digest challenge.
+async fn registered_phone(edge: &Edge) -> UdpSocket {
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+    let challenge = exchange(&phone, edge.sip, &register(local, 1, "", "UDP")).await;
+    let ok = exchange(&phone, edge.sip, &answer(&challenge, local, 2, "UDP")).await;
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    phone
+}
+
 async fn registrations(grpc: &str) -> Vec<phone_proto::edge::v1::Registration> {
     let channel = service_runtime::grpc::client_channel(grpc).unwrap();
     EdgeClient::new(channel)
@@ -445,11 +455,7 @@ async fn reachable(grpc: &str) -> Option<bool> {
 #[tokio::test(flavor = "multi_thread")]
 async fn qualify_probes_registered_phones_and_marks_silent_ones_unreachable() {
     let (edge, _edge_dirs) = start_with_sip_conf("[13235550100]\ntype=friend\nhost=dynamic\nsecret=password\nnat=yes\nqualify=300\nqualifyfreq=1\n").await;
-    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let local = phone.local_addr().unwrap();
-    let challenge = exchange(&phone, edge.sip, &register(local, 1, "", "UDP")).await;
-    let ok = exchange(&phone, edge.sip, &answer(&challenge, local, 2, "UDP")).await;
-    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let phone = registered_phone(&edge).await;
 
     // The phone answers its probes: reachable.
     assert!(answer_options(&phone).await, "an OPTIONS probe arrives");
@@ -500,14 +506,8 @@ async fn mailbox_counts_light_the_phone_lamp_with_a_message_summary_notify() {
     use phone_proto::edge::v1::MailboxUpdate;
     let data = tempfile::tempdir().unwrap();
     let edge = start(data.path()).await;
-    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let phone = registered_phone(&edge).await;
     let local = phone.local_addr().unwrap();
-    let challenge = exchange(&phone, edge.sip, &register(local, 1, "", "UDP")).await;
-    assert!(
-        exchange(&phone, edge.sip, &answer(&challenge, local, 2, "UDP"))
-            .await
-            .starts_with("SIP/2.0 200")
-    );
 
     let update = |new: u32, old: u32| {
         let grpc = edge.grpc.clone();
