@@ -454,6 +454,29 @@ Content-Length: {}\r\n\r\n{body}",
         }
     }
 
+    /// The line a request proves itself to be with digest (407 challenge), or the
+    /// response to send; wrong passwords count towards a ban.
+    fn authenticate(
+        &mut self,
+        request: &rsip::Request,
+        method: &str,
+        tag: &str,
+        path: &Path,
+    ) -> Result<String, rsip::Response> {
+        match self
+            .registrar
+            .authenticate(unix_now(), request, method, tag)
+        {
+            crate::registrar::Authenticated::Line(line) => Ok(line),
+            crate::registrar::Authenticated::Respond { response, failed } => {
+                if failed {
+                    self.auth_failed(path.peer().ip());
+                }
+                Err(response)
+            }
+        }
+    }
+
     /// A SUBSCRIBE: message-summary only, from an authenticated line.
     fn subscribe(&mut self, request: &rsip::Request, path: &Path, tag: &str) -> rsip::Response {
         let event = request
@@ -474,17 +497,9 @@ Content-Length: {}\r\n\r\n{body}",
             )];
             return crate::registrar::response(request, 489, "Bad Event", tag, allow);
         }
-        let line = match self
-            .registrar
-            .authenticate(unix_now(), request, "SUBSCRIBE", tag)
-        {
-            crate::registrar::Authenticated::Line(line) => line,
-            crate::registrar::Authenticated::Respond { response, failed } => {
-                if failed {
-                    self.auth_failed(path.peer().ip());
-                }
-                return response;
-            }
+        let line = match self.authenticate(request, "SUBSCRIBE", tag, path) {
+            Ok(line) => line,
+            Err(response) => return response,
         };
         let call_id = request
             .call_id_header()
@@ -916,18 +931,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                 // insecure=invite), else a line that proves itself with digest (407).
                 let caller = match self.trunk_for(path.peer()) {
                     Some(trunk) if trunk.no_challenge => Ok(trunk.name.clone()),
-                    _ => match self
-                        .registrar
-                        .authenticate(unix_now(), &request, "INVITE", &tag)
-                    {
-                        crate::registrar::Authenticated::Line(line) => Ok(line),
-                        crate::registrar::Authenticated::Respond { response, failed } => {
-                            if failed {
-                                self.auth_failed(path.peer().ip());
-                            }
-                            Err(response)
-                        }
-                    },
+                    _ => self.authenticate(&request, "INVITE", &tag, &path),
                 };
                 match caller {
                     Ok(peer) => {
