@@ -110,6 +110,7 @@ pub struct GrpcServer {
     drain_deadline: Duration,
     registry: Registry,
     in_flight: TaskTracker,
+    accept_while_draining: bool,
 }
 
 impl GrpcServer {
@@ -151,6 +152,7 @@ impl GrpcServer {
             drain_deadline: common.drain_deadline,
             registry,
             in_flight: TaskTracker::new(),
+            accept_while_draining: false,
         })
     }
 
@@ -187,6 +189,14 @@ impl GrpcServer {
     /// Work the drain waits for: spawn calls and sessions on it.
     pub fn in_flight(&self) -> TaskTracker {
         self.in_flight.clone()
+    }
+
+    /// Keeps answering gRPC requests while draining, until the in-flight work is done
+    /// (or the deadline), instead of closing the API after the drain delay. For work
+    /// that ends by a later request, such as a media session ended by DeleteSession:
+    /// the service itself refuses new work while draining.
+    pub fn accept_while_draining(&mut self) {
+        self.accept_while_draining = true;
     }
 
     /// Serves one gRPC service (the service's API) with health and admin until
@@ -279,12 +289,22 @@ impl GrpcServer {
             }
             _ = tokio::time::sleep(self.drain_delay.min(self.drain_deadline)) => {}
         }
-        stop_accepting.trigger();
         self.in_flight.close();
         let in_flight = self.in_flight.clone();
+        let accept_while_draining = self.accept_while_draining;
         let finished = tokio::time::timeout_at(deadline, async {
-            let (result, ()) = tokio::join!(&mut grpc, in_flight.wait());
-            result
+            if accept_while_draining {
+                tokio::select! {
+                    result = &mut grpc => return result,
+                    () = in_flight.wait() => {}
+                }
+                stop_accepting.trigger();
+                grpc.await
+            } else {
+                stop_accepting.trigger();
+                let (result, ()) = tokio::join!(&mut grpc, in_flight.wait());
+                result
+            }
         })
         .await;
         admin_stop.trigger();

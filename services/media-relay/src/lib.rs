@@ -4,26 +4,35 @@
 //! far end is; the relay latches, forwards, times out silent calls and keeps per-leg
 //! statistics. Many replicas run, one chosen per call.
 //!
-//! What runs today (issue #2): the port range and addresses are checked at start, and
-//! the gRPC API, health, metrics and drain run. Forwarding is issue #5; until then the
-//! session RPCs answer UNIMPLEMENTED.
+//! Layers, bottom up:
+//! - [`rtp`]: the RTP and RTCP header bytes the relay reads (payloads are untouched);
+//! - [`stats`]: RFC 3550 receiver statistics (loss, jitter) on time given as input;
+//! - [`session`]: one call's two legs as a state machine without IO (latching, the
+//!   forwarding verdict, timeouts), tested on simulated time;
+//! - [`ports`]: the even/odd port pair pool;
+//! - `worker`: one thread per core, each owning its sessions' sockets (no lock per
+//!   packet);
+//! - `control`: the gRPC service, which places sessions on workers.
 
 #![forbid(unsafe_code)]
 
-use std::net::IpAddr;
-use std::pin::Pin;
+mod control;
+mod metrics;
+pub mod ports;
+pub mod rtp;
+pub mod session;
+pub mod stats;
+mod worker;
 
-use futures::Stream;
-use phone_proto::media::v1::media_relay_server::{MediaRelay, MediaRelayServer};
-use phone_proto::media::v1::{
-    CreateSessionRequest, DeleteSessionRequest, GetStatsRequest, ListSessionsRequest,
-    ListSessionsResponse, RedirectLegRequest, Session, SessionEvent, SessionStats,
-    UpdateLegRequest, WatchEventsRequest,
-};
-use service_runtime::grpc::not_yet;
-use service_runtime::settings::PortRange;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use phone_proto::media::v1::media_relay_server::MediaRelayServer;
+use service_runtime::settings::{parse_duration, PortRange};
 use service_runtime::{CommonArgs, GrpcServer, ServiceInfo, Shutdown};
-use tonic::{Request, Response, Status};
 
 pub const NAME: &str = "media-relay";
 
@@ -43,6 +52,16 @@ pub struct Config {
     /// address, or 127.0.0.1 when that is unspecified.
     #[arg(long, env = "PHONE_ADVERTISE_IP")]
     pub advertise_ip: Option<IpAddr>,
+    /// Forwarding threads; 0 means one per core the process may run on.
+    #[arg(long, env = "PHONE_RELAY_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// A leg that sends no RTP for this long ends the call (Asterisk's rtptimeout).
+    #[arg(long, env = "PHONE_MEDIA_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub media_timeout: Duration,
+    /// The same while the call is on hold (Asterisk's rtpholdtimeout); also the
+    /// longest a session may wait to be set up.
+    #[arg(long, env = "PHONE_HOLD_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub hold_timeout: Duration,
 }
 
 impl Config {
@@ -62,22 +81,60 @@ pub enum Error {
     Runtime(#[from] service_runtime::Error),
     #[error("--advertise-ip {0} is not an address peers can send to")]
     UnusableAdvertiseIp(IpAddr),
+    #[error("cannot start a forwarding worker: {0}")]
+    Worker(#[source] std::io::Error),
 }
 
-/// The relay with its gRPC port bound.
+/// The relay with its gRPC port bound and its workers running.
 pub struct Bound {
     server: GrpcServer,
     config: Config,
+    control: control::Control,
 }
 
-/// Checks the settings and binds the gRPC port.
+/// Checks the settings, binds the gRPC port and starts the forwarding workers.
 pub async fn bind(config: Config) -> Result<Bound, Error> {
     let advertised = config.advertised_ip();
     if advertised.is_unspecified() || advertised.is_multicast() {
         return Err(Error::UnusableAdvertiseIp(advertised));
     }
-    let server = GrpcServer::bind(NAME, &config.common).await?;
-    Ok(Bound { server, config })
+    let mut server = GrpcServer::bind(NAME, &config.common).await?;
+    // Sessions are in-flight work: a draining relay keeps its API up until they end.
+    server.accept_while_draining();
+    let metrics = metrics::Metrics::register(server.registry());
+    let pool = ports::PortPool::new(config.rtp_ports);
+    metrics.free_port_pairs.set(pool.free() as i64);
+    let shared = Arc::new(worker::Shared {
+        advertise_ip: advertised,
+        ports: Mutex::new(pool),
+        index: Mutex::new(HashMap::new()),
+        events: tokio::sync::broadcast::channel(4096).0,
+    });
+    let count = match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let workers = (0..count)
+        .map(|n| worker::Handle::spawn(n, shared.clone(), metrics.worker(n)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::Worker)?;
+    let control = control::Control {
+        shared,
+        workers: Arc::new(workers),
+        bind_ip: config.rtp_bind_ip,
+        timeouts: session::Timeouts {
+            media: config.media_timeout,
+            hold: config.hold_timeout,
+        },
+        metrics,
+        draining: Arc::new(AtomicBool::new(false)),
+        in_flight: server.in_flight(),
+    };
+    Ok(Bound {
+        server,
+        config,
+        control,
+    })
 }
 
 impl Bound {
@@ -89,13 +146,29 @@ impl Bound {
         ));
         info.extra
             .push(("advertise".into(), self.config.advertised_ip().to_string()));
+        info.extra
+            .push(("workers".into(), self.control.workers.len().to_string()));
         info
     }
 
+    /// Serves until `shutdown`; then refuses new sessions, keeps forwarding the existing
+    /// ones until they are deleted or the drain deadline passes, and stops the workers.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
-        self.server
-            .serve_one(MediaRelayServer::new(Relay), shutdown)
-            .await?;
+        let Bound {
+            server, control, ..
+        } = self;
+        let draining = control.draining.clone();
+        let watch = shutdown.clone();
+        tokio::spawn(async move {
+            watch.triggered().await;
+            draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let workers = control.workers.clone();
+        let served = server
+            .serve_one(MediaRelayServer::new(control), shutdown)
+            .await;
+        let _ = tokio::task::spawn_blocking(move || workers.iter().for_each(|w| w.stop())).await;
+        served?;
         Ok(())
     }
 }
@@ -103,62 +176,6 @@ impl Bound {
 /// Checks, binds and serves until `shutdown`, then drains.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     bind(config).await?.run(shutdown).await
-}
-
-/// `phone.media.v1.MediaRelay`.
-struct Relay;
-
-const ISSUE: u32 = 5;
-
-#[tonic::async_trait]
-impl MediaRelay for Relay {
-    type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<SessionEvent, Status>> + Send>>;
-
-    async fn create_session(
-        &self,
-        _: Request<CreateSessionRequest>,
-    ) -> Result<Response<Session>, Status> {
-        Err(not_yet("MediaRelay.CreateSession", ISSUE))
-    }
-
-    async fn update_leg(&self, _: Request<UpdateLegRequest>) -> Result<Response<Session>, Status> {
-        Err(not_yet("MediaRelay.UpdateLeg", ISSUE))
-    }
-
-    async fn redirect_leg(
-        &self,
-        _: Request<RedirectLegRequest>,
-    ) -> Result<Response<Session>, Status> {
-        Err(not_yet("MediaRelay.RedirectLeg", ISSUE))
-    }
-
-    async fn delete_session(
-        &self,
-        _: Request<DeleteSessionRequest>,
-    ) -> Result<Response<SessionStats>, Status> {
-        Err(not_yet("MediaRelay.DeleteSession", ISSUE))
-    }
-
-    async fn get_stats(
-        &self,
-        _: Request<GetStatsRequest>,
-    ) -> Result<Response<SessionStats>, Status> {
-        Err(not_yet("MediaRelay.GetStats", ISSUE))
-    }
-
-    async fn list_sessions(
-        &self,
-        _: Request<ListSessionsRequest>,
-    ) -> Result<Response<ListSessionsResponse>, Status> {
-        Err(not_yet("MediaRelay.ListSessions", ISSUE))
-    }
-
-    async fn watch_events(
-        &self,
-        _: Request<WatchEventsRequest>,
-    ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        Err(not_yet("MediaRelay.WatchEvents", ISSUE))
-    }
 }
 
 #[cfg(test)]

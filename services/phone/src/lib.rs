@@ -159,6 +159,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         rtp_ports: config.rtp_ports,
         rtp_bind_ip: IpAddr::from([0, 0, 0, 0]),
         advertise_ip: config.advertise_ip,
+        workers: 0,
+        media_timeout: Duration::from_secs(60),
+        hold_timeout: Duration::from_secs(3600),
     })
     .await?;
     let voicemail = voicemail::bind(voicemail::Config {
