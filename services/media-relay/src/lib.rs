@@ -53,7 +53,7 @@ pub struct Config {
     #[arg(long, env = "PHONE_ADVERTISE_IP")]
     pub advertise_ip: Option<IpAddr>,
     /// Forwarding threads; 0 means one per core the process may run on.
-    #[arg(long, env = "PHONE_RELAY_WORKERS", default_value_t = 0)]
+    #[arg(long, env = "PHONE_WORKERS", default_value_t = 0)]
     pub workers: usize,
     /// A leg that sends no RTP for this long ends the call (Asterisk's rtptimeout).
     #[arg(long, env = "PHONE_MEDIA_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
