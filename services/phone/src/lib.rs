@@ -140,7 +140,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         sip_bind: config.sip_bind,
         advertise_ip: config.advertise_ip,
         router_url: url(&listeners.router),
-        media_relay_url: url(&listeners.media_relay),
+        media_relays: vec![url(&listeners.media_relay)],
         voicemail_url: url(&listeners.voicemail),
         ..sip_edge::Config::loopback(config_dir.clone(), data_dir("sip-edge")?)
     })

@@ -22,6 +22,7 @@ pub mod guard;
 pub mod outbound;
 pub mod qualify;
 pub mod registrar;
+pub mod relays;
 pub mod sdp;
 pub mod server;
 pub mod transaction;
@@ -92,12 +93,15 @@ pub struct Config {
     pub emergency_numbers: Vec<String>,
     #[arg(long, env = "PHONE_ROUTER_URL", default_value = "http://router:50051")]
     pub router_url: String,
+    /// Media relays, comma-separated; a name stands for every address it resolves to
+    /// (a Kubernetes headless Service), re-resolved every few seconds.
     #[arg(
         long,
-        env = "PHONE_MEDIA_RELAY_URL",
-        default_value = "http://media-relay:50051"
+        env = "PHONE_MEDIA_RELAYS",
+        default_value = "http://media-relay:50051",
+        value_delimiter = ','
     )]
-    pub media_relay_url: String,
+    pub media_relays: Vec<String>,
     #[arg(
         long,
         env = "PHONE_VOICEMAIL_URL",
@@ -124,7 +128,7 @@ impl Config {
             ban_time: std::time::Duration::from_secs(600),
             emergency_numbers: vec!["911".into()],
             router_url: "http://127.0.0.1:9".into(),
-            media_relay_url: "http://127.0.0.1:9".into(),
+            media_relays: Vec::new(),
             voicemail_url: "http://127.0.0.1:9".into(),
         }
     }
@@ -142,6 +146,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Relays(#[from] relays::RelayError),
     #[error("cannot listen for SIP on {transport}/{addr}: {source}")]
     SipBind {
         transport: &'static str,
@@ -167,7 +173,7 @@ pub struct Bound {
 #[allow(dead_code)]
 struct Peers {
     router: TracedChannel,
-    media_relay: TracedChannel,
+    media_relays: relays::RelayPool,
     voicemail: TracedChannel,
 }
 
@@ -417,7 +423,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     core.set_trunks(trunks);
     let peers = Peers {
         router: client_channel(&config.router_url)?,
-        media_relay: client_channel(&config.media_relay_url)?,
+        media_relays: relays::RelayPool::new(&config.media_relays)?,
         voicemail: client_channel(&config.voicemail_url)?,
     };
     Ok(Bound {
@@ -456,8 +462,12 @@ impl Bound {
             udp,
             tcp,
             core,
+            peers,
             ..
         } = self;
+        peers
+            .media_relays
+            .spawn_refresher(std::time::Duration::from_secs(2), shutdown.clone());
         {
             let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
             core.set_udp(udp.clone());
