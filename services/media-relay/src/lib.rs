@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod control;
+pub mod fuzzing;
 mod metrics;
 pub mod ports;
 pub mod rtp;
