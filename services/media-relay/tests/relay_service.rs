@@ -547,3 +547,26 @@ async fn redirect_to_voicemail_and_back() {
     assert!(nothing_more(&call.b).await, "the phone hears nothing");
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn sdp_gets_the_advertised_address_not_the_bind_address() {
+    // In Kubernetes the relay binds the pod's address and advertises the node's or a
+    // public one.
+    let mut relay = Relay::start("24260-24279", &["--advertise-ip", "203.0.113.10"]).await;
+    let session = relay
+        .client
+        .create_session(pb::CreateSessionRequest {
+            session_id: "nat".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for leg in [session.a, session.b] {
+        let local = leg.unwrap().local.unwrap();
+        assert_eq!(local.ip, "203.0.113.10");
+        assert_eq!(local.port % 2, 0, "RTP on an even port");
+        assert!((24260..24279).contains(&local.port));
+    }
+    relay.stop().await;
+}
