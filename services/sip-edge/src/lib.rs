@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod b2bua;
 pub mod digest;
 #[doc(hidden)]
 pub mod fork;
@@ -219,6 +220,33 @@ async fn trunks(sip: &SipConf) -> Vec<server::Trunk> {
     out
 }
 
+/// What calls need of each peer: codecs, NAT, context, a trunk's address and
+/// credentials.
+fn peer_infos(sip: &SipConf, trunks: &[server::Trunk]) -> Vec<server::PeerInfo> {
+    sip.peers
+        .iter()
+        .map(|p| server::PeerInfo {
+            name: p.name.clone(),
+            codecs: p.codecs.clone(),
+            nat: p.nat.is_on(),
+            context: p.context.clone(),
+            trunk: trunks
+                .iter()
+                .find(|t| t.name == p.name)
+                .and_then(|t| t.addrs.iter().find(|a| a.is_ipv4()).or(t.addrs.first()))
+                .copied(),
+            host: match &p.host {
+                Host::Static(host) => Some(host.clone()),
+                Host::Dynamic => None,
+            },
+            username: p.username.clone().or_else(|| p.default_user.clone()),
+            secret: p.secret.as_ref().map(|s| s.expose().to_owned()),
+            from_user: p.from_user.clone(),
+            from_domain: p.from_domain.clone(),
+        })
+        .collect()
+}
+
 /// The `register =>` lines, their hosts resolved through DNS (A and AAAA records). A
 /// host that does not resolve is logged and its line skipped.
 async fn outbound_registrations(
@@ -420,6 +448,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         Some(config.data_dir.join("registrations.json")),
         counters,
     );
+    core.set_peers(peer_infos(&sip, &trunks));
     core.set_trunks(trunks);
     let peers = Peers {
         router: client_channel(&config.router_url)?,
@@ -468,6 +497,15 @@ impl Bound {
         peers
             .media_relays
             .spawn_refresher(std::time::Duration::from_secs(2), shutdown.clone());
+        let spawner = b2bua::spawner(
+            core.clone(),
+            peers.router.clone(),
+            peers.media_relays.clone(),
+            server.in_flight(),
+        );
+        core.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_call_spawner(spawner);
         {
             let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
             core.set_udp(udp.clone());

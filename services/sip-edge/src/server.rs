@@ -5,9 +5,9 @@
 //! What this build answers:
 //! - REGISTER: the registrar (bindings persisted to `<data-dir>/registrations.json`).
 //! - OPTIONS: `200` with `Allow` (keep-alives and monitoring).
-//! - INVITE: `503` with `Retry-After` until the B2BUA is in (issue #4, in progress);
-//!   BYE and CANCEL with no dialog: `481`; extension methods: `501`; other known
-//!   methods: `405` with `Allow`.
+//! - INVITE: a call (`calls.rs`, the B2BUA), handed to its task in `crate::b2bua`;
+//!   BYE, CANCEL and re-INVITE inside a call go to it, with no call: `481`; extension
+//!   methods: `501`; other known methods: `405` with `Allow`.
 //! - Unparsable requests: `400`/`416`/`505`/`513` when an answer can be routed, else
 //!   dropped and counted.
 //!
@@ -34,12 +34,15 @@ use crate::transaction::{ClientEvent, ClientTransaction};
 use crate::transaction::{ServerTransaction, TimerValues, Transmit, Transport};
 use crate::wire::{self, Parsed, StreamFramer, StreamItem};
 
+mod calls;
+pub use calls::{event_types, CallEvent, NewCall, PeerInfo, Target};
+
 /// How often changed registrations are written to disk, at most.
 pub const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a TCP connection may stay silent before it is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(600);
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE";
+pub(crate) const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE";
 
 /// Where the answer to a message goes.
 #[derive(Debug, Clone)]
@@ -165,6 +168,17 @@ pub struct SipCore {
     counters: Counters,
     tag_seed: u64,
     tag_counter: u64,
+    /// The B2BUA (`calls.rs`): peers by name, calls by id, SIP Call-IDs (leg A, or
+    /// leg B and its branch index), B-leg INVITE branches, SDP of B-leg answers, Dial
+    /// timeouts, and where new calls get their task.
+    peers: HashMap<String, PeerInfo>,
+    calls: HashMap<u64, calls::Call>,
+    call_ids: HashMap<String, (u64, Option<usize>)>,
+    branch_owner: HashMap<String, (u64, usize)>,
+    branch_sdp: HashMap<(u64, usize), crate::sdp::Session>,
+    call_deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    call_spawner: Option<mpsc::UnboundedSender<NewCall>>,
+    call_seq: u64,
 }
 
 fn unix_now() -> u64 {
@@ -235,6 +249,14 @@ impl SipCore {
             counters,
             tag_seed: random_u64(),
             tag_counter: 0,
+            peers: HashMap::new(),
+            calls: HashMap::new(),
+            call_ids: HashMap::new(),
+            branch_owner: HashMap::new(),
+            branch_sdp: HashMap::new(),
+            call_deadlines: BinaryHeap::new(),
+            call_spawner: None,
+            call_seq: 0,
         };
         core.update_gauge();
         core
@@ -668,6 +690,16 @@ Content-Length: {}\r\n\r\n{body}",
             .and_then(|v| v.typed().ok())
             .and_then(|v| v.branch().map(|b| b.to_string()))
             .unwrap_or_default();
+        // A CANCEL shares its INVITE's branch; its transaction is kept apart.
+        let cancel = response
+            .cseq_header()
+            .map(|h| h.value().trim().ends_with("CANCEL"))
+            .unwrap_or(false);
+        let branch = if cancel {
+            format!("{branch}|CANCEL")
+        } else {
+            branch
+        };
         // No branch (empty) matches none of ours.
         let Some((tx, _)) = self.clients.get_mut(&branch) else {
             self.counters.dropped.inc();
@@ -679,16 +711,33 @@ Content-Length: {}\r\n\r\n{body}",
     }
 
     fn client_events(&mut self, branch: &str, now: Instant) {
+        let owner = self.branch_owner.get(branch).copied();
+        if owner.is_some() {
+            self.branch_flush(branch);
+        }
         let Some((tx, path)) = self.clients.get_mut(branch) else {
             return;
         };
-        flush_client(tx, path);
+        if owner.is_none() {
+            flush_client(tx, path);
+        }
         let mut events = Vec::new();
         while let Some(event) = tx.poll_event() {
             events.push(event);
         }
         let terminated = tx.is_terminated();
         let next = tx.poll_timeout();
+        if terminated {
+            self.clients.remove(branch);
+        } else if let Some(at) = next {
+            self.client_deadlines.push(Reverse((at, branch.to_owned())));
+        }
+        if let Some((id, index)) = owner {
+            for event in events {
+                self.branch_event(id, index, event, now);
+            }
+            return;
+        }
         for event in events {
             match event {
                 ClientEvent::Response(bytes) => {
@@ -709,11 +758,6 @@ Content-Length: {}\r\n\r\n{body}",
                     }
                 }
             }
-        }
-        if terminated {
-            self.clients.remove(branch);
-        } else if let Some(at) = next {
-            self.client_deadlines.push(Reverse((at, branch.to_owned())));
         }
     }
 
@@ -879,6 +923,8 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         };
         let now = Instant::now();
         if method == rsip::Method::Ack {
+            // The ACK for a 2xx is its own transaction: for the call's dialog.
+            self.call_request(&request, &key, &path, &tag);
             if let Some((tx, path)) = self.transactions.get_mut(&key) {
                 tx.handle_ack(now, Vec::new());
                 flush(tx, path);
@@ -926,6 +972,23 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                 let allow = vec![rsip::Header::Other("Allow".into(), ALLOW.into())];
                 crate::registrar::response(&request, 200, "OK", &tag, allow)
             }
+            rsip::Method::Invite
+                if request
+                    .to_header()
+                    .is_ok_and(|t| t.value().to_ascii_lowercase().contains(";tag=")) =>
+            {
+                // A re-INVITE inside a call's dialog.
+                self.call_request(&request, &key, &path, &tag)
+                    .unwrap_or_else(|| {
+                        crate::registrar::response(
+                            &request,
+                            481,
+                            "Call/Transaction Does Not Exist",
+                            &tag,
+                            vec![],
+                        )
+                    })
+            }
             rsip::Method::Invite => {
                 // Who is calling: a trunk by its address (not challenged with
                 // insecure=invite), else a line that proves itself with digest (407).
@@ -935,28 +998,37 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                 };
                 match caller {
                     Ok(peer) => {
-                        let called = request.uri.user().unwrap_or("s").to_owned();
-                        tracing::info!(%peer, %called, "call admitted; the call path (B2BUA) is not in this build");
-                        let retry = vec![rsip::Header::Other("Retry-After".into(), "60".into())];
-                        crate::registrar::response(
-                            &request,
-                            503,
-                            "Service Unavailable (calls are not handled yet)",
-                            &tag,
-                            retry,
-                        )
+                        match self.start_call(
+                            request.clone(),
+                            tx,
+                            key.clone(),
+                            path.clone(),
+                            peer,
+                            tag.clone(),
+                        ) {
+                            Ok(()) => return,
+                            Err(refused) => {
+                                let (back, response) = *refused;
+                                tx = back;
+                                response
+                            }
+                        }
                     }
                     Err(response) => response,
                 }
             }
             rsip::Method::Subscribe => self.subscribe(&request, &path, &tag),
-            rsip::Method::Bye | rsip::Method::Cancel => crate::registrar::response(
-                &request,
-                481,
-                "Call/Transaction Does Not Exist",
-                &tag,
-                vec![],
-            ),
+            rsip::Method::Bye | rsip::Method::Cancel => self
+                .call_request(&request, &key, &path, &tag)
+                .unwrap_or_else(|| {
+                    crate::registrar::response(
+                        &request,
+                        481,
+                        "Call/Transaction Does Not Exist",
+                        &tag,
+                        vec![],
+                    )
+                }),
             _ => {
                 let allow = vec![rsip::Header::Other("Allow".into(), ALLOW.into())];
                 crate::registrar::response(&request, 405, "Method Not Allowed", &tag, allow)
@@ -987,6 +1059,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
     /// Transaction timers that are due, registration expiry (once a second).
     pub fn tick(&mut self) {
         let now = Instant::now();
+        self.call_tick(now);
         for key in pop_due(&mut self.deadlines, now) {
             let Some((tx, path)) = self.transactions.get_mut(&key) else {
                 continue;

@@ -1,0 +1,387 @@
+//! The B2BUA's async side: one task per call. It gets the call's media session from a
+//! relay ([`crate::relays`]), opens the router's call-control stream with the
+//! channel's `NewChannel`, then runs the router's commands one at a time against the
+//! SIP side (`server::calls`) and passes what happens there back to the router: the
+//! caller hanging up, the Dial's outcome (DIALSTATUS), the end of a bridged call.
+//! Media follows the signalling: the relay's leg B is pointed at the callee when it
+//! answers (or sends early media), and the caller's leg at the voicemail service for
+//! `VoiceMail()`.
+//!
+//! ```text
+//!   INVITE -> NewCall -> relay CreateSession + UpdateLeg(A) -> router NewChannel
+//!   router: Dial -> INVITEs (fork) -> 180 -> 200 -> Bridged -> UpdateLeg(B)
+//!           ... BYE from the callee -> DialResult(ANSWER, secs) -> router: Hangup
+//!   caller BYE/CANCEL -> HangUp to the router -> it runs `h` and closes -> DeleteSession
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use phone_proto::media::v1 as media;
+use phone_proto::router::v1 as router;
+use phone_proto::router::v1::call_control_client::CallControlClient;
+use phone_proto::router::v1::{channel_event, dialplan_command};
+use service_runtime::grpc::TracedChannel;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::task::TaskTracker;
+
+use crate::relays::{Relay, RelayPool};
+use crate::server::{CallEvent, NewCall, SipCore, Target};
+
+/// How long the router has to close the stream after a hang-up (it runs `h` first).
+const HANGUP_GRACE: Duration = Duration::from_secs(5);
+
+/// Starts the task spawner: every new call gets its task, tracked for the drain.
+pub fn spawner(
+    core: Arc<Mutex<SipCore>>,
+    router: TracedChannel,
+    relays: RelayPool,
+    in_flight: TaskTracker,
+) -> mpsc::UnboundedSender<NewCall> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<NewCall>();
+    let epoch = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    tokio::spawn(async move {
+        while let Some(call) = rx.recv().await {
+            let task = Call {
+                core: core.clone(),
+                relays: relays.clone(),
+                router: router.clone(),
+                epoch,
+            };
+            in_flight.spawn(task.run(call));
+        }
+    });
+    tx
+}
+
+struct Call {
+    core: Arc<Mutex<SipCore>>,
+    relays: RelayPool,
+    router: TracedChannel,
+    epoch: u64,
+}
+
+fn endpoint(addr: SocketAddr) -> media::Endpoint {
+    media::Endpoint {
+        ip: addr.ip().to_string(),
+        port: u32::from(addr.port()),
+    }
+}
+
+fn local_of(leg: &Option<media::Leg>) -> Option<(std::net::IpAddr, u16)> {
+    let local = leg.as_ref()?.local.as_ref()?;
+    Some((local.ip.parse().ok()?, u16::try_from(local.port).ok()?))
+}
+
+fn latching(nat: bool) -> media::Latching {
+    if nat {
+        media::Latching::Symmetric
+    } else {
+        media::Latching::Strict
+    }
+}
+
+fn direction(d: crate::sdp::Direction) -> media::Direction {
+    match d {
+        crate::sdp::Direction::SendRecv => media::Direction::Sendrecv,
+        crate::sdp::Direction::SendOnly => media::Direction::Sendonly,
+        crate::sdp::Direction::RecvOnly => media::Direction::Recvonly,
+        crate::sdp::Direction::Inactive => media::Direction::Inactive,
+    }
+}
+
+impl Call {
+    fn core(&self) -> std::sync::MutexGuard<'_, SipCore> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn run(self, mut call: NewCall) {
+        let span = tracing::info_span!("call", channel = %call.channel, call_id = %call.call_id);
+        let _guard = span.enter();
+        drop(_guard);
+        let id = call.id;
+        let session_id = format!("{}/{}", call.call_id, id);
+        let created = self
+            .relays
+            .create_session(media::CreateSessionRequest {
+                session_id: session_id.clone(),
+                call_id: call.call_id.clone(),
+                latching_a: latching(call.caller_nat).into(),
+                latching_b: media::Latching::Strict.into(),
+            })
+            .await;
+        let (relay, session) = match created {
+            Ok(created) => created,
+            Err(e) => {
+                // No relay: the caller gets 503, as Asterisk without RTP ports would.
+                tracing::warn!(channel = %call.channel, error = %e, "no media relay for the call");
+                self.core().call_hangup(id, 34);
+                return;
+            }
+        };
+        let (Some(relay_a), Some(relay_b)) = (local_of(&session.a), local_of(&session.b)) else {
+            self.core().call_hangup(id, 34);
+            return;
+        };
+        let mut relay_client = relay.client.clone();
+        let _ = relay_client
+            .update_leg(media::UpdateLegRequest {
+                session_id: session_id.clone(),
+                leg: media::LegId::A.into(),
+                remote: call.caller_media.map(endpoint),
+                direction: media::Direction::Sendrecv.into(),
+                latching: latching(call.caller_nat).into(),
+                clock_rate: 8000,
+                event_payload_types: call.event_payload_types.clone(),
+            })
+            .await;
+        self.core().call_set_media(id, relay_a, relay_b);
+
+        let (to_router, events) = mpsc::unbounded_channel();
+        let context = self.core().peer_context(&call.peer);
+        let _ = to_router.send(router::ChannelEvent {
+            event: Some(channel_event::Event::NewChannel(router::NewChannel {
+                channel: call.channel.clone(),
+                unique_id: format!("{}.{id}", self.epoch),
+                peer: call.peer.clone(),
+                context,
+                exten: call.exten.clone(),
+                caller_id: Some(router::CallerId {
+                    number: call.caller_number.clone(),
+                    name: call.caller_name.clone(),
+                }),
+                call_id: call.call_id.clone(),
+                media: Some(media::SessionRef {
+                    relay: relay.url.clone(),
+                    session_id: session_id.clone(),
+                }),
+                variables: Default::default(),
+                codecs: call.codecs.clone(),
+            })),
+        });
+        let commands = CallControlClient::new(self.router.clone())
+            .run(UnboundedReceiverStream::new(events))
+            .await;
+        let mut commands = match commands {
+            Ok(stream) => stream.into_inner(),
+            Err(e) => {
+                tracing::warn!(channel = %call.channel, error = %e, "the router is unreachable");
+                self.core().call_hangup(id, 34);
+                self.delete(&relay, &session_id).await;
+                return;
+            }
+        };
+        let send = |event: channel_event::Event| {
+            let _ = to_router.send(router::ChannelEvent { event: Some(event) });
+        };
+        loop {
+            tokio::select! {
+                command = commands.message() => {
+                    let command = match command {
+                        Ok(Some(command)) => command,
+                        Ok(None) | Err(_) => break,
+                    };
+                    let Some(what) = command.command else { continue };
+                    match self.command(id, command.id, what, &relay, &session_id).await {
+                        Step::Done(error) => send(channel_event::Event::CommandDone(router::CommandDone {
+                            command_id: command.id,
+                            error,
+                        })),
+                        Step::Waiting => {}
+                        Step::DialFailed(status) => send(channel_event::Event::DialResult(router::DialResult {
+                            command_id: command.id,
+                            status: status.into(),
+                            ..Default::default()
+                        })),
+                        Step::HungUp => break,
+                    }
+                }
+                event = call.events.recv() => {
+                    let Some(event) = event else { break };
+                    match event {
+                        CallEvent::CallerGone { cause } => {
+                            send(channel_event::Event::HangUp(router::HangUp {
+                                cause,
+                                reason: "caller hung up".into(),
+                            }));
+                            // The router runs `h`, then closes; don't wait forever.
+                            let _ = tokio::time::timeout(HANGUP_GRACE, async {
+                                while let Ok(Some(_)) = commands.message().await {}
+                            })
+                            .await;
+                            break;
+                        }
+                        CallEvent::Bridged { channel, remote, event_payload_types, nat, .. } => {
+                            tracing::info!(%channel, "bridged");
+                            self.update_b(&relay, &session_id, remote, event_payload_types, nat, media::Direction::Sendrecv).await;
+                        }
+                        CallEvent::EarlyMedia { remote, nat } => {
+                            self.update_b(&relay, &session_id, remote, Vec::new(), nat, media::Direction::Sendrecv).await;
+                        }
+                        CallEvent::DialFinished { command_id, status, sip_status } => {
+                            send(channel_event::Event::DialResult(router::DialResult {
+                                command_id,
+                                status: status.into(),
+                                sip_status: u32::from(sip_status),
+                                ..Default::default()
+                            }));
+                        }
+                        CallEvent::BridgeEnded { command_id, channel, secs } => {
+                            // The callee's side is silent from now on.
+                            self.update_b(&relay, &session_id, None, Vec::new(), false, media::Direction::Inactive).await;
+                            send(channel_event::Event::DialResult(router::DialResult {
+                                command_id,
+                                status: router::DialStatus::Answer.into(),
+                                answered_channel: channel,
+                                answered_secs: secs,
+                                ..Default::default()
+                            }));
+                        }
+                        CallEvent::Reinvite { b_leg, remote, direction: d } => {
+                            let mut client = relay.client.clone();
+                            let _ = client.update_leg(media::UpdateLegRequest {
+                                session_id: session_id.clone(),
+                                leg: if b_leg { media::LegId::B } else { media::LegId::A }.into(),
+                                remote: remote.map(endpoint),
+                                direction: direction(d).into(),
+                                latching: latching(!b_leg && call.caller_nat).into(),
+                                clock_rate: 8000,
+                                event_payload_types: Vec::new(),
+                            }).await;
+                        }
+                    }
+                }
+            }
+        }
+        self.core().call_hangup(id, 16);
+        self.delete(&relay, &session_id).await;
+    }
+
+    async fn update_b(
+        &self,
+        relay: &Relay,
+        session_id: &str,
+        remote: Option<SocketAddr>,
+        event_payload_types: Vec<u32>,
+        nat: bool,
+        d: media::Direction,
+    ) {
+        let mut client = relay.client.clone();
+        if let Err(e) = client
+            .update_leg(media::UpdateLegRequest {
+                session_id: session_id.to_owned(),
+                leg: media::LegId::B.into(),
+                remote: remote.map(endpoint),
+                direction: d.into(),
+                latching: latching(nat).into(),
+                clock_rate: 8000,
+                event_payload_types,
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "cannot point the relay at the callee");
+        }
+    }
+
+    async fn delete(&self, relay: &Relay, session_id: &str) {
+        let mut client = relay.client.clone();
+        let _ = client
+            .delete_session(media::DeleteSessionRequest {
+                session_id: session_id.to_owned(),
+            })
+            .await;
+    }
+
+    async fn command(
+        &self,
+        id: u64,
+        command_id: u64,
+        what: dialplan_command::Command,
+        relay: &Relay,
+        session_id: &str,
+    ) -> Step {
+        use dialplan_command::Command;
+        match what {
+            Command::Answer(_) => Step::Done(self.core().call_answer(id).err().unwrap_or_default()),
+            Command::Indicate(indicate) => {
+                use router::indicate::Indication;
+                let status = match Indication::try_from(indicate.indication) {
+                    Ok(Indication::Ringing) => 180,
+                    Ok(Indication::Progress) => 183,
+                    Ok(Indication::Busy) => 486,
+                    Ok(Indication::Congestion) => 503,
+                    _ => return Step::Done("unknown indication".into()),
+                };
+                Step::Done(
+                    self.core()
+                        .call_indicate(id, status)
+                        .err()
+                        .unwrap_or_default(),
+                )
+            }
+            Command::Dial(dial) => {
+                let targets: Vec<Target> = dial
+                    .targets
+                    .iter()
+                    .filter(|t| t.technology.eq_ignore_ascii_case("SIP"))
+                    .map(|t| Target {
+                        peer: t.peer.clone(),
+                        number: t.number.clone(),
+                    })
+                    .collect();
+                let caller = dial
+                    .caller_id
+                    .map(|c| (c.number, c.name))
+                    .unwrap_or_default();
+                let timeout = (dial.timeout_secs > 0)
+                    .then(|| Duration::from_secs(u64::from(dial.timeout_secs)));
+                match self
+                    .core()
+                    .call_dial(id, command_id, &targets, timeout, caller)
+                {
+                    Ok(()) => Step::Waiting,
+                    Err(e) => {
+                        tracing::info!(error = %e, "Dial cannot start");
+                        Step::DialFailed(router::DialStatus::Chanunavail)
+                    }
+                }
+            }
+            Command::ConnectVoicemail(connect) => {
+                if let Err(e) = self.core().call_answer(id) {
+                    return Step::Done(e);
+                }
+                let mut client = relay.client.clone();
+                let redirected = client
+                    .redirect_leg(media::RedirectLegRequest {
+                        session_id: session_id.to_owned(),
+                        from: media::LegId::A.into(),
+                        target: connect.rtp,
+                    })
+                    .await;
+                Step::Done(redirected.err().map(|e| e.to_string()).unwrap_or_default())
+            }
+            Command::Hangup(hangup) => {
+                let cause = if hangup.cause == 0 { 16 } else { hangup.cause };
+                self.core().call_hangup(id, cause);
+                Step::HungUp
+            }
+            Command::Playback(_) => Step::Done(
+                "Playback: the edge has no prompt player (voicemail plays prompts)".into(),
+            ),
+        }
+    }
+}
+
+enum Step {
+    /// CommandDone, with an error text or empty.
+    Done(String),
+    /// The answer comes later as an event (Dial).
+    Waiting,
+    DialFailed(router::DialStatus),
+    HungUp,
+}

@@ -1,0 +1,1410 @@
+//! The B2BUA's SIP side: every call is an A leg (the caller; the edge is its UAS) and,
+//! while `Dial()` runs, B legs (the edge is their UAC), one per contact or trunk
+//! target. This module keeps the dialogs and drives the INVITE, CANCEL, ACK and BYE
+//! transactions; the call's async task (`crate::b2bua`) holds the router's
+//! call-control stream and the media relay session, and calls in here for each step.
+//! Things that happen on the SIP side (the caller hangs up, a target answers, the
+//! bridge ends) go back to the task as [`CallEvent`]s.
+//!
+//! Deliberate simplifications, for now: a re-INVITE (hold, resume) is answered by the
+//! edge itself with the relay's address and the mirrored direction, as Asterisk with
+//! `canreinvite=no` does, and not passed to the other leg; Record-Route is not kept, so
+//! in-dialog requests go straight to the remote target.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rsip::prelude::*;
+use tokio::sync::mpsc;
+
+use super::{Path, SipCore};
+use crate::fork::{DialStatus, Fork, ForkAction};
+use crate::sdp;
+use crate::transaction::{
+    ClientEvent, ClientTransaction, ServerTransaction, TimerValues, Transmit, Transport,
+};
+
+/// RFC 3261 T1 and T2, for the 2xx the edge retransmits itself (§13.3.1.4).
+const T1: Duration = Duration::from_millis(500);
+const T2: Duration = Duration::from_secs(4);
+
+/// What the SIP side tells a call's task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallEvent {
+    /// The caller hung up (BYE, CANCEL) or its leg failed; Q.850 cause.
+    CallerGone { cause: u32 },
+    /// A B leg answered and is bridged to the caller; `remote` is its media from SDP.
+    Bridged {
+        command_id: u64,
+        channel: String,
+        remote: Option<SocketAddr>,
+        event_payload_types: Vec<u32>,
+        /// The callee's `nat=yes`: latch its media symmetrically.
+        nat: bool,
+    },
+    /// A B leg sent early media (183 with SDP).
+    EarlyMedia {
+        remote: Option<SocketAddr>,
+        nat: bool,
+    },
+    /// The Dial is over without a bridge.
+    DialFinished {
+        command_id: u64,
+        status: DialStatus,
+        sip_status: u16,
+    },
+    /// The bridged callee hung up after `secs` of talk.
+    BridgeEnded {
+        command_id: u64,
+        channel: String,
+        secs: u32,
+    },
+    /// A leg's new SDP direction (hold/resume re-INVITE) and media address.
+    Reinvite {
+        b_leg: bool,
+        remote: Option<SocketAddr>,
+        direction: sdp::Direction,
+    },
+}
+
+/// A new call for the task spawner: everything the router's `NewChannel` needs.
+#[derive(Debug)]
+pub struct NewCall {
+    pub id: u64,
+    pub channel: String,
+    pub peer: String,
+    pub exten: String,
+    pub caller_number: String,
+    pub caller_name: String,
+    pub call_id: String,
+    /// Where the caller wants media, from its offer.
+    pub caller_media: Option<SocketAddr>,
+    pub caller_nat: bool,
+    pub codecs: Vec<String>,
+    pub event_payload_types: Vec<u32>,
+    pub events: mpsc::UnboundedReceiver<CallEvent>,
+}
+
+/// An INVITE that does not become a call: its transaction back, and the answer.
+pub(super) type Refused = Box<(ServerTransaction<Vec<u8>>, rsip::Response)>;
+
+/// What a peer needs for calls: its codecs, NAT, credentials and caller ID.
+#[derive(Debug, Clone, Default)]
+pub struct PeerInfo {
+    pub name: String,
+    pub codecs: Vec<String>,
+    pub nat: bool,
+    pub context: String,
+    /// A trunk's address (a peer with `host`), for calls to it.
+    pub trunk: Option<SocketAddr>,
+    /// The host name to put in Request-URIs to a trunk.
+    pub host: Option<String>,
+    pub username: Option<String>,
+    pub secret: Option<String>,
+    pub from_user: Option<String>,
+    pub from_domain: Option<String>,
+}
+
+/// A Dial target, resolved by the task from the router's command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub peer: String,
+    /// `SIP/<number>@<peer>`; empty for `SIP/<peer>`.
+    pub number: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AState {
+    /// The INVITE is pending (100, 180, 183 sent).
+    Early,
+    /// 200 sent, waiting for the ACK.
+    Answered,
+    Confirmed,
+    Ended,
+}
+
+/// One outgoing INVITE of a Dial.
+#[derive(Debug)]
+struct Branch {
+    channel: String,
+    peer: String,
+    request_uri: String,
+    call_id: String,
+    from: String,
+    to: String,
+    cseq: u32,
+    via_branch: String,
+    via: String,
+    invite: Vec<u8>,
+    path: Path,
+    /// The To with the callee's tag, once it answered.
+    remote_to: Option<String>,
+    remote_target: Option<String>,
+    /// The ACK for the 2xx, kept to answer its retransmissions.
+    ack: Option<Vec<u8>>,
+    /// A CANCEL waiting for a provisional response (RFC 3261 §9.1).
+    cancel_pending: bool,
+    authenticated: bool,
+    last_status: u16,
+}
+
+/// One call.
+#[derive(Debug)]
+pub struct Call {
+    channel: String,
+    peer: String,
+    events: mpsc::UnboundedSender<CallEvent>,
+    /// The caller's INVITE and its server transaction key.
+    a_invite: rsip::Request,
+    a_key: String,
+    a_path: Path,
+    a_tag: String,
+    a_call_id: String,
+    a_state: AState,
+    a_remote_target: String,
+    a_cseq: u32,
+    a_offer: Option<sdp::Session>,
+    /// The 200 the edge retransmits until the ACK (§13.3.1.4).
+    a_ok: Option<(Vec<u8>, Instant, Duration, Instant)>,
+    /// The relay's address for each leg: what SDP to each side names.
+    relay_a: Option<(IpAddr, u16)>,
+    relay_b: Option<(IpAddr, u16)>,
+    fork: Option<Fork>,
+    dial_command: u64,
+    dial_caller: (String, String),
+    branches: Vec<Branch>,
+    bridged: Option<(usize, Instant)>,
+}
+
+fn header(headers: &rsip::Headers, name: &str) -> Option<String> {
+    headers.iter().find_map(|h| {
+        let text = h.to_string();
+        let (n, v) = text.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// `<sip:x@y>;params` or `sip:x@y` to the URI.
+fn uri_of(value: &str) -> String {
+    match (value.find('<'), value.find('>')) {
+        (Some(start), Some(end)) if start < end => value[start + 1..end].to_owned(),
+        _ => value.split(';').next().unwrap_or(value).trim().to_owned(),
+    }
+}
+
+fn tag_of(value: &str) -> Option<String> {
+    value
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("tag="))
+        .map(|t| t.trim().to_owned())
+}
+
+fn sdp_remote(session: &sdp::Session) -> Option<SocketAddr> {
+    session
+        .audio_endpoint()
+        .map(|(ip, port)| SocketAddr::new(ip, port))
+}
+
+/// The RFC 4733 payload types of the first audio stream.
+pub fn event_types(session: &sdp::Session) -> Vec<u32> {
+    session
+        .media
+        .iter()
+        .find(|m| m.kind == "audio")
+        .map(|m| {
+            m.formats
+                .iter()
+                .filter(|pt| m.codec(**pt).as_deref() == Some("telephone-event"))
+                .map(|pt| u32::from(*pt))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn with_body(mut response: rsip::Response, body: &str) -> rsip::Response {
+    response
+        .headers
+        .retain(|h| !matches!(h, rsip::Header::ContentLength(_)));
+    response
+        .headers
+        .push(rsip::Header::ContentType(rsip::headers::ContentType::new(
+            "application/sdp",
+        )));
+    response.headers.push(rsip::Header::ContentLength(
+        rsip::headers::ContentLength::new(body.len().to_string()),
+    ));
+    response.body = body.as_bytes().to_vec();
+    response
+}
+
+impl SipCore {
+    /// The peers calls may use (set at start from sip.conf).
+    pub fn set_peers(&mut self, peers: Vec<PeerInfo>) {
+        self.peers = peers.into_iter().map(|p| (p.name.clone(), p)).collect();
+    }
+
+    /// Where new calls go to get a task; without one, INVITEs get 503.
+    pub fn set_call_spawner(&mut self, spawner: mpsc::UnboundedSender<NewCall>) {
+        self.call_spawner = Some(spawner);
+    }
+
+    /// The `context=` new calls from `peer` start in.
+    pub fn peer_context(&self, peer: &str) -> String {
+        self.peers
+            .get(peer)
+            .map(|p| p.context.clone())
+            .unwrap_or_else(|| "default".into())
+    }
+
+    /// Calls in progress (tests, metrics).
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    fn contact(&self, user: &str, path: &Path) -> String {
+        let local = self
+            .local_addr()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
+        let transport = if path.reliable() {
+            ";transport=tcp"
+        } else {
+            ""
+        };
+        format!("<sip:{user}@{local}{transport}>")
+    }
+
+    /// An authenticated INVITE that starts a call: kept pending (100 Trying sent) and
+    /// handed to a new task; `false` if there is no task spawner (the caller gets 503).
+    pub(super) fn start_call(
+        &mut self,
+        request: rsip::Request,
+        mut tx: ServerTransaction<Vec<u8>>,
+        key: String,
+        path: Path,
+        peer: String,
+        tag: String,
+    ) -> Result<(), Refused> {
+        let offer = std::str::from_utf8(&request.body)
+            .ok()
+            .filter(|b| !b.trim().is_empty())
+            .map(sdp::Session::parse);
+        let offer = match offer {
+            Some(Ok(offer)) => Some(offer),
+            Some(Err(e)) => {
+                tracing::info!(error = %e, "INVITE with unreadable SDP");
+                let response =
+                    crate::registrar::response(&request, 488, "Not Acceptable Here", &tag, vec![]);
+                return Err(Box::new((tx, response)));
+            }
+            // No offer: the edge offers in its 200 (RFC 3264 late offer): not yet.
+            None => {
+                let response = crate::registrar::response(
+                    &request,
+                    488,
+                    "Not Acceptable Here (an INVITE needs an SDP offer)",
+                    &tag,
+                    vec![],
+                );
+                return Err(Box::new((tx, response)));
+            }
+        };
+        let info = self.peers.get(&peer).cloned().unwrap_or_default();
+        // RFC 3264 §6: an offer with no codec we take is refused with 488.
+        if let Some(offer) = &offer {
+            if let Err(e) = offer.anchored(&info.codecs, (IpAddr::from([127, 0, 0, 1]), 9), "x") {
+                tracing::info!(%peer, error = %e, "no common codec");
+                let response =
+                    crate::registrar::response(&request, 488, "Not Acceptable Here", &tag, vec![]);
+                return Err(Box::new((tx, response)));
+            }
+        }
+        let Some(spawner) = self.call_spawner.clone() else {
+            let retry = vec![rsip::Header::Other("Retry-After".into(), "60".into())];
+            let response =
+                crate::registrar::response(&request, 503, "Service Unavailable", &tag, retry);
+            return Err(Box::new((tx, response)));
+        };
+        self.call_seq += 1;
+        let id = self.call_seq;
+        let channel = format!(
+            "SIP/{peer}-{:08x}",
+            (self.tag_seed as u32).wrapping_add(id as u32)
+        );
+        let from = request
+            .from_header()
+            .map(|h| h.value().to_owned())
+            .unwrap_or_default();
+        let caller_number = uri_of(&from)
+            .split_once(':')
+            .map(|(_, rest)| rest.split('@').next().unwrap_or("").to_owned())
+            .unwrap_or_default();
+        let caller_name = from
+            .split('<')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches('"')
+            .to_owned();
+        let call_id = request
+            .call_id_header()
+            .map(|h| h.value().to_owned())
+            .unwrap_or_default();
+        let exten = request.uri.user().unwrap_or("s").to_owned();
+        let remote_target = header(&request.headers, "Contact")
+            .map(|c| uri_of(&c))
+            .unwrap_or_else(|| format!("sip:{}", path.peer()));
+        let (events, receiver) = mpsc::unbounded_channel();
+        let new_call = NewCall {
+            id,
+            channel: channel.clone(),
+            peer: peer.clone(),
+            exten,
+            caller_number,
+            caller_name,
+            call_id: call_id.clone(),
+            caller_media: offer.as_ref().and_then(sdp_remote),
+            caller_nat: info.nat,
+            codecs: info.codecs.clone(),
+            event_payload_types: offer.as_ref().map(event_types).unwrap_or_default(),
+            events: receiver,
+        };
+        if spawner.send(new_call).is_err() {
+            let response =
+                crate::registrar::response(&request, 503, "Service Unavailable", &tag, vec![]);
+            return Err(Box::new((tx, response)));
+        }
+        tracing::info!(%channel, %call_id, "call admitted");
+        super::flush(&mut tx, &path);
+        self.transactions.insert(key.clone(), (tx, path.clone()));
+        self.call_ids.insert(call_id.clone(), (id, None));
+        self.calls.insert(
+            id,
+            Call {
+                channel,
+                peer,
+                events,
+                a_invite: request,
+                a_key: key,
+                a_path: path,
+                a_tag: tag,
+                a_call_id: call_id,
+                a_state: AState::Early,
+                a_remote_target: remote_target,
+                a_cseq: 0,
+                a_offer: offer,
+                a_ok: None,
+                relay_a: None,
+                relay_b: None,
+                fork: None,
+                dial_command: 0,
+                dial_caller: (String::new(), String::new()),
+                branches: Vec::new(),
+                bridged: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Sends a response on the caller's pending INVITE transaction.
+    fn respond_a(&mut self, id: u64, response: rsip::Response) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let key = call.a_key.clone();
+        let status = response.status_code.code();
+        let now = Instant::now();
+        if let Some((tx, path)) = self.transactions.get_mut(&key) {
+            tx.respond(now, status, response.to_string().into_bytes());
+            super::flush(tx, path);
+            if let Some(at) = tx.poll_timeout() {
+                self.deadlines.push(std::cmp::Reverse((at, key)));
+            }
+        }
+    }
+
+    /// The SDP the caller gets: its offer answered from the relay's leg A.
+    fn a_answer_sdp(&self, id: u64) -> Option<String> {
+        let call = self.calls.get(&id)?;
+        let relay = call.relay_a?;
+        let codecs = self
+            .peers
+            .get(&call.peer)
+            .map(|p| p.codecs.clone())
+            .unwrap_or_default();
+        let mut answer = call
+            .a_offer
+            .as_ref()?
+            .anchored(&codecs, relay, "phone")
+            .ok()?;
+        for media in &mut answer.media {
+            media.direction = media.direction.map(sdp::Direction::answer);
+        }
+        answer.direction = answer.direction.map(sdp::Direction::answer);
+        Some(answer.to_string())
+    }
+
+    /// The relay's address for each leg, once the task has a media session.
+    pub fn call_set_media(&mut self, id: u64, a: (IpAddr, u16), b: (IpAddr, u16)) {
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.relay_a = Some(a);
+            call.relay_b = Some(b);
+        }
+    }
+
+    /// `Answer()`: 200 with SDP to the caller (retransmitted until the ACK).
+    pub fn call_answer(&mut self, id: u64) -> Result<(), String> {
+        let call = self.calls.get(&id).ok_or("the call is gone")?;
+        match call.a_state {
+            AState::Answered | AState::Confirmed => return Ok(()),
+            AState::Ended => return Err("the call has ended".into()),
+            AState::Early => {}
+        }
+        let sdp = self.a_answer_sdp(id).ok_or("no media for the caller")?;
+        let call = self.calls.get(&id).ok_or("the call is gone")?;
+        let contact = self.contact(&call.peer, &call.a_path);
+        let response = with_body(
+            crate::registrar::response(
+                &call.a_invite,
+                200,
+                "OK",
+                &call.a_tag,
+                vec![
+                    rsip::Header::Other("Contact".into(), contact),
+                    rsip::Header::Other("Allow".into(), super::ALLOW.into()),
+                ],
+            ),
+            &sdp,
+        );
+        let bytes = response.to_string().into_bytes();
+        self.respond_a(id, response);
+        let now = Instant::now();
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.a_state = AState::Answered;
+            call.a_ok = Some((bytes, now + T1, T1, now + T1 * 64));
+        }
+        Ok(())
+    }
+
+    /// `Ringing()`/`Progress()` (180, 183 with SDP), `Busy()` (486), `Congestion()` (503).
+    pub fn call_indicate(&mut self, id: u64, status: u16) -> Result<(), String> {
+        let call = self.calls.get(&id).ok_or("the call is gone")?;
+        if call.a_state != AState::Early {
+            return Ok(());
+        }
+        let response = match status {
+            180 => crate::registrar::response(&call.a_invite, 180, "Ringing", &call.a_tag, vec![]),
+            183 => {
+                let sdp = self.a_answer_sdp(id).ok_or("no media for the caller")?;
+                let call = self.calls.get(&id).ok_or("the call is gone")?;
+                let contact = self.contact(&call.peer, &call.a_path);
+                with_body(
+                    crate::registrar::response(
+                        &call.a_invite,
+                        183,
+                        "Session Progress",
+                        &call.a_tag,
+                        vec![rsip::Header::Other("Contact".into(), contact)],
+                    ),
+                    &sdp,
+                )
+            }
+            _ => {
+                let reason = match status {
+                    486 => "Busy Here",
+                    480 => "Temporarily Unavailable",
+                    404 => "Not Found",
+                    603 => "Decline",
+                    _ => "Service Unavailable",
+                };
+                let response =
+                    crate::registrar::response(&call.a_invite, status, reason, &call.a_tag, vec![]);
+                self.respond_a(id, response);
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.a_state = AState::Ended;
+                }
+                return Ok(());
+            }
+        };
+        self.respond_a(id, response);
+        Ok(())
+    }
+
+    /// Ends the call on the SIP side: the caller gets a final response (not answered
+    /// yet) or a BYE, ringing B legs a CANCEL, a bridged one a BYE; the call is
+    /// forgotten.
+    pub fn call_hangup(&mut self, id: u64, cause: u32) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        match call.a_state {
+            AState::Early => {
+                let status = match cause {
+                    17 => 486,
+                    1 => 404,
+                    18 | 19 => 480,
+                    21 => 603,
+                    34 | 38 | 41 | 42 => 503,
+                    _ => 480,
+                };
+                let _ = self.call_indicate(id, status);
+            }
+            AState::Answered | AState::Confirmed => self.bye_a(id),
+            AState::Ended => {}
+        }
+        self.end_branches(id, None);
+        self.forget_call(id);
+    }
+
+    fn forget_call(&mut self, id: u64) {
+        if let Some(call) = self.calls.remove(&id) {
+            self.call_ids.remove(&call.a_call_id);
+            for index in 0..call.branches.len() {
+                self.branch_sdp.remove(&(id, index));
+            }
+            for branch in &call.branches {
+                self.call_ids.remove(&branch.call_id);
+                self.branch_owner.remove(&branch.via_branch);
+            }
+            tracing::info!(channel = %call.channel, "call ended");
+        }
+    }
+
+    /// BYE to the caller.
+    fn bye_a(&mut self, id: u64) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.a_state == AState::Ended {
+            return;
+        }
+        call.a_state = AState::Ended;
+        call.a_ok = None;
+        call.a_cseq += 1;
+        let to = call
+            .a_invite
+            .from_header()
+            .map(|h| h.value().to_owned())
+            .unwrap_or_default();
+        let from = call
+            .a_invite
+            .to_header()
+            .map(|h| h.value().to_owned())
+            .unwrap_or_default();
+        let from = if tag_of(&from).is_some() {
+            from
+        } else {
+            format!("{from};tag={}", call.a_tag)
+        };
+        let (target, call_id, cseq, path) = (
+            call.a_remote_target.clone(),
+            call.a_call_id.clone(),
+            call.a_cseq,
+            call.a_path.clone(),
+        );
+        self.send_in_dialog("BYE", &target, &from, &to, &call_id, cseq, path);
+    }
+
+    /// A request inside a dialog (BYE), in its own client transaction.
+    #[allow(clippy::too_many_arguments)]
+    fn send_in_dialog(
+        &mut self,
+        method: &str,
+        target: &str,
+        from: &str,
+        to: &str,
+        call_id: &str,
+        cseq: u32,
+        path: Path,
+    ) {
+        let Some(local) = self.local_addr() else {
+            return;
+        };
+        let branch = format!("z9hG4bK{}", self.tag());
+        let transport = if path.reliable() { "TCP" } else { "UDP" };
+        let request = format!(
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nUser-Agent: phone-sip-edge\r\nContent-Length: 0\r\n\r\n"
+        );
+        self.start_client(branch, request.into_bytes(), path, Instant::now());
+    }
+
+    /// `Dial()`: INVITEs to every target (every reachable contact of a line, or the
+    /// trunk), ringing at once; the Dial ends in a [`CallEvent`].
+    pub fn call_dial(
+        &mut self,
+        id: u64,
+        command_id: u64,
+        targets: &[Target],
+        timeout: Option<Duration>,
+        caller: (String, String),
+    ) -> Result<(), String> {
+        let now = Instant::now();
+        let local = self.local_addr().ok_or("no SIP socket")?;
+        let call = self.calls.get(&id).ok_or("the call is gone")?;
+        let offer = call.a_offer.clone().ok_or("no offer from the caller")?;
+        let relay_b = call.relay_b.ok_or("no media session")?;
+        let mut branches = Vec::new();
+        for target in targets {
+            let Some(info) = self.peers.get(&target.peer).cloned() else {
+                tracing::info!(peer = %target.peer, "Dial to an unknown peer");
+                continue;
+            };
+            // Where to send: the trunk's address, or each reachable registered contact.
+            let mut destinations: Vec<(String, Path)> = Vec::new();
+            if let (Some(addr), Some(socket)) = (info.trunk, self.udp.clone()) {
+                let number = if target.number.is_empty() {
+                    target.peer.clone()
+                } else {
+                    target.number.clone()
+                };
+                let host = info.host.clone().unwrap_or_else(|| addr.ip().to_string());
+                destinations.push((
+                    format!("sip:{number}@{host}"),
+                    Path::Udp { socket, to: addr },
+                ));
+            } else {
+                for (line, binding) in self.registrations(Some(&target.peer)) {
+                    if !self.reachable(&line, &binding.contact) {
+                        continue;
+                    }
+                    if let Some(path) = self.path_to(&binding) {
+                        destinations.push((uri_of(&binding.contact), path));
+                    }
+                }
+            }
+            let codecs = info.codecs.clone();
+            let Ok(sdp) = offer.anchored(&codecs, relay_b, "phone") else {
+                tracing::info!(peer = %target.peer, "no codec in common with the Dial target");
+                continue;
+            };
+            let sdp = sdp.to_string();
+            for (request_uri, path) in destinations {
+                let n = branches.len();
+                let channel = format!(
+                    "SIP/{}-{:08x}",
+                    target.peer,
+                    (self.tag_seed as u32).wrapping_add((id * 16 + n as u64) as u32 ^ 0x5a5a)
+                );
+                let tag = self.tag();
+                let call_id = format!("{}-{id}-{n}@{}", self.tag(), local.ip());
+                let via_branch = format!("z9hG4bK{}", self.tag());
+                let (number, name) = &caller;
+                let from_user = info.from_user.clone().unwrap_or_else(|| number.clone());
+                let from_host = info
+                    .from_domain
+                    .clone()
+                    .unwrap_or_else(|| local.ip().to_string());
+                let display = if name.is_empty() {
+                    String::new()
+                } else {
+                    format!("\"{}\" ", name.replace('"', ""))
+                };
+                let from = format!("{display}<sip:{from_user}@{from_host}>;tag={tag}");
+                let to = format!("<{request_uri}>");
+                let transport = if path.reliable() { "TCP" } else { "UDP" };
+                let via = format!("SIP/2.0/{transport} {local};branch={via_branch};rport");
+                let mut extra = String::new();
+                if info.trunk.is_some() {
+                    // RFC 3325: the caller ID as we assert it, for the carrier.
+                    extra.push_str(&format!(
+                        "P-Asserted-Identity: {display}<sip:{number}@{from_host}>\r\n"
+                    ));
+                }
+                let contact = self.contact(&from_user, &path);
+                let invite = build_invite(&InviteParts {
+                    request_uri: &request_uri,
+                    via: &via,
+                    from: &from,
+                    to: &to,
+                    call_id: &call_id,
+                    cseq: 1,
+                    contact: &contact,
+                    extra: &extra,
+                    sdp: &sdp,
+                });
+                branches.push(Branch {
+                    channel,
+                    peer: target.peer.clone(),
+                    request_uri,
+                    call_id,
+                    from,
+                    to,
+                    cseq: 1,
+                    via_branch,
+                    via,
+                    invite,
+                    path,
+                    remote_to: None,
+                    remote_target: None,
+                    ack: None,
+                    cancel_pending: false,
+                    authenticated: false,
+                    last_status: 0,
+                });
+            }
+        }
+        let mut fork = Fork::new(branches.len(), timeout.map(|t| now + t));
+        for (index, branch) in branches.iter().enumerate() {
+            self.call_ids
+                .insert(branch.call_id.clone(), (id, Some(index)));
+            self.branch_owner
+                .insert(branch.via_branch.clone(), (id, index));
+        }
+        let actions = fork.poll_actions();
+        if let Some(at) = fork.poll_timeout() {
+            self.call_deadlines.push(std::cmp::Reverse((at, id)));
+        }
+        let call = self.calls.get_mut(&id).ok_or("the call is gone")?;
+        call.dial_command = command_id;
+        call.dial_caller = caller;
+        call.branches = branches;
+        call.fork = Some(fork);
+        self.fork_actions(id, actions, now);
+        Ok(())
+    }
+
+    fn fork_actions(&mut self, id: u64, actions: Vec<ForkAction>, now: Instant) {
+        for action in actions {
+            match action {
+                ForkAction::Invite { index } => {
+                    let Some(branch) = self.calls.get(&id).and_then(|c| c.branches.get(index))
+                    else {
+                        continue;
+                    };
+                    let transport = if branch.path.reliable() {
+                        Transport::Reliable
+                    } else {
+                        Transport::Unreliable
+                    };
+                    let tx = ClientTransaction::new(
+                        true,
+                        branch.invite.clone(),
+                        transport,
+                        TimerValues::default(),
+                        now,
+                    );
+                    let (key, path) = (branch.via_branch.clone(), branch.path.clone());
+                    self.clients.insert(key.clone(), (tx, path));
+                    self.client_events(&key, now);
+                }
+                ForkAction::Cancel { index } => self.cancel_branch(id, index, now),
+                ForkAction::Ringing { index, early_media } => {
+                    if !early_media {
+                        let _ = self.call_indicate(id, 180);
+                    } else {
+                        let remote = self.branch_sdp_remote(id, index);
+                        let nat = self.branch_nat(id, index);
+                        if let Some(call) = self.calls.get(&id) {
+                            let _ = call.events.send(CallEvent::EarlyMedia { remote, nat });
+                        }
+                        let _ = self.call_indicate(id, 183);
+                    }
+                }
+                ForkAction::Answered { index } => self.branch_answered(id, index, now),
+                ForkAction::Finished(status) => {
+                    let Some(call) = self.calls.get(&id) else {
+                        continue;
+                    };
+                    if status == DialStatus::Answer {
+                        continue;
+                    }
+                    let sip_status = call
+                        .branches
+                        .iter()
+                        .map(|b| b.last_status)
+                        .filter(|s| *s >= 300)
+                        .min()
+                        .unwrap_or(0);
+                    let _ = call.events.send(CallEvent::DialFinished {
+                        command_id: call.dial_command,
+                        status,
+                        sip_status,
+                    });
+                }
+            }
+        }
+    }
+
+    fn branch_nat(&self, id: u64, index: usize) -> bool {
+        self.calls
+            .get(&id)
+            .and_then(|c| c.branches.get(index))
+            .and_then(|b| self.peers.get(&b.peer))
+            .is_some_and(|p| p.nat)
+    }
+
+    /// Remembered SDP answers of branches, by (call, branch).
+    fn branch_sdp_remote(&self, id: u64, index: usize) -> Option<SocketAddr> {
+        self.branch_sdp.get(&(id, index)).and_then(sdp_remote)
+    }
+
+    fn cancel_branch(&mut self, id: u64, index: usize, now: Instant) {
+        let Some(branch) = self
+            .calls
+            .get_mut(&id)
+            .and_then(|c| c.branches.get_mut(index))
+        else {
+            return;
+        };
+        let cancel = format!(
+            "CANCEL {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} CANCEL\r\nContent-Length: 0\r\n\r\n",
+            branch.request_uri, branch.via, branch.from, branch.to, branch.call_id, branch.cseq
+        );
+        let key = format!("{}|CANCEL", branch.via_branch);
+        let path = branch.path.clone();
+        let transport = if path.reliable() {
+            Transport::Reliable
+        } else {
+            Transport::Unreliable
+        };
+        let tx = ClientTransaction::new(
+            false,
+            cancel.into_bytes(),
+            transport,
+            TimerValues::default(),
+            now,
+        );
+        self.clients.insert(key.clone(), (tx, path));
+        self.client_events(&key, now);
+    }
+
+    /// A B leg answered: ACK it, bridge the caller (200 if not answered yet), and tell
+    /// the task so it points the relay's leg B at the callee.
+    fn branch_answered(&mut self, id: u64, index: usize, now: Instant) {
+        let remote = self.branch_sdp_remote(id, index);
+        let events = self
+            .branch_sdp
+            .get(&(id, index))
+            .map(event_types)
+            .unwrap_or_default();
+        let nat = self.branch_nat(id, index);
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.bridged = Some((index, now));
+        let channel = call.branches[index].channel.clone();
+        let _ = call.events.send(CallEvent::Bridged {
+            command_id: call.dial_command,
+            channel,
+            remote,
+            event_payload_types: events,
+            nat,
+        });
+        if call.a_state == AState::Early {
+            if let Err(e) = self.call_answer(id) {
+                tracing::warn!(error = %e, "cannot answer the caller after the callee answered");
+            }
+        }
+    }
+
+    /// A response on a B leg's INVITE (or its CANCEL) client transaction.
+    pub(super) fn branch_event(
+        &mut self,
+        id: u64,
+        index: usize,
+        event: ClientEvent<Vec<u8>>,
+        now: Instant,
+    ) {
+        let (status, response) = match event {
+            ClientEvent::Response(bytes) => {
+                let Ok(crate::wire::Parsed::Sip(message)) = crate::wire::parse(&bytes, true, "x")
+                else {
+                    return;
+                };
+                let rsip::SipMessage::Response(response) = *message else {
+                    return;
+                };
+                (response.status_code.code(), Some(response))
+            }
+            // Timer B: as a 408; a transport error: as a 503.
+            ClientEvent::Failed(crate::transaction::Failure::Timeout) => (408, None),
+            ClientEvent::Failed(_) => (503, None),
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(branch) = call.branches.get_mut(index) else {
+            return;
+        };
+        if let Some(response) = &response {
+            let cseq_method = header(&response.headers, "CSeq").unwrap_or_default();
+            if !cseq_method.ends_with("INVITE") {
+                return;
+            }
+            if let Some(to) = header(&response.headers, "To") {
+                if tag_of(&to).is_some() {
+                    branch.remote_to = Some(to);
+                }
+            }
+            if let Some(contact) = header(&response.headers, "Contact") {
+                branch.remote_target = Some(uri_of(&contact));
+            }
+            if !response.body.is_empty() {
+                if let Ok(session) = std::str::from_utf8(&response.body)
+                    .map_err(|_| ())
+                    .and_then(|t| sdp::Session::parse(t).map_err(|_| ()))
+                {
+                    self.branch_sdp.insert((id, index), session);
+                }
+            }
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let branch = &mut call.branches[index];
+        branch.last_status = status;
+        // A trunk's challenge: once, with the peer's credentials, on a new branch.
+        if (status == 401 || status == 407) && !branch.authenticated {
+            if let Some(response) = &response {
+                if self.retry_with_credentials(id, index, status, response, now) {
+                    return;
+                }
+            }
+        }
+        let local = self.local_addr();
+        let seed = self.tag_for_ack();
+        let call = match self.calls.get_mut(&id) {
+            Some(call) => call,
+            None => return,
+        };
+        let branch = &mut call.branches[index];
+        if (200..300).contains(&status) {
+            // ACK every 2xx (the first and its retransmissions), §13.2.2.4.
+            let ack = match &branch.ack {
+                Some(ack) => ack.clone(),
+                None => {
+                    let ack = build_ack(branch, local, &seed);
+                    branch.ack = Some(ack.clone());
+                    ack
+                }
+            };
+            branch.path.send(ack);
+        }
+        if (100..200).contains(&status) && branch.cancel_pending {
+            branch.cancel_pending = false;
+        }
+        let has_sdp = self.branch_sdp.contains_key(&(id, index));
+        let Some(fork) = self.calls.get_mut(&id).and_then(|c| c.fork.as_mut()) else {
+            return;
+        };
+        if status == 100 {
+            return;
+        }
+        fork.handle_response(index, status, has_sdp);
+        let actions = fork.poll_actions();
+        self.fork_actions(id, actions, now);
+    }
+
+    fn tag_for_ack(&self) -> String {
+        format!("{:x}", self.tag_seed ^ self.tag_counter)
+    }
+
+    /// Re-sends a challenged INVITE with the peer's digest credentials.
+    fn retry_with_credentials(
+        &mut self,
+        id: u64,
+        index: usize,
+        status: u16,
+        response: &rsip::Response,
+        now: Instant,
+    ) -> bool {
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        let branch = &call.branches[index];
+        let Some(info) = self.peers.get(&branch.peer) else {
+            return false;
+        };
+        let (Some(user), Some(secret)) = (
+            info.username.clone().or_else(|| info.from_user.clone()),
+            info.secret.clone(),
+        ) else {
+            return false;
+        };
+        let name = if status == 407 {
+            "Proxy-Authenticate"
+        } else {
+            "WWW-Authenticate"
+        };
+        let Some(challenge) =
+            header(&response.headers, name).and_then(|v| crate::digest::Challenge::parse(&v).ok())
+        else {
+            return false;
+        };
+        let cnonce = format!("{:x}", self.tag_seed ^ u64::from(branch.cseq));
+        let credentials = crate::digest::authorize(
+            &challenge,
+            &user,
+            &secret,
+            "INVITE",
+            &branch.request_uri,
+            &cnonce,
+            1,
+        );
+        let auth_header = if status == 407 {
+            "Proxy-Authorization"
+        } else {
+            "Authorization"
+        };
+        let Some(local) = self.local_addr() else {
+            return false;
+        };
+        let old_branch = branch.via_branch.clone();
+        let new_branch = format!("z9hG4bK{}", self.tag());
+        let call = match self.calls.get_mut(&id) {
+            Some(call) => call,
+            None => return false,
+        };
+        let branch = &mut call.branches[index];
+        let transport = if branch.path.reliable() { "TCP" } else { "UDP" };
+        branch.via_branch = new_branch.clone();
+        branch.via = format!("SIP/2.0/{transport} {local};branch={new_branch};rport");
+        branch.cseq += 1;
+        branch.authenticated = true;
+        let text = String::from_utf8_lossy(&branch.invite).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines: Vec<String> = Vec::new();
+        for line in head.split("\r\n") {
+            let lower = line.to_ascii_lowercase();
+            if lower.starts_with("via:") {
+                lines.push(format!("Via: {}", branch.via));
+            } else if lower.starts_with("cseq:") {
+                lines.push(format!("CSeq: {} INVITE", branch.cseq));
+            } else if lower.starts_with("content-length:") {
+                lines.push(format!("{auth_header}: {}", credentials.to_header()));
+                lines.push(line.to_owned());
+            } else {
+                lines.push(line.to_owned());
+            }
+        }
+        branch.invite = format!("{}\r\n\r\n{body}", lines.join("\r\n")).into_bytes();
+        self.branch_owner.remove(&old_branch);
+        self.branch_owner.insert(new_branch.clone(), (id, index));
+        let (invite, path) = (branch.invite.clone(), branch.path.clone());
+        let reliable = if path.reliable() {
+            Transport::Reliable
+        } else {
+            Transport::Unreliable
+        };
+        let tx = ClientTransaction::new(true, invite, reliable, TimerValues::default(), now);
+        self.clients.insert(new_branch.clone(), (tx, path));
+        self.client_events(&new_branch, now);
+        true
+    }
+
+    /// CANCEL every ringing branch, BYE the bridged one (unless it is `except`).
+    fn end_branches(&mut self, id: u64, except: Option<usize>) {
+        let now = Instant::now();
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if let Some(fork) = call.fork.as_mut() {
+            fork.caller_cancelled();
+            let actions: Vec<ForkAction> = fork
+                .poll_actions()
+                .into_iter()
+                .filter(|a| matches!(a, ForkAction::Cancel { .. }))
+                .collect();
+            self.fork_actions(id, actions, now);
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if let Some((index, _)) = call.bridged.take() {
+            if Some(index) == except {
+                return;
+            }
+            let branch = &mut call.branches[index];
+            branch.cseq += 1;
+            let (Some(to), Some(target)) = (branch.remote_to.clone(), branch.remote_target.clone())
+            else {
+                return;
+            };
+            let (from, call_id, cseq, path) = (
+                branch.from.clone(),
+                branch.call_id.clone(),
+                branch.cseq,
+                branch.path.clone(),
+            );
+            self.send_in_dialog("BYE", &target, &from, &to, &call_id, cseq, path);
+        }
+    }
+
+    /// BYE, CANCEL, ACK and re-INVITE inside a call; false if the request is not for a
+    /// call (the caller answers it as before).
+    pub(super) fn call_request(
+        &mut self,
+        request: &rsip::Request,
+        key: &str,
+        path: &Path,
+        tag: &str,
+    ) -> Option<rsip::Response> {
+        let call_id = request.call_id_header().ok()?.value().to_owned();
+        match request.method {
+            rsip::Method::Cancel => {
+                // The CANCEL names the INVITE's transaction: same branch and sent-by.
+                let invite_key = key.rsplit_once('|').map(|(k, _)| format!("{k}|INVITE"))?;
+                let (id, _) = *self.call_ids.get(&call_id)?;
+                let call = self.calls.get(&id)?;
+                if call.a_key != invite_key || call.a_state != AState::Early {
+                    return Some(crate::registrar::response(request, 200, "OK", tag, vec![]));
+                }
+                let terminated = crate::registrar::response(
+                    &call.a_invite,
+                    487,
+                    "Request Terminated",
+                    &call.a_tag,
+                    vec![],
+                );
+                let events = call.events.clone();
+                self.respond_a(id, terminated);
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.a_state = AState::Ended;
+                }
+                self.end_branches(id, None);
+                let _ = events.send(CallEvent::CallerGone { cause: 16 });
+                self.forget_call(id);
+                Some(crate::registrar::response(request, 200, "OK", tag, vec![]))
+            }
+            rsip::Method::Ack => {
+                let (id, leg) = *self.call_ids.get(&call_id)?;
+                if leg.is_none() {
+                    if let Some(call) = self.calls.get_mut(&id) {
+                        if call.a_state == AState::Answered {
+                            call.a_state = AState::Confirmed;
+                        }
+                        call.a_ok = None;
+                    }
+                }
+                None
+            }
+            rsip::Method::Bye => {
+                let (id, leg) = *self.call_ids.get(&call_id)?;
+                let ok = crate::registrar::response(request, 200, "OK", tag, vec![]);
+                match leg {
+                    None => {
+                        let events = self.calls.get(&id)?.events.clone();
+                        if let Some(call) = self.calls.get_mut(&id) {
+                            call.a_state = AState::Ended;
+                            call.a_ok = None;
+                        }
+                        self.end_branches(id, None);
+                        let _ = events.send(CallEvent::CallerGone { cause: 16 });
+                        self.forget_call(id);
+                    }
+                    Some(index) => {
+                        let call = self.calls.get_mut(&id)?;
+                        if call.bridged.map(|(i, _)| i) == Some(index) {
+                            let (_, since) = call.bridged.take()?;
+                            let secs = u32::try_from(since.elapsed().as_secs()).unwrap_or(u32::MAX);
+                            let _ = call.events.send(CallEvent::BridgeEnded {
+                                command_id: call.dial_command,
+                                channel: call.branches[index].channel.clone(),
+                                secs,
+                            });
+                        }
+                    }
+                }
+                let _ = path;
+                Some(ok)
+            }
+            rsip::Method::Invite => {
+                // A re-INVITE: inside a dialog (To has a tag) of a call we know.
+                let to = request.to_header().ok()?.value().to_owned();
+                tag_of(&to)?;
+                let (id, leg) = *self.call_ids.get(&call_id)?;
+                let offer = std::str::from_utf8(&request.body)
+                    .ok()
+                    .and_then(|t| sdp::Session::parse(t).ok());
+                let call = self.calls.get(&id)?;
+                let relay = if leg.is_none() {
+                    call.relay_a
+                } else {
+                    call.relay_b
+                };
+                let peer = if leg.is_none() {
+                    call.peer.clone()
+                } else {
+                    call.branches.get(leg.unwrap_or(0))?.peer.clone()
+                };
+                let codecs = self
+                    .peers
+                    .get(&peer)
+                    .map(|p| p.codecs.clone())
+                    .unwrap_or_default();
+                let (Some(offer), Some(relay)) = (offer, relay) else {
+                    return Some(crate::registrar::response(
+                        request,
+                        488,
+                        "Not Acceptable Here",
+                        tag,
+                        vec![],
+                    ));
+                };
+                let Ok(mut answer) = offer.anchored(&codecs, relay, "phone") else {
+                    return Some(crate::registrar::response(
+                        request,
+                        488,
+                        "Not Acceptable Here",
+                        tag,
+                        vec![],
+                    ));
+                };
+                let direction = offer.audio_direction();
+                for media in &mut answer.media {
+                    media.direction = Some(direction.answer());
+                }
+                answer.direction = None;
+                let _ = call.events.send(CallEvent::Reinvite {
+                    b_leg: leg.is_some(),
+                    remote: sdp_remote(&offer),
+                    direction,
+                });
+                let contact = self.contact(&peer, path);
+                let to_tag = tag_of(&to).unwrap_or_default();
+                Some(with_body(
+                    crate::registrar::response(
+                        request,
+                        200,
+                        "OK",
+                        &to_tag,
+                        vec![rsip::Header::Other("Contact".into(), contact)],
+                    ),
+                    &answer.to_string(),
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// 2xx retransmissions to the caller until its ACK, and Dial timeouts.
+    pub(super) fn call_tick(&mut self, now: Instant) {
+        let mut no_ack = Vec::new();
+        for (id, call) in &mut self.calls {
+            if let Some((bytes, next, interval, give_up)) = &mut call.a_ok {
+                if now >= *give_up {
+                    no_ack.push(*id);
+                } else if now >= *next {
+                    call.a_path.send(bytes.clone());
+                    *interval = (*interval * 2).min(T2);
+                    *next = now + *interval;
+                }
+            }
+        }
+        for id in no_ack {
+            tracing::warn!(call = id, "no ACK for the 200: hanging up");
+            if let Some(call) = self.calls.get(&id) {
+                let _ = call.events.send(CallEvent::CallerGone { cause: 41 });
+            }
+            self.call_hangup(id, 41);
+        }
+        while let Some(std::cmp::Reverse((at, id))) = self.call_deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.call_deadlines.pop();
+            let Some(fork) = self.calls.get_mut(&id).and_then(|c| c.fork.as_mut()) else {
+                continue;
+            };
+            fork.handle_timeout(now);
+            let actions = fork.poll_actions();
+            self.fork_actions(id, actions, now);
+        }
+    }
+
+    /// The ACK a B leg's non-2xx final response needs (§17.1.1.3): same branch,
+    /// Request-URI and From, the response's To.
+    pub(super) fn branch_flush(&mut self, key: &str) {
+        let Some(&(id, index)) = self.branch_owner.get(key) else {
+            return;
+        };
+        let Some((tx, path)) = self.clients.get_mut(key) else {
+            return;
+        };
+        let mut out = Vec::new();
+        while let Some(transmit) = tx.poll_transmit() {
+            out.push(transmit);
+        }
+        let path = path.clone();
+        let Some(branch) = self.calls.get(&id).and_then(|c| c.branches.get(index)) else {
+            for transmit in out {
+                if let Transmit::Message(bytes) = transmit {
+                    path.send(bytes);
+                }
+            }
+            return;
+        };
+        for transmit in out {
+            match transmit {
+                Transmit::Message(bytes) => path.send(bytes),
+                Transmit::Ack(response) => {
+                    let to = crate::wire::parse(&response, true, "x")
+                        .ok()
+                        .and_then(|p| match p {
+                            crate::wire::Parsed::Sip(m) => match *m {
+                                rsip::SipMessage::Response(r) => header(&r.headers, "To"),
+                                _ => None,
+                            },
+                            _ => None,
+                        })
+                        .unwrap_or_else(|| branch.to.clone());
+                    let ack = format!(
+                        "ACK {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+                        branch.request_uri, branch.via, branch.from, branch.call_id, branch.cseq
+                    );
+                    path.send(ack.into_bytes());
+                }
+            }
+        }
+    }
+}
+
+struct InviteParts<'a> {
+    request_uri: &'a str,
+    via: &'a str,
+    from: &'a str,
+    to: &'a str,
+    call_id: &'a str,
+    cseq: u32,
+    contact: &'a str,
+    extra: &'a str,
+    sdp: &'a str,
+}
+
+fn build_invite(p: &InviteParts<'_>) -> Vec<u8> {
+    format!(
+        "INVITE {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} INVITE\r\nContact: {}\r\n{}Allow: {}\r\nUser-Agent: phone-sip-edge\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
+        p.request_uri,
+        p.via,
+        p.from,
+        p.to,
+        p.call_id,
+        p.cseq,
+        p.contact,
+        p.extra,
+        super::ALLOW,
+        p.sdp.len(),
+        p.sdp
+    )
+    .into_bytes()
+}
+
+/// The ACK for a B leg's 2xx (§13.2.2.4): a new transaction to the remote target.
+fn build_ack(branch: &Branch, local: Option<SocketAddr>, seed: &str) -> Vec<u8> {
+    let local = local.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
+    let transport = if branch.path.reliable() { "TCP" } else { "UDP" };
+    let target = branch
+        .remote_target
+        .clone()
+        .unwrap_or_else(|| branch.request_uri.clone());
+    let to = branch
+        .remote_to
+        .clone()
+        .unwrap_or_else(|| branch.to.clone());
+    format!(
+        "ACK {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch=z9hG4bK{seed}a{};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+        branch.cseq, branch.from, branch.call_id, branch.cseq
+    )
+    .into_bytes()
+}
