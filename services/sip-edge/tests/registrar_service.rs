@@ -318,8 +318,8 @@ async fn repeated_auth_failures_ban_the_source_but_911_still_gets_through() {
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
-    // A call to 911 from the banned address is still taken (and, as calls are not in
-    // this build, answered 100 then 503 rather than dropped).
+    // A call to 911 from the banned address is still taken: answered 100 Trying, not
+    // dropped.
     let invite = format!(
         "INVITE sip:911@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK911\r\nMax-Forwards: 70\r\n\
 To: <sip:911@127.0.0.1>\r\nFrom: <sip:13235550100@127.0.0.1>;tag=e\r\nCall-ID: e911\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
@@ -640,10 +640,11 @@ async fn invites_from_the_trunk_are_not_challenged_and_phones_must_authenticate(
     .await;
 
     // The carrier, from its address (any port, insecure=port): admitted without a
-    // challenge (and, calls not being built yet, answered 503).
+    // challenge. Admitted means the call path sees it: these INVITEs carry no SDP
+    // offer, which it refuses with 488 (`tests/calls.rs` has whole calls).
     let carrier = UdpSocket::bind("127.0.0.2:0").await.unwrap();
     let answer = invite_final(&carrier, edge.sip, "13235550100", "z9hG4bKc1", "").await;
-    assert!(answer.starts_with("SIP/2.0 503 "), "{answer}");
+    assert!(answer.starts_with("SIP/2.0 488 "), "{answer}");
 
     // A phone: challenged with 407, admitted with the right password, refused with a wrong one.
     let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -659,7 +660,7 @@ async fn invites_from_the_trunk_are_not_challenged_and_phones_must_authenticate(
     let challenge = Challenge::parse(header).unwrap();
     let uri = "sip:13105550199@127.0.0.1";
     for (password, branch, expected) in [
-        ("password", "z9hG4bKp2", "SIP/2.0 503 "),
+        ("password", "z9hG4bKp2", "SIP/2.0 488 "),
         ("guess", "z9hG4bKp3", "SIP/2.0 403 "),
     ] {
         let nonce_challenge = if password == "password" {
