@@ -257,3 +257,206 @@ async fn baresip_subscribes_to_message_summary_and_its_lamp_lights() {
     shutdown.trigger();
     task.await.unwrap().unwrap();
 }
+
+mod common;
+
+/// A 16-bit 8 kHz mono WAV of a 440 Hz tone, for baresip's `aufile` microphone.
+fn tone_wav(path: &std::path::Path, seconds: u32) {
+    let samples: Vec<i16> = (0..8000 * seconds)
+        .map(|i| ((f64::from(i) * 440.0 * std::f64::consts::TAU / 8000.0).sin() * 8000.0) as i16)
+        .collect();
+    let data_len = (samples.len() * 2) as u32;
+    let mut wav = Vec::new();
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&8000u32.to_le_bytes());
+    wav.extend_from_slice(&16000u32.to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        wav.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, wav).unwrap();
+}
+
+/// baresip with a tone as its microphone and what it hears looped back out.
+fn talking_baresip(
+    dir: &std::path::Path,
+    edge: std::net::SocketAddr,
+    extra: &str,
+    account: &str,
+) -> Phone {
+    let tone = dir.join("tone.wav");
+    tone_wav(&tone, 30);
+    baresip_with(
+        dir,
+        edge,
+        "password",
+        &format!(
+            "module\taufile.so\nmodule\taubridge.so\naudio_source\taufile,{}\naudio_player\taubridge,spk\n{extra}",
+            tone.display()
+        ),
+        account,
+        false,
+    )
+}
+
+/// RTP packets with sound in them (G.711 u-law silence is 0xff / 0x7f).
+async fn heard(socket: &tokio::net::UdpSocket, want: usize) -> usize {
+    let mut buffer = [0u8; 2048];
+    let mut loud = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while loud < want && tokio::time::Instant::now() < deadline {
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buffer)).await
+        {
+            if n > 12 && buffer[12..n].iter().any(|b| *b != 0xff && *b != 0x7f) {
+                loud += 1;
+            }
+        }
+    }
+    loud
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn baresip_answers_a_carrier_call_and_audio_flows_both_ways() {
+    use common::*;
+    let carrier_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let system = System::start(carrier_socket.local_addr().unwrap(), None).await;
+    let carrier = Peer {
+        socket: carrier_socket,
+        edge: system.edge_sip,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let _phone = talking_baresip(dir.path(), system.edge_sip, "", ";answermode=auto");
+    let edge_grpc = system.edge_grpc.clone();
+    wait_for("baresip to register", async || {
+        registrations(&edge_grpc).await.into_iter().next()
+    })
+    .await;
+
+    let carrier_rtp = rtp_socket().await;
+    let offer = invite(
+        carrier.addr(),
+        &format!("sip:13235550100@{}", system.edge_sip),
+        "13105550199",
+        "bs1",
+        carrier_rtp.local_addr().unwrap(),
+        "",
+        1,
+    );
+    carrier.send(&offer).await;
+    let ok = carrier.expect_status(200).await;
+    carrier
+        .send(&in_dialog("ACK", &offer, &ok, 1, system.edge_sip))
+        .await;
+    let relay_a = sdp_media(&ok);
+
+    // The carrier talks (a sound of its own) while listening for baresip's tone.
+    let carrier_rtp = std::sync::Arc::new(carrier_rtp);
+    let speaking = {
+        let socket = carrier_rtp.clone();
+        tokio::spawn(async move {
+            for seq in 0..150u16 {
+                let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+                packet[2..4].copy_from_slice(&seq.to_be_bytes());
+                packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                packet.extend((0..160).map(|i| if i % 2 == 0 { 0x10 } else { 0x90 }));
+                let _ = socket.send_to(&packet, relay_a).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    assert!(
+        heard(&carrier_rtp, 25).await >= 25,
+        "the carrier hears baresip's tone through the relay"
+    );
+    speaking.await.unwrap();
+    let sessions = system.relay_session_stats().await;
+    let b = sessions[0].b.clone().unwrap();
+    assert!(
+        b.packets_sent >= 100,
+        "the relay sent the carrier's audio to baresip: {b:?}"
+    );
+    assert!(b.packets_received >= 25, "{b:?}");
+
+    // The carrier hangs up; baresip gets the BYE and answers it.
+    carrier
+        .send(&in_dialog("BYE", &offer, &ok, 2, system.edge_sip))
+        .await;
+    carrier.expect_status(200).await;
+    wait_for("the media session to end", async || {
+        (system.relay_session_stats().await.is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn baresip_places_a_call_to_the_carrier() {
+    use common::*;
+    let carrier_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let system = System::start(carrier_socket.local_addr().unwrap(), None).await;
+    let carrier = Peer {
+        socket: carrier_socket,
+        edge: system.edge_sip,
+    };
+    let control = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let control_addr = control.local_addr().unwrap();
+    drop(control);
+    let dir = tempfile::tempdir().unwrap();
+    let _phone = talking_baresip(
+        dir.path(),
+        system.edge_sip,
+        &format!("module_app\tmenu.so\nmodule_app\tctrl_tcp.so\nctrl_tcp_listen\t{control_addr}\n"),
+        "",
+    );
+    let edge_grpc = system.edge_grpc.clone();
+    wait_for("baresip to register", async || {
+        registrations(&edge_grpc).await.into_iter().next()
+    })
+    .await;
+
+    // Dial 10 digits through baresip's control socket (netstring JSON).
+    let mut stream = tokio::net::TcpStream::connect(control_addr).await.unwrap();
+    let command = format!(
+        "{{\"command\":\"dial\",\"params\":\"sip:3105550123@{}\",\"token\":\"t1\"}}",
+        system.edge_sip
+    );
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(format!("{}:{command},", command.len()).as_bytes())
+        .await
+        .unwrap();
+
+    // The carrier gets 1 + 10 digits with the line's caller ID (baresip answered the
+    // edge's 407 on its own) and answers.
+    let outbound = carrier.expect("INVITE ").await;
+    assert!(
+        outbound.starts_with("INVITE sip:13105550123@127.0.0.1 "),
+        "{outbound}"
+    );
+    assert!(header(&outbound, "P-Asserted-Identity")
+        .unwrap()
+        .contains("13235550100"));
+    let carrier_rtp = rtp_socket().await;
+    carrier
+        .send(&response_to(
+            &outbound,
+            200,
+            "OK",
+            "cx",
+            &sdp(carrier_rtp.local_addr().unwrap()),
+        ))
+        .await;
+    carrier.expect("ACK ").await;
+    assert!(
+        heard(&carrier_rtp, 25).await >= 25,
+        "the carrier hears baresip's tone"
+    );
+}

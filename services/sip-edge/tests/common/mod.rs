@@ -1,0 +1,391 @@
+//! What the call tests share: the system (relay, router, edge) on loopback, and a
+//! SIP endpoint played by the test with helpers for the messages it sends.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use phone_proto::media::v1 as media;
+use phone_proto::media::v1::media_relay_client::MediaRelayClient;
+use service_runtime::{CommonArgs, Shutdown};
+use sip_edge::digest::{self, Challenge};
+use tokio::net::UdpSocket;
+
+pub fn seed_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/freelancer")
+}
+
+/// The seed's sip.conf with the carrier on the test's socket. On loopback the phone
+/// shares the carrier's IP address, so the trunk is matched by address and port here
+/// (`insecure=invite`, not `port,invite`), or every phone would pass for the carrier.
+pub fn sip_conf(carrier: SocketAddr) -> String {
+    std::fs::read_to_string(seed_dir().join("sip.conf"))
+        .unwrap()
+        .replace(
+            "host=sip.flowroute.com",
+            &format!("host=127.0.0.1\nport={}", carrier.port()),
+        )
+        .replacen("insecure=port,invite", "insecure=invite", 1)
+}
+
+pub struct System {
+    pub edge_sip: SocketAddr,
+    pub edge_grpc: String,
+    pub relay: String,
+    stops: Vec<Shutdown>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl System {
+    /// Relay, router and edge, with `extensions` as extensions.conf (or the seed's).
+    pub async fn start(carrier: SocketAddr, extensions: Option<&str>) -> Self {
+        let conf = tempfile::tempdir().unwrap();
+        std::fs::write(conf.path().join("sip.conf"), sip_conf(carrier)).unwrap();
+        for file in ["extensions.conf", "voicemail.conf"] {
+            std::fs::copy(seed_dir().join(file), conf.path().join(file)).unwrap();
+        }
+        if let Some(text) = extensions {
+            std::fs::write(conf.path().join("extensions.conf"), text).unwrap();
+        }
+        let data = tempfile::tempdir().unwrap();
+        let mut stops = Vec::new();
+
+        let mut relay_config = media_relay::Config::try_parse_from([
+            "media-relay",
+            "--rtp-ports",
+            "25000-25099",
+            "--rtp-bind-ip",
+            "127.0.0.1",
+            "--workers",
+            "1",
+        ])
+        .unwrap();
+        relay_config.common = CommonArgs::loopback();
+        relay_config.common.drain_deadline = Duration::from_secs(1);
+        let relay = media_relay::bind(relay_config).await.unwrap();
+        let relay_url = format!("http://{}", relay.info().grpc);
+        let stop = Shutdown::new();
+        tokio::spawn(relay.run(stop.clone()));
+        stops.push(stop);
+
+        let router = router::bind(router::Config {
+            common: CommonArgs::loopback(),
+            config_dir: conf.path().to_owned(),
+            edge_url: "http://127.0.0.1:9".into(),
+            voicemail_url: "http://127.0.0.1:9".into(),
+            reload_interval: Duration::ZERO,
+            check_dialplan: false,
+        })
+        .await
+        .unwrap();
+        let router_url = format!("http://{}", router.info().grpc);
+        let stop = Shutdown::new();
+        tokio::spawn(router.run(stop.clone()));
+        stops.push(stop);
+
+        let mut config = sip_edge::Config::loopback(conf.path().to_owned(), data.path().to_owned());
+        config.router_url = router_url;
+        config.media_relays = vec![relay_url.clone()];
+        let edge = sip_edge::bind(config).await.unwrap();
+        let edge_sip = edge.sip_addr().unwrap();
+        let edge_grpc = format!("http://{}", edge.info().grpc);
+        let stop = Shutdown::new();
+        tokio::spawn(edge.run(stop.clone()));
+        stops.push(stop);
+        let system = Self {
+            edge_sip,
+            edge_grpc,
+            relay: relay_url,
+            stops,
+            _dirs: vec![conf, data],
+        };
+        // The edge polls the relay every 2 s; the first poll is at start.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        system
+    }
+
+    /// Every media session's stats.
+    pub async fn relay_session_stats(&self) -> Vec<media::SessionStats> {
+        let mut client = MediaRelayClient::connect(self.relay.clone()).await.unwrap();
+        let sessions = client
+            .list_sessions(media::ListSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions;
+        let mut out = Vec::new();
+        for s in sessions {
+            if let Ok(stats) = client
+                .get_stats(media::GetStatsRequest {
+                    session_id: s.session_id,
+                })
+                .await
+            {
+                out.push(stats.into_inner());
+            }
+        }
+        out
+    }
+
+    pub async fn relay_sessions(&self) -> usize {
+        MediaRelayClient::connect(self.relay.clone())
+            .await
+            .unwrap()
+            .list_sessions(media::ListSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions
+            .len()
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        for stop in &self.stops {
+            stop.trigger();
+        }
+    }
+}
+
+/// A SIP endpoint played by the test.
+pub struct Peer {
+    pub socket: UdpSocket,
+    pub edge: SocketAddr,
+}
+
+pub fn header(message: &str, name: &str) -> Option<String> {
+    message
+        .split("\r\n\r\n")
+        .next()?
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+pub fn body(message: &str) -> &str {
+    message.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+}
+
+/// The audio address of an SDP body.
+pub fn sdp_media(message: &str) -> SocketAddr {
+    let sdp = body(message);
+    let ip = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .expect("c= line")
+        .trim();
+    let port = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .expect("m=audio line")
+        .split_whitespace()
+        .next()
+        .unwrap();
+    format!("{ip}:{port}").parse().unwrap()
+}
+
+pub fn sdp(rtp: SocketAddr) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n",
+        ip = rtp.ip(),
+        port = rtp.port()
+    )
+}
+
+impl Peer {
+    pub async fn new(edge: SocketAddr) -> Self {
+        Self {
+            socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            edge,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+
+    pub async fn send(&self, message: &str) {
+        self.socket
+            .send_to(message.as_bytes(), self.edge)
+            .await
+            .unwrap();
+    }
+
+    /// The next message other than an OPTIONS keep-alive (answered 200).
+    pub async fn next(&self) -> String {
+        let mut buffer = vec![0u8; 65_535];
+        loop {
+            let (n, _) =
+                tokio::time::timeout(Duration::from_secs(10), self.socket.recv_from(&mut buffer))
+                    .await
+                    .expect("a message within 10 s")
+                    .unwrap();
+            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            if std::env::var_os("SIP_TRACE").is_some() {
+                eprintln!("<<< {} got:\n{text}", self.addr());
+            }
+            if text.starts_with("OPTIONS ") {
+                self.send(&response_to(&text, 200, "OK", "", "")).await;
+                continue;
+            }
+            return text;
+        }
+    }
+
+    /// The next message that starts with `start` (skipping retransmissions and others).
+    pub async fn expect(&self, start: &str) -> String {
+        for _ in 0..20 {
+            let message = self.next().await;
+            if message.starts_with(start) {
+                return message;
+            }
+        }
+        panic!("no {start}");
+    }
+
+    /// The next response to `method` with a final or given status.
+    pub async fn expect_status(&self, status: u16) -> String {
+        self.expect(&format!("SIP/2.0 {status} ")).await
+    }
+}
+
+/// A response to `request`, with `to_tag` added to its To (unless it has one).
+pub fn response_to(
+    request: &str,
+    status: u16,
+    reason: &str,
+    to_tag: &str,
+    sdp_body: &str,
+) -> String {
+    let mut out = format!("SIP/2.0 {status} {reason}\r\n");
+    for name in ["Via", "From", "Call-ID", "CSeq"] {
+        for line in request.split("\r\n\r\n").next().unwrap().split("\r\n") {
+            if line
+                .split_once(':')
+                .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+        }
+    }
+    let to = header(request, "To").unwrap();
+    if to.contains(";tag=") || to_tag.is_empty() {
+        out.push_str(&format!("To: {to}\r\n"));
+    } else {
+        out.push_str(&format!("To: {to};tag={to_tag}\r\n"));
+    }
+    if !sdp_body.is_empty() {
+        out.push_str("Contact: <sip:phone@127.0.0.1>\r\nContent-Type: application/sdp\r\n");
+    }
+    out.push_str(&format!(
+        "Content-Length: {}\r\n\r\n{sdp_body}",
+        sdp_body.len()
+    ));
+    out
+}
+
+/// The desk phone, registered as the seed's line.
+pub async fn registered_phone(edge: SocketAddr) -> Peer {
+    let phone = Peer::new(edge).await;
+    let local = phone.addr();
+    let register = |cseq: u32, auth: &str| {
+        format!(
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKr{cseq};rport\r\nMax-Forwards: 70\r\nTo: <sip:13235550100@127.0.0.1>\r\nFrom: <sip:13235550100@127.0.0.1>;tag=p1\r\nCall-ID: reg@phone\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:13235550100@{local}>;expires=600\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+    };
+    phone.send(&register(1, "")).await;
+    let challenge = phone.expect_status(401).await;
+    let challenge = Challenge::parse(&header(&challenge, "WWW-Authenticate").unwrap()).unwrap();
+    let creds = digest::authorize(
+        &challenge,
+        "13235550100",
+        "password",
+        "REGISTER",
+        "sip:127.0.0.1",
+        "c",
+        1,
+    );
+    phone
+        .send(&register(
+            2,
+            &format!("Authorization: {}\r\n", creds.to_header()),
+        ))
+        .await;
+    phone.expect_status(200).await;
+    phone
+}
+
+pub fn invite(
+    from: SocketAddr,
+    ruri: &str,
+    caller: &str,
+    call_id: &str,
+    rtp: SocketAddr,
+    auth: &str,
+    cseq: u32,
+) -> String {
+    let body = sdp(rtp);
+    format!(
+        "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{call_id}{cseq};rport\r\nMax-Forwards: 70\r\nFrom: \"Caller\" <sip:{caller}@{ip}>;tag=c{call_id}\r\nTo: <{ruri}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:{caller}@{from}>\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len(),
+        ip = from.ip()
+    )
+}
+
+/// An in-dialog request from the side that sent `invite`, with the To of `answer`.
+pub fn in_dialog(
+    method: &str,
+    invite: &str,
+    answer: &str,
+    cseq: u32,
+    target: SocketAddr,
+) -> String {
+    let from = header(invite, "From").unwrap();
+    let to = header(answer, "To").unwrap();
+    let call_id = header(invite, "Call-ID").unwrap();
+    let via_host = header(invite, "Via").unwrap();
+    let via_host = via_host
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    format!(
+        "{method} sip:edge@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {via_host};branch=z9hG4bK{method}{cseq}x;rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+pub async fn rtp_socket() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").await.unwrap()
+}
+
+pub fn rtp(seq: u16, marker: u8) -> Vec<u8> {
+    let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, marker];
+    packet[2..4].copy_from_slice(&seq.to_be_bytes());
+    packet.extend_from_slice(&[marker; 160]);
+    packet
+}
+
+/// Sends RTP from `from` to `to` until `at` receives it (latching takes a packet or
+/// three); returns whether it arrived.
+pub async fn audio_flows(from: &UdpSocket, to: SocketAddr, at: &UdpSocket, marker: u8) -> bool {
+    let mut buffer = [0u8; 2048];
+    for seq in 0..20u16 {
+        from.send_to(&rtp(seq, marker), to).await.unwrap();
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(200), at.recv_from(&mut buffer)).await
+        {
+            if n == 172 && buffer[171] == marker {
+                return true;
+            }
+        }
+    }
+    false
+}
