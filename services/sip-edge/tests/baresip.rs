@@ -379,7 +379,7 @@ async fn baresip_answers_a_carrier_call_and_audio_flows_both_ways() {
     );
     speaking.await.unwrap();
     let sessions = system.relay_session_stats().await;
-    let b = sessions[0].b.clone().unwrap();
+    let b = sessions[0].b.unwrap();
     assert!(
         b.packets_sent >= 100,
         "the relay sent the carrier's audio to baresip: {b:?}"
