@@ -14,6 +14,7 @@
 //!   caller BYE/CANCEL -> HangUp to the router -> it runs `h` and closes -> DeleteSession
 //! ```
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -33,6 +34,71 @@ use crate::server::{CallEvent, NewCall, SipCore, Target};
 /// How long the router has to close the stream after a hang-up (it runs `h` first).
 const HANGUP_GRACE: Duration = Duration::from_secs(5);
 
+/// Routes the relays' media-timeout events to the calls they belong to: one
+/// `WatchEvents` stream per relay (not per call), opened when a call first uses it.
+#[derive(Clone, Default)]
+struct MediaWatch {
+    state: Arc<Mutex<WatchState>>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    calls: HashMap<String, mpsc::UnboundedSender<CallEvent>>,
+    watching: HashSet<String>,
+}
+
+impl MediaWatch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, relay: &Relay, session_id: &str, notify: mpsc::UnboundedSender<CallEvent>) {
+        let start = {
+            let mut state = self.lock();
+            state.calls.insert(session_id.to_owned(), notify);
+            state.watching.insert(relay.url.clone())
+        };
+        if start {
+            tokio::spawn(self.clone().watch(relay.client.clone(), relay.url.clone()));
+        }
+    }
+
+    fn unregister(&self, session_id: &str) {
+        self.lock().calls.remove(session_id);
+    }
+
+    /// Follows one relay's events for as long as the edge runs, reconnecting after
+    /// errors.
+    async fn watch(
+        self,
+        mut client: media::media_relay_client::MediaRelayClient<TracedChannel>,
+        url: String,
+    ) {
+        loop {
+            match client.watch_events(media::WatchEventsRequest {}).await {
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    while let Ok(Some(event)) = stream.message().await {
+                        if let Some(media::session_event::Event::MediaTimeout(timeout)) =
+                            event.event
+                        {
+                            let notify = self.lock().calls.get(&event.session_id).cloned();
+                            if let Some(notify) = notify {
+                                tracing::info!(session = %event.session_id, silent_secs = timeout.silent_secs, "media timeout: ending the call");
+                                let _ = notify.send(CallEvent::MediaTimeout);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(relay = %url, error = %e, "cannot watch the relay's events")
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
 /// Starts the task spawner: every new call gets its task, tracked for the drain.
 pub fn spawner(
     core: Arc<Mutex<SipCore>>,
@@ -45,6 +111,7 @@ pub fn spawner(
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let watch = MediaWatch::default();
     tokio::spawn(async move {
         while let Some(call) = rx.recv().await {
             let task = Call {
@@ -52,6 +119,7 @@ pub fn spawner(
                 relays: relays.clone(),
                 router: router.clone(),
                 epoch,
+                watch: watch.clone(),
             };
             in_flight.spawn(task.run(call));
         }
@@ -64,6 +132,7 @@ struct Call {
     relays: RelayPool,
     router: TracedChannel,
     epoch: u64,
+    watch: MediaWatch,
 }
 
 fn endpoint(addr: SocketAddr) -> media::Endpoint {
@@ -128,6 +197,8 @@ impl Call {
             self.core().call_hangup(id, 34);
             return;
         };
+        self.watch
+            .register(&relay, &session_id, call.notify.clone());
         let mut relay_client = relay.client.clone();
         let _ = relay_client
             .update_leg(media::UpdateLegRequest {
@@ -172,6 +243,7 @@ impl Call {
             Err(e) => {
                 tracing::warn!(channel = %call.channel, error = %e, "the router is unreachable");
                 self.core().call_hangup(id, 34);
+                self.watch.unregister(&session_id);
                 self.delete(&relay, &session_id).await;
                 return;
             }
@@ -204,6 +276,19 @@ impl Call {
                 event = call.events.recv() => {
                     let Some(event) = event else { break };
                     match event {
+                        CallEvent::MediaTimeout => {
+                            // Asterisk's rtptimeout: both legs end, the dialplan hears it.
+                            self.core().call_hangup(id, 16);
+                            send(channel_event::Event::HangUp(router::HangUp {
+                                cause: 16,
+                                reason: "media timeout".into(),
+                            }));
+                            let _ = tokio::time::timeout(HANGUP_GRACE, async {
+                                while let Ok(Some(_)) = commands.message().await {}
+                            })
+                            .await;
+                            break;
+                        }
                         CallEvent::CallerGone { cause } => {
                             send(channel_event::Event::HangUp(router::HangUp {
                                 cause,
@@ -259,6 +344,7 @@ impl Call {
             }
         }
         self.core().call_hangup(id, 16);
+        self.watch.unregister(&session_id);
         self.delete(&relay, &session_id).await;
     }
 

@@ -319,3 +319,117 @@ async fn an_outbound_call_answers_the_carriers_407_and_carries_the_line_caller_i
     let bye = phone.expect("BYE ").await;
     phone.send(&response_to(&bye, 200, "OK", "", "")).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_without_media_ends_on_both_legs_at_the_media_timeout() {
+    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let carrier_addr = carrier.local_addr().unwrap();
+    let system = System::start_with(carrier_addr, None, &["--media-timeout", "1s"]).await;
+    let carrier = Peer {
+        socket: carrier,
+        edge: system.edge_sip,
+    };
+    let phone = registered_phone(system.edge_sip).await;
+    let carrier_rtp = rtp_socket().await;
+    let phone_rtp = rtp_socket().await;
+    let offer = invite(
+        carrier.addr(),
+        &format!("sip:13235550100@{}", system.edge_sip),
+        "13105550199",
+        "mt1",
+        carrier_rtp.local_addr().unwrap(),
+        "",
+        1,
+    );
+    carrier.send(&offer).await;
+    let ring = phone.expect("INVITE ").await;
+    phone
+        .send(&response_to(
+            &ring,
+            200,
+            "OK",
+            "ph5",
+            &sdp(phone_rtp.local_addr().unwrap()),
+        ))
+        .await;
+    let ok = carrier.expect_status(200).await;
+    carrier
+        .send(&in_dialog("ACK", &offer, &ok, 1, system.edge_sip))
+        .await;
+    // Nobody sends RTP: within a couple of seconds both legs get a BYE.
+    let bye = carrier.expect("BYE ").await;
+    assert_eq!(header(&bye, "Call-ID"), header(&offer, "Call-ID"));
+    carrier.send(&response_to(&bye, 200, "OK", "", "")).await;
+    let bye = phone.expect("BYE ").await;
+    assert_eq!(header(&bye, "Call-ID"), header(&ring, "Call-ID"));
+    phone.send(&response_to(&bye, 200, "OK", "", "")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hold_and_resume_by_reinvite_keep_the_call() {
+    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let carrier_addr = carrier.local_addr().unwrap();
+    let system = System::start(carrier_addr, None).await;
+    let carrier = Peer {
+        socket: carrier,
+        edge: system.edge_sip,
+    };
+    let phone = registered_phone(system.edge_sip).await;
+    let carrier_rtp = rtp_socket().await;
+    let phone_rtp = rtp_socket().await;
+    let offer = invite(
+        carrier.addr(),
+        &format!("sip:13235550100@{}", system.edge_sip),
+        "13105550199",
+        "hold1",
+        carrier_rtp.local_addr().unwrap(),
+        "",
+        1,
+    );
+    carrier.send(&offer).await;
+    let ring = phone.expect("INVITE ").await;
+    phone
+        .send(&response_to(
+            &ring,
+            200,
+            "OK",
+            "ph6",
+            &sdp(phone_rtp.local_addr().unwrap()),
+        ))
+        .await;
+    let ok = carrier.expect_status(200).await;
+    carrier
+        .send(&in_dialog("ACK", &offer, &ok, 1, system.edge_sip))
+        .await;
+    let relay_a = sdp_media(&ok);
+    let relay_b = sdp_media(&ring);
+    assert!(audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0x11).await);
+
+    // The carrier puts the call on hold (sendonly), then resumes (sendrecv): each
+    // re-INVITE is answered with the relay's address and the mirrored direction.
+    for (cseq, direction, expected) in [(2, "sendonly", "recvonly"), (3, "sendrecv", "sendrecv")] {
+        let body =
+            sdp(carrier_rtp.local_addr().unwrap()).replace("a=sendrecv", &format!("a={direction}"));
+        let reinvite = in_dialog("INVITE", &offer, &ok, cseq, system.edge_sip).replace(
+            "Content-Length: 0\r\n\r\n",
+            &format!(
+                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        carrier.send(&reinvite).await;
+        let answer = carrier.expect_status(200).await;
+        assert!(body_has(&answer, &format!("a={expected}")), "{answer}");
+        assert_eq!(sdp_media(&answer), relay_a, "media stays on the relay");
+        carrier
+            .send(&in_dialog("ACK", &offer, &ok, cseq, system.edge_sip))
+            .await;
+    }
+    // Still connected both ways after the resume.
+    assert!(audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0x22).await);
+    assert!(audio_flows(&phone_rtp, relay_b, &carrier_rtp, 0x33).await);
+}
+
+fn body_has(message: &str, line: &str) -> bool {
+    body(message).lines().any(|l| l.trim() == line)
+}

@@ -59,6 +59,8 @@ pub enum CallEvent {
         channel: String,
         secs: u32,
     },
+    /// The relay saw no media for its timeout: end the call.
+    MediaTimeout,
     /// A leg's new SDP direction (hold/resume re-INVITE) and media address.
     Reinvite {
         b_leg: bool,
@@ -83,6 +85,8 @@ pub struct NewCall {
     pub codecs: Vec<String>,
     pub event_payload_types: Vec<u32>,
     pub events: mpsc::UnboundedReceiver<CallEvent>,
+    /// For the relay's media-timeout watcher to reach the task.
+    pub notify: mpsc::UnboundedSender<CallEvent>,
 }
 
 /// An INVITE that does not become a call: its transaction back, and the answer.
@@ -369,6 +373,7 @@ impl SipCore {
             codecs: info.codecs.clone(),
             event_payload_types: offer.as_ref().map(event_types).unwrap_or_default(),
             events: receiver,
+            notify: events.clone(),
         };
         if spawner.send(new_call).is_err() {
             let response =

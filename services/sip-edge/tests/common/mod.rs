@@ -41,6 +41,15 @@ pub struct System {
 impl System {
     /// Relay, router and edge, with `extensions` as extensions.conf (or the seed's).
     pub async fn start(carrier: SocketAddr, extensions: Option<&str>) -> Self {
+        Self::start_with(carrier, extensions, &[]).await
+    }
+
+    /// The same with extra flags for the relay.
+    pub async fn start_with(
+        carrier: SocketAddr,
+        extensions: Option<&str>,
+        relay_flags: &[&str],
+    ) -> Self {
         let conf = tempfile::tempdir().unwrap();
         std::fs::write(conf.path().join("sip.conf"), sip_conf(carrier)).unwrap();
         for file in ["extensions.conf", "voicemail.conf"] {
@@ -52,7 +61,7 @@ impl System {
         let data = tempfile::tempdir().unwrap();
         let mut stops = Vec::new();
 
-        let mut relay_config = media_relay::Config::try_parse_from([
+        let mut flags = vec![
             "media-relay",
             "--rtp-ports",
             "25000-25099",
@@ -60,8 +69,9 @@ impl System {
             "127.0.0.1",
             "--workers",
             "1",
-        ])
-        .unwrap();
+        ];
+        flags.extend_from_slice(relay_flags);
+        let mut relay_config = media_relay::Config::try_parse_from(flags).unwrap();
         relay_config.common = CommonArgs::loopback();
         relay_config.common.drain_deadline = Duration::from_secs(1);
         let relay = media_relay::bind(relay_config).await.unwrap();
