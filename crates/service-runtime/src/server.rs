@@ -249,7 +249,7 @@ impl GrpcServer {
         let grpc = tonic::transport::Server::builder()
             .layer(ServerTraceLayer::new(name, metrics))
             .add_routes(routes.add_service(health_service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), {
+            .serve_with_incoming_shutdown(incoming(self.grpc), {
                 let stop = stop_accepting.clone();
                 async move { stop.triggered().await }
             });
@@ -324,6 +324,22 @@ impl GrpcServer {
             }
         }
     }
+}
+
+/// Accepted gRPC connections with Nagle's algorithm off: a response written in more
+/// than one piece would otherwise wait for the client's delayed ACK (40 ms per call
+/// leg between services).
+fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
+    })
 }
 
 #[derive(Clone)]
