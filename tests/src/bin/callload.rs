@@ -178,58 +178,6 @@ async fn answer_everything(socket: UdpSocket) {
     }
 }
 
-/// Sends `request` as a UDP client transaction would (RFC 3261 §17.1: again after
-/// T1, doubling, at most T2 apart for non-INVITE) until the final answer to `method`
-/// of `call_id` arrives, or gives up after 64*T1 (32 s). Provisional responses are
-/// skipped; a 2xx to the INVITE seen again while waiting (our ACK was lost) gets
-/// `ack` again.
-async fn transact(
-    socket: &UdpSocket,
-    edge: SocketAddr,
-    request: &str,
-    call_id: &str,
-    method: &str,
-    ack: Option<&str>,
-    buffer: &mut [u8],
-    retransmits: &AtomicU64,
-) -> Option<String> {
-    let started = tokio::time::Instant::now();
-    let mut interval = Duration::from_millis(500);
-    socket.send_to(request.as_bytes(), edge).await.ok()?;
-    let mut resend_at = started + interval;
-    loop {
-        if started.elapsed() > Duration::from_secs(32) {
-            return None;
-        }
-        let received = tokio::time::timeout_at(resend_at, socket.recv_from(buffer)).await;
-        let Ok(Ok((n, _))) = received else {
-            socket.send_to(request.as_bytes(), edge).await.ok()?;
-            retransmits.fetch_add(1, Ordering::Relaxed);
-            interval = if method == "INVITE" {
-                interval * 2
-            } else {
-                (interval * 2).min(Duration::from_secs(4))
-            };
-            resend_at = tokio::time::Instant::now() + interval;
-            continue;
-        };
-        let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
-        if !text.starts_with("SIP/2.0 ") || text.starts_with("SIP/2.0 1") {
-            continue;
-        }
-        if header(&text, "Call-ID").as_deref() != Some(call_id) {
-            continue;
-        }
-        let cseq = header(&text, "CSeq").unwrap_or_default();
-        if cseq.ends_with(method) {
-            return Some(text);
-        }
-        if let (true, Some(ack)) = (cseq.ends_with("INVITE"), ack) {
-            let _ = socket.send_to(ack.as_bytes(), edge).await;
-        }
-    }
-}
-
 struct Caller {
     socket: UdpSocket,
     local: SocketAddr,
@@ -251,6 +199,56 @@ impl Caller {
         }
     }
 
+    /// Sends `request` as a UDP client transaction would (RFC 3261 §17.1: again after
+    /// T1, doubling, at most T2 apart for non-INVITE) until the final answer to `method`
+    /// of `call_id` arrives, or gives up after 64*T1 (32 s). Provisional responses are
+    /// skipped; a 2xx to the INVITE seen again while waiting (our ACK was lost) gets
+    /// `ack` again.
+    async fn transact(
+        &mut self,
+        request: &str,
+        call_id: &str,
+        method: &str,
+        ack: Option<&str>,
+    ) -> Option<String> {
+        let (socket, edge, buffer) = (&self.socket, self.edge, &mut self.buffer);
+        let started = tokio::time::Instant::now();
+        let mut interval = Duration::from_millis(500);
+        socket.send_to(request.as_bytes(), edge).await.ok()?;
+        let mut resend_at = started + interval;
+        loop {
+            if started.elapsed() > Duration::from_secs(32) {
+                return None;
+            }
+            let received = tokio::time::timeout_at(resend_at, socket.recv_from(buffer)).await;
+            let Ok(Ok((n, _))) = received else {
+                socket.send_to(request.as_bytes(), edge).await.ok()?;
+                self.retransmits.fetch_add(1, Ordering::Relaxed);
+                interval = if method == "INVITE" {
+                    interval * 2
+                } else {
+                    (interval * 2).min(Duration::from_secs(4))
+                };
+                resend_at = tokio::time::Instant::now() + interval;
+                continue;
+            };
+            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            if !text.starts_with("SIP/2.0 ") || text.starts_with("SIP/2.0 1") {
+                continue;
+            }
+            if header(&text, "Call-ID").as_deref() != Some(call_id) {
+                continue;
+            }
+            let cseq = header(&text, "CSeq").unwrap_or_default();
+            if cseq.ends_with(method) {
+                return Some(text);
+            }
+            if let (true, Some(ack)) = (cseq.ends_with("INVITE"), ack) {
+                let _ = socket.send_to(ack.as_bytes(), edge).await;
+            }
+        }
+    }
+
     /// INVITE until the 200, then ACK; returns the 200.
     async fn setup(&mut self, call_id: &str) -> Option<String> {
         let local = self.local;
@@ -261,17 +259,7 @@ impl Caller {
             edge = self.edge,
             ip = local.ip(),
         );
-        let ok = transact(
-            &self.socket,
-            self.edge,
-            &invite,
-            call_id,
-            "INVITE",
-            None,
-            &mut self.buffer,
-            &self.retransmits,
-        )
-        .await?;
+        let ok = self.transact(&invite, call_id, "INVITE", None).await?;
         if !ok.starts_with("SIP/2.0 200") {
             return None;
         }
@@ -284,17 +272,7 @@ impl Caller {
     async fn hang_up(&mut self, call_id: &str, ok: &str) -> bool {
         let bye = self.in_dialog("BYE", call_id, ok, 2);
         let ack = self.in_dialog("ACK", call_id, ok, 1);
-        let answer = transact(
-            &self.socket,
-            self.edge,
-            &bye,
-            call_id,
-            "BYE",
-            Some(&ack),
-            &mut self.buffer,
-            &self.retransmits,
-        )
-        .await;
+        let answer = self.transact(&bye, call_id, "BYE", Some(&ack)).await;
         match answer {
             Some(answer) if answer.starts_with("SIP/2.0 200") => true,
             Some(answer) => {
