@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime};
 
 use phone_proto::media::v1 as media;
 use phone_proto::router::v1 as router;
-use phone_proto::router::v1::call_control_client::CallControlClient;
 use phone_proto::router::v1::{channel_event, dialplan_command};
 use service_runtime::grpc::TracedChannel;
 use tokio::sync::mpsc;
@@ -215,7 +214,7 @@ impl Call {
 
         let (to_router, events) = mpsc::unbounded_channel();
         let context = self.core().peer_context(&call.peer);
-        let _ = to_router.send(router::ChannelEvent {
+        let _ = to_router.send(Box::new(router::ChannelEvent {
             event: Some(channel_event::Event::NewChannel(router::NewChannel {
                 channel: call.channel.clone(),
                 unique_id: format!("{}.{id}", self.epoch),
@@ -234,10 +233,8 @@ impl Call {
                 variables: Default::default(),
                 codecs: call.codecs.clone(),
             })),
-        });
-        let commands = CallControlClient::new(self.router.clone())
-            .run(UnboundedReceiverStream::new(events))
-            .await;
+        }));
+        let commands = open_call_control(self.router.clone(), events).await;
         let mut commands = match commands {
             Ok(stream) => stream.into_inner(),
             Err(e) => {
@@ -249,7 +246,7 @@ impl Call {
             }
         };
         let send = |event: channel_event::Event| {
-            let _ = to_router.send(router::ChannelEvent { event: Some(event) });
+            let _ = to_router.send(Box::new(router::ChannelEvent { event: Some(event) }));
         };
         loop {
             tokio::select! {
@@ -461,6 +458,49 @@ impl Call {
             ),
         }
     }
+}
+
+/// tonic gives every stream an 8 KiB encode and an 8 KiB decode buffer; call-control
+/// messages are a few hundred bytes, and a busy edge holds thousands of these streams
+/// (one per call), so they get small buffers that grow only if a message needs it.
+struct CallControlCodec;
+
+impl tonic::codec::Codec for CallControlCodec {
+    type Encode = router::ChannelEvent;
+    type Decode = router::DialplanCommand;
+    type Encoder = tonic_prost::ProstEncoder<router::ChannelEvent>;
+    type Decoder = tonic_prost::ProstDecoder<router::DialplanCommand>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(tonic::codec::BufferSettings::new(512, 32 * 1024))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::new(tonic::codec::BufferSettings::new(512, 32 * 1024))
+    }
+}
+
+/// `CallControl.Run` with [`CallControlCodec`] (the generated client's codec has the
+/// default buffers).
+async fn open_call_control(
+    router: TracedChannel,
+    events: mpsc::UnboundedReceiver<Box<router::ChannelEvent>>,
+) -> Result<tonic::Response<tonic::Streaming<router::DialplanCommand>>, tonic::Status> {
+    use tokio_stream::StreamExt;
+    let mut grpc = tonic::client::Grpc::new(router);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("the router is not ready: {e}")))?;
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/phone.router.v1.CallControl/Run");
+    grpc.streaming(
+        // Boxed in the channel: its blocks hold 32 slots each, and a ChannelEvent is
+        // hundreds of bytes.
+        tonic::Request::new(UnboundedReceiverStream::new(events).map(|event| *event)),
+        path,
+        CallControlCodec,
+    )
+    .await
 }
 
 enum Step {
