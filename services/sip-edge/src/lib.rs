@@ -4,13 +4,14 @@
 //! to do with a call (one call-control stream per channel), `media-relay` to anchor the
 //! RTP, and serves `phone.edge.v1.Edge` (MWI updates, registrations) to the others.
 //!
-//! What runs today (issue #4 in progress): `sip.conf` is loaded and checked at start (a
-//! broken file stops the process with `file:line: message`); SIP over UDP and TCP on one
-//! port with the parsing front line ([`wire`]), server transactions ([`transaction`]),
-//! the registrar with digest auth ([`registrar`], [`digest`]) and persisted bindings,
-//! OPTIONS, and answers for what is not handled yet ([`server`]); gRPC
-//! (`ListRegistrations`), health, metrics and drain. Calls (the B2BUA), the carrier
-//! trunk, SDP, MWI and the security floor are still to come.
+//! Layers: the parsing front line ([`wire`]); transactions as sans-IO state machines
+//! ([`transaction`]); the registrar with digest auth ([`registrar`], [`digest`]),
+//! `qualify` ([`qualify`]), provider registrations ([`outbound`]) and the security
+//! floor ([`guard`]); SDP offer/answer anchored at the relay ([`sdp`]) and `Dial()`
+//! forking ([`fork`]); the driver with the calls' SIP side ([`server`]); the task per
+//! call that talks to the router and the relay ([`b2bua`]); and the choice of relay
+//! ([`relays`]). `sip.conf` is loaded and checked at start: a broken file stops the
+//! process with `file:line: message`.
 
 #![forbid(unsafe_code)]
 
