@@ -433,3 +433,138 @@ async fn hold_and_resume_by_reinvite_keep_the_call() {
 fn body_has(message: &str, line: &str) -> bool {
     body(message).lines().any(|l| l.trim() == line)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_contacts_ring_early_media_passes_and_the_loser_is_cancelled() {
+    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let carrier_addr = carrier.local_addr().unwrap();
+    let system = System::start(carrier_addr, None).await;
+    let carrier = Peer {
+        socket: carrier,
+        edge: system.edge_sip,
+    };
+    // The line registered from two devices (several contacts per line).
+    let desk = registered_phone(system.edge_sip).await;
+    let soft = registered_phone(system.edge_sip).await;
+    let carrier_rtp = rtp_socket().await;
+    let desk_rtp = rtp_socket().await;
+    let soft_rtp = rtp_socket().await;
+    let offer = invite(
+        carrier.addr(),
+        &format!("sip:13235550100@{}", system.edge_sip),
+        "13105550199",
+        "fork1",
+        carrier_rtp.local_addr().unwrap(),
+        "",
+        1,
+    );
+    carrier.send(&offer).await;
+    let desk_ring = desk.expect("INVITE ").await;
+    let soft_ring = soft.expect("INVITE ").await;
+    assert_ne!(header(&desk_ring, "Call-ID"), header(&soft_ring, "Call-ID"));
+
+    // The desk phone sends early media: the carrier gets 183 with the relay's address.
+    desk.send(&response_to(
+        &desk_ring,
+        183,
+        "Session Progress",
+        "d1",
+        &sdp(desk_rtp.local_addr().unwrap()),
+    ))
+    .await;
+    let progress = carrier.expect_status(183).await;
+    let relay_a = sdp_media(&progress);
+    assert!((25000..25100).contains(&relay_a.port()), "{progress}");
+    assert!(
+        audio_flows(&desk_rtp, sdp_media(&desk_ring), &carrier_rtp, 0x44).await,
+        "early media reaches the carrier"
+    );
+
+    // The softphone answers: it is bridged, and the desk phone is cancelled.
+    soft.send(&response_to(
+        &soft_ring,
+        200,
+        "OK",
+        "s1",
+        &sdp(soft_rtp.local_addr().unwrap()),
+    ))
+    .await;
+    soft.expect("ACK ").await;
+    let cancel = desk.expect("CANCEL ").await;
+    assert_eq!(header(&cancel, "Call-ID"), header(&desk_ring, "Call-ID"));
+    desk.send(&response_to(&cancel, 200, "OK", "", "")).await;
+    desk.send(&response_to(
+        &desk_ring,
+        487,
+        "Request Terminated",
+        "d1",
+        "",
+    ))
+    .await;
+    desk.expect("ACK ").await;
+    let ok = carrier.expect_status(200).await;
+    carrier
+        .send(&in_dialog("ACK", &offer, &ok, 1, system.edge_sip))
+        .await;
+    assert_eq!(sdp_media(&ok), relay_a, "the caller keeps its relay port");
+    assert!(
+        audio_flows(&carrier_rtp, relay_a, &soft_rtp, 0x55).await,
+        "the answering phone hears the caller"
+    );
+    assert!(
+        audio_flows(&soft_rtp, sdp_media(&soft_ring), &carrier_rtp, 0x66).await,
+        "the caller hears the answering phone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_free_relay_ports_means_503_for_the_next_call() {
+    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let carrier_addr = carrier.local_addr().unwrap();
+    // Two port pairs: one call's worth.
+    let system = System::start_with(carrier_addr, None, &["--rtp-ports", "25200-25203"]).await;
+    let carrier = Peer {
+        socket: carrier,
+        edge: system.edge_sip,
+    };
+    let phone = registered_phone(system.edge_sip).await;
+    let carrier_rtp = rtp_socket().await;
+    let phone_rtp = rtp_socket().await;
+    let first = invite(
+        carrier.addr(),
+        &format!("sip:13235550100@{}", system.edge_sip),
+        "13105550199",
+        "full1",
+        carrier_rtp.local_addr().unwrap(),
+        "",
+        1,
+    );
+    carrier.send(&first).await;
+    let ring = phone.expect("INVITE ").await;
+    phone
+        .send(&response_to(
+            &ring,
+            200,
+            "OK",
+            "f1",
+            &sdp(phone_rtp.local_addr().unwrap()),
+        ))
+        .await;
+    let ok = carrier.expect_status(200).await;
+    carrier
+        .send(&in_dialog("ACK", &first, &ok, 1, system.edge_sip))
+        .await;
+
+    let second = invite(
+        carrier.addr(),
+        &format!("sip:13235550100@{}", system.edge_sip),
+        "13105550198",
+        "full2",
+        carrier_rtp.local_addr().unwrap(),
+        "",
+        1,
+    );
+    carrier.send(&second).await;
+    let refused = carrier.expect_status(503).await;
+    assert_eq!(header(&refused, "Call-ID").as_deref(), Some("full2"));
+}

@@ -63,13 +63,14 @@ impl System {
 
         let mut flags = vec![
             "media-relay",
-            "--rtp-ports",
-            "25000-25099",
             "--rtp-bind-ip",
             "127.0.0.1",
             "--workers",
             "1",
         ];
+        if !relay_flags.contains(&"--rtp-ports") {
+            flags.extend_from_slice(&["--rtp-ports", "25000-25099"]);
+        }
         flags.extend_from_slice(relay_flags);
         let mut relay_config = media_relay::Config::try_parse_from(flags).unwrap();
         relay_config.common = CommonArgs::loopback();
@@ -305,7 +306,7 @@ pub async fn registered_phone(edge: SocketAddr) -> Peer {
     let local = phone.addr();
     let register = |cseq: u32, auth: &str| {
         format!(
-            "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKr{cseq};rport\r\nMax-Forwards: 70\r\nTo: <sip:13235550100@127.0.0.1>\r\nFrom: <sip:13235550100@127.0.0.1>;tag=p1\r\nCall-ID: reg@phone\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:13235550100@{local}>;expires=600\r\n{auth}Content-Length: 0\r\n\r\n"
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKr{cseq};rport\r\nMax-Forwards: 70\r\nTo: <sip:13235550100@127.0.0.1>\r\nFrom: <sip:13235550100@127.0.0.1>;tag=p1\r\nCall-ID: reg@{local}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:13235550100@{local}>;expires=600\r\n{auth}Content-Length: 0\r\n\r\n"
         )
     };
     phone.send(&register(1, "")).await;
