@@ -28,3 +28,12 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A process's resident memory (VmRSS) in KiB, for the load tools' memory figures.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}

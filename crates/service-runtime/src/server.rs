@@ -326,6 +326,19 @@ impl GrpcServer {
     }
 }
 
+/// The Prometheus text of the admin server at `admin` (`GET /metrics`), for tests and
+/// tools; the whole HTTP response, headers included, or the error.
+pub async fn scrape_metrics(admin: SocketAddr) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    Ok(text)
+}
+
 /// Accepted gRPC connections with Nagle's algorithm off: a response written in more
 /// than one piece would otherwise wait for the client's delayed ACK (40 ms per call
 /// leg between services).

@@ -66,6 +66,21 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every setting at its default, with RTP on 127.0.0.1 in `rtp_ports` and gRPC and
+    /// admin on loopback ephemeral ports: for `phone` and tests, which then set what
+    /// they need.
+    pub fn loopback(rtp_ports: PortRange) -> Self {
+        Self {
+            common: CommonArgs::loopback(),
+            rtp_ports,
+            rtp_bind_ip: IpAddr::from([127, 0, 0, 1]),
+            advertise_ip: None,
+            workers: 0,
+            media_timeout: Duration::from_secs(60),
+            hold_timeout: Duration::from_secs(3600),
+        }
+    }
+
     /// The address phones and carriers are told to send RTP to.
     pub fn advertised_ip(&self) -> IpAddr {
         match self.advertise_ip {

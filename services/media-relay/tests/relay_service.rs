@@ -10,8 +10,7 @@ use media_relay::rtp::{build_rtp, RtpHeader};
 use phone_proto::media::v1 as pb;
 use phone_proto::media::v1::media_relay_client::MediaRelayClient;
 use service_runtime::{CommonArgs, Shutdown};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -59,14 +58,9 @@ impl Relay {
     }
 
     async fn metrics(&self) -> String {
-        let mut stream = TcpStream::connect(self.admin).await.unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        service_runtime::server::scrape_metrics(self.admin)
             .await
-            .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await.unwrap();
-        body
+            .unwrap()
     }
 }
 

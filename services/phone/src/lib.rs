@@ -156,12 +156,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     .await?;
     let media_relay = media_relay::bind(media_relay::Config {
         common: common(&listeners.media_relay),
-        rtp_ports: config.rtp_ports,
         rtp_bind_ip: IpAddr::from([0, 0, 0, 0]),
         advertise_ip: config.advertise_ip,
-        workers: 0,
-        media_timeout: Duration::from_secs(60),
-        hold_timeout: Duration::from_secs(3600),
+        ..media_relay::Config::loopback(config.rtp_ports)
     })
     .await?;
     let voicemail = voicemail::bind(voicemail::Config {

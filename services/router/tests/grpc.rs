@@ -257,19 +257,6 @@ async fn bad_streams_get_invalid_argument() {
     router.task.await.unwrap().unwrap();
 }
 
-fn metrics(admin: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(admin).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
-}
-
 async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !condition() {
@@ -338,10 +325,18 @@ async fn a_changed_dialplan_is_used_by_new_calls_and_running_calls_keep_theirs()
     // A broken file is refused and the current dialplan stays.
     let current = router.router.dialplan();
     std::fs::write(&conf, "[c]\nexten => 100,1,Dial(SIP/broken\n").unwrap();
-    wait_for("the failed reload to be counted", || {
-        metrics(router.admin).contains("phone_router_dialplan_reloads_total{result=\"failed\"} 1")
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !service_runtime::server::scrape_metrics(router.admin)
+        .await
+        .unwrap()
+        .contains("phone_router_dialplan_reloads_total{result=\"failed\"} 1")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for the failed reload to be counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         std::sync::Arc::ptr_eq(&current, &router.router.dialplan()),
         "a broken file is not loaded"

@@ -69,6 +69,15 @@ impl Path {
         matches!(self, Path::Tcp { .. })
     }
 
+    /// How the transaction layer times retransmissions on this path.
+    fn transport(&self) -> Transport {
+        if self.reliable() {
+            Transport::Reliable
+        } else {
+            Transport::Unreliable
+        }
+    }
+
     fn send(&self, bytes: Vec<u8>) {
         match self {
             Path::Udp { socket, to } => {
@@ -825,11 +834,7 @@ Content-Length: {}\r\n\r\n{body}",
     /// Sends a request the edge originates in a client transaction over `path`; its
     /// answers come back through `client_events` by `branch`.
     fn start_client(&mut self, branch: String, bytes: Vec<u8>, path: Path, now: Instant) {
-        let transport = if path.reliable() {
-            Transport::Reliable
-        } else {
-            Transport::Unreliable
-        };
+        let transport = path.transport();
         let tx = ClientTransaction::new(false, bytes, transport, TimerValues::default(), now);
         self.clients.insert(branch.clone(), (tx, path));
         self.client_events(&branch, now);
@@ -939,11 +944,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
             flush(tx, path);
             return;
         }
-        let transport = if path.reliable() {
-            Transport::Reliable
-        } else {
-            Transport::Unreliable
-        };
+        let transport = path.transport();
         let invite = method == rsip::Method::Invite;
         let trying = invite.then(|| {
             crate::registrar::response(&request, 100, "Trying", "", vec![])
@@ -979,15 +980,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
             {
                 // A re-INVITE inside a call's dialog.
                 self.call_request(&request, &key, &path, &tag)
-                    .unwrap_or_else(|| {
-                        crate::registrar::response(
-                            &request,
-                            481,
-                            "Call/Transaction Does Not Exist",
-                            &tag,
-                            vec![],
-                        )
-                    })
+                    .unwrap_or_else(|| no_dialog(&request, &tag))
             }
             rsip::Method::Invite => {
                 // Who is calling: a trunk by its address (not challenged with
@@ -1020,15 +1013,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
             rsip::Method::Subscribe => self.subscribe(&request, &path, &tag),
             rsip::Method::Bye | rsip::Method::Cancel => self
                 .call_request(&request, &key, &path, &tag)
-                .unwrap_or_else(|| {
-                    crate::registrar::response(
-                        &request,
-                        481,
-                        "Call/Transaction Does Not Exist",
-                        &tag,
-                        vec![],
-                    )
-                }),
+                .unwrap_or_else(|| no_dialog(&request, &tag)),
             _ => {
                 let allow = vec![rsip::Header::Other("Allow".into(), ALLOW.into())];
                 crate::registrar::response(&request, 405, "Method Not Allowed", &tag, allow)
@@ -1152,6 +1137,11 @@ fn message_summary(account: &str, host: std::net::IpAddr, counts: [u32; 4]) -> S
         "Messages-Waiting: {}\r\nMessage-Account: sip:{account}@{host}\r\nVoice-Message: {new}/{old} ({urgent_new}/{urgent_old})\r\n",
         if new > 0 { "yes" } else { "no" },
     )
+}
+
+/// 481: a BYE, CANCEL or re-INVITE for no call the edge knows.
+fn no_dialog(request: &rsip::Request, tag: &str) -> rsip::Response {
+    crate::registrar::response(request, 481, "Call/Transaction Does Not Exist", tag, vec![])
 }
 
 fn flush_client(tx: &mut ClientTransaction<Vec<u8>>, path: &Path) {

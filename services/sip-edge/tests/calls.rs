@@ -13,27 +13,16 @@ use tokio::net::UdpSocket;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_carrier_call_rings_the_desk_phone_which_answers_and_both_hear_each_other() {
-    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let carrier_addr = carrier.local_addr().unwrap();
-    let system = System::start(carrier_addr, None).await;
-    let carrier = Peer {
-        socket: carrier,
-        edge: system.edge_sip,
-    };
-    let phone = registered_phone(system.edge_sip).await;
-    let carrier_rtp = rtp_socket().await;
-    let phone_rtp = rtp_socket().await;
+    let Scene {
+        system,
+        carrier,
+        phone,
+        carrier_rtp,
+        phone_rtp,
+    } = Scene::start(None, &[]).await;
 
     // The carrier sends the DID call, unauthenticated (insecure=port,invite).
-    let offer = invite(
-        carrier.addr(),
-        &format!("sip:13235550100@{}", system.edge_sip),
-        "13105550199",
-        "in1",
-        carrier_rtp.local_addr().unwrap(),
-        "",
-        1,
-    );
+    let offer = did_call(&carrier, &carrier_rtp, "in1", "13105550199");
     carrier.send(&offer).await;
     carrier.expect_status(100).await;
 
@@ -96,27 +85,17 @@ async fn a_carrier_call_rings_the_desk_phone_which_answers_and_both_hear_each_ot
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nobody_answers_the_dial_times_out_with_cancel_and_the_dialplan_goes_on() {
-    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let carrier_addr = carrier.local_addr().unwrap();
     // The seed's inbound context with a 1 s Dial, then Busy() so that the carrier's
     // answer tells which way the dialplan went after NOANSWER.
     let extensions = "[inbound]\nexten => _1NXXNXXXXXX,1,Dial(SIP/${EXTEN},1)\n same => n,GotoIf($[\"${DIALSTATUS}\" = \"NOANSWER\"]?busy)\n same => n,Hangup()\n same => n(busy),Busy()\n\n[localexts]\nexten => 1,1,Hangup()\n";
-    let system = System::start(carrier_addr, Some(extensions)).await;
-    let carrier = Peer {
-        socket: carrier,
-        edge: system.edge_sip,
-    };
-    let phone = registered_phone(system.edge_sip).await;
-    let carrier_rtp = rtp_socket().await;
-    let offer = invite(
-        carrier.addr(),
-        &format!("sip:13235550100@{}", system.edge_sip),
-        "13105550199",
-        "in2",
-        carrier_rtp.local_addr().unwrap(),
-        "",
-        1,
-    );
+    let Scene {
+        system: _system,
+        carrier,
+        phone,
+        carrier_rtp,
+        ..
+    } = Scene::start(Some(extensions), &[]).await;
+    let offer = did_call(&carrier, &carrier_rtp, "in2", "13105550199");
     carrier.send(&offer).await;
     let ring = phone.expect("INVITE ").await;
     phone
@@ -138,24 +117,14 @@ async fn nobody_answers_the_dial_times_out_with_cancel_and_the_dialplan_goes_on(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_caller_cancels_while_the_phone_rings() {
-    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let carrier_addr = carrier.local_addr().unwrap();
-    let system = System::start(carrier_addr, None).await;
-    let carrier = Peer {
-        socket: carrier,
-        edge: system.edge_sip,
-    };
-    let phone = registered_phone(system.edge_sip).await;
-    let carrier_rtp = rtp_socket().await;
-    let offer = invite(
-        carrier.addr(),
-        &format!("sip:13235550100@{}", system.edge_sip),
-        "13105550199",
-        "in3",
-        carrier_rtp.local_addr().unwrap(),
-        "",
-        1,
-    );
+    let Scene {
+        system: _system,
+        carrier,
+        phone,
+        carrier_rtp,
+        ..
+    } = Scene::start(None, &[]).await;
+    let offer = did_call(&carrier, &carrier_rtp, "in3", "13105550199");
     carrier.send(&offer).await;
     let ring = phone.expect("INVITE ").await;
     phone
@@ -322,40 +291,16 @@ async fn an_outbound_call_answers_the_carriers_407_and_carries_the_line_caller_i
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_without_media_ends_on_both_legs_at_the_media_timeout() {
-    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let carrier_addr = carrier.local_addr().unwrap();
-    let system = System::start_with(carrier_addr, None, &["--media-timeout", "1s"]).await;
-    let carrier = Peer {
-        socket: carrier,
-        edge: system.edge_sip,
-    };
-    let phone = registered_phone(system.edge_sip).await;
-    let carrier_rtp = rtp_socket().await;
-    let phone_rtp = rtp_socket().await;
-    let offer = invite(
-        carrier.addr(),
-        &format!("sip:13235550100@{}", system.edge_sip),
-        "13105550199",
-        "mt1",
-        carrier_rtp.local_addr().unwrap(),
-        "",
-        1,
-    );
+    let Scene {
+        system: _system,
+        carrier,
+        phone,
+        carrier_rtp,
+        phone_rtp,
+    } = Scene::start(None, &["--media-timeout", "1s"]).await;
+    let offer = did_call(&carrier, &carrier_rtp, "mt1", "13105550199");
     carrier.send(&offer).await;
-    let ring = phone.expect("INVITE ").await;
-    phone
-        .send(&response_to(
-            &ring,
-            200,
-            "OK",
-            "ph5",
-            &sdp(phone_rtp.local_addr().unwrap()),
-        ))
-        .await;
-    let ok = carrier.expect_status(200).await;
-    carrier
-        .send(&in_dialog("ACK", &offer, &ok, 1, system.edge_sip))
-        .await;
+    let (ring, _ok) = answer_call(&carrier, &phone, &phone_rtp, &offer, "ph5").await;
     // Nobody sends RTP: within a couple of seconds both legs get a BYE.
     let bye = carrier.expect("BYE ").await;
     assert_eq!(header(&bye, "Call-ID"), header(&offer, "Call-ID"));
@@ -367,40 +312,16 @@ async fn a_call_without_media_ends_on_both_legs_at_the_media_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hold_and_resume_by_reinvite_keep_the_call() {
-    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let carrier_addr = carrier.local_addr().unwrap();
-    let system = System::start(carrier_addr, None).await;
-    let carrier = Peer {
-        socket: carrier,
-        edge: system.edge_sip,
-    };
-    let phone = registered_phone(system.edge_sip).await;
-    let carrier_rtp = rtp_socket().await;
-    let phone_rtp = rtp_socket().await;
-    let offer = invite(
-        carrier.addr(),
-        &format!("sip:13235550100@{}", system.edge_sip),
-        "13105550199",
-        "hold1",
-        carrier_rtp.local_addr().unwrap(),
-        "",
-        1,
-    );
+    let Scene {
+        system,
+        carrier,
+        phone,
+        carrier_rtp,
+        phone_rtp,
+    } = Scene::start(None, &[]).await;
+    let offer = did_call(&carrier, &carrier_rtp, "hold1", "13105550199");
     carrier.send(&offer).await;
-    let ring = phone.expect("INVITE ").await;
-    phone
-        .send(&response_to(
-            &ring,
-            200,
-            "OK",
-            "ph6",
-            &sdp(phone_rtp.local_addr().unwrap()),
-        ))
-        .await;
-    let ok = carrier.expect_status(200).await;
-    carrier
-        .send(&in_dialog("ACK", &offer, &ok, 1, system.edge_sip))
-        .await;
+    let (ring, ok) = answer_call(&carrier, &phone, &phone_rtp, &offer, "ph6").await;
     let relay_a = sdp_media(&ok);
     let relay_b = sdp_media(&ring);
     assert!(audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0x11).await);
@@ -449,15 +370,7 @@ async fn both_contacts_ring_early_media_passes_and_the_loser_is_cancelled() {
     let carrier_rtp = rtp_socket().await;
     let desk_rtp = rtp_socket().await;
     let soft_rtp = rtp_socket().await;
-    let offer = invite(
-        carrier.addr(),
-        &format!("sip:13235550100@{}", system.edge_sip),
-        "13105550199",
-        "fork1",
-        carrier_rtp.local_addr().unwrap(),
-        "",
-        1,
-    );
+    let offer = did_call(&carrier, &carrier_rtp, "fork1", "13105550199");
     carrier.send(&offer).await;
     let desk_ring = desk.expect("INVITE ").await;
     let soft_ring = soft.expect("INVITE ").await;
@@ -519,51 +432,19 @@ async fn both_contacts_ring_early_media_passes_and_the_loser_is_cancelled() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_free_relay_ports_means_503_for_the_next_call() {
-    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let carrier_addr = carrier.local_addr().unwrap();
     // Two port pairs: one call's worth.
-    let system = System::start_with(carrier_addr, None, &["--rtp-ports", "25200-25203"]).await;
-    let carrier = Peer {
-        socket: carrier,
-        edge: system.edge_sip,
-    };
-    let phone = registered_phone(system.edge_sip).await;
-    let carrier_rtp = rtp_socket().await;
-    let phone_rtp = rtp_socket().await;
-    let first = invite(
-        carrier.addr(),
-        &format!("sip:13235550100@{}", system.edge_sip),
-        "13105550199",
-        "full1",
-        carrier_rtp.local_addr().unwrap(),
-        "",
-        1,
-    );
+    let Scene {
+        system: _system,
+        carrier,
+        phone,
+        carrier_rtp,
+        phone_rtp,
+    } = Scene::start(None, &["--rtp-ports", "25200-25203"]).await;
+    let first = did_call(&carrier, &carrier_rtp, "full1", "13105550199");
     carrier.send(&first).await;
-    let ring = phone.expect("INVITE ").await;
-    phone
-        .send(&response_to(
-            &ring,
-            200,
-            "OK",
-            "f1",
-            &sdp(phone_rtp.local_addr().unwrap()),
-        ))
-        .await;
-    let ok = carrier.expect_status(200).await;
-    carrier
-        .send(&in_dialog("ACK", &first, &ok, 1, system.edge_sip))
-        .await;
+    let _answered = answer_call(&carrier, &phone, &phone_rtp, &first, "f1").await;
 
-    let second = invite(
-        carrier.addr(),
-        &format!("sip:13235550100@{}", system.edge_sip),
-        "13105550198",
-        "full2",
-        carrier_rtp.local_addr().unwrap(),
-        "",
-        1,
-    );
+    let second = did_call(&carrier, &carrier_rtp, "full2", "13105550198");
     carrier.send(&second).await;
     let refused = carrier.expect_status(503).await;
     assert_eq!(header(&refused, "Call-ID").as_deref(), Some("full2"));

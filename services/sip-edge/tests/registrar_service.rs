@@ -66,14 +66,9 @@ impl Edge {
 
     /// The admin port's `/metrics` text.
     async fn metrics(&self) -> String {
-        let mut stream = TcpStream::connect(self.admin).await.unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        service_runtime::server::scrape_metrics(self.admin)
             .await
-            .unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await.unwrap();
-        text
+            .unwrap()
     }
 }
 

@@ -3,9 +3,8 @@
 //! it refuses a session between polls), and a host name standing for the addresses it
 //! resolves to.
 
-use clap::Parser;
 use phone_proto::media::v1 as pb;
-use service_runtime::{CommonArgs, Shutdown};
+use service_runtime::Shutdown;
 use sip_edge::relays::{RelayError, RelayPool};
 
 struct Relay {
@@ -15,17 +14,8 @@ struct Relay {
 }
 
 async fn relay(ports: &str) -> Relay {
-    let mut config = media_relay::Config::try_parse_from([
-        "media-relay",
-        "--rtp-ports",
-        ports,
-        "--rtp-bind-ip",
-        "127.0.0.1",
-        "--workers",
-        "1",
-    ])
-    .unwrap();
-    config.common = CommonArgs::loopback();
+    let mut config = media_relay::Config::loopback(ports.parse().unwrap());
+    config.workers = 1;
     config.common.drain_deadline = std::time::Duration::from_secs(1);
     let bound = media_relay::bind(config).await.unwrap();
     let url = format!("http://{}", bound.info().grpc);

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use phone_tests::rss_kib;
 use sip_edge::digest::{authorize, Challenge};
 use tokio::net::UdpSocket;
 
@@ -50,14 +51,6 @@ const SIP_CONF: &str = "[general]\n\n\
 const EXTENSIONS_CONF: &str =
     "[inbound]\nexten => _X.,1,Dial(SIP/callee,30)\n same => n,Hangup()\n";
 const VOICEMAIL_CONF: &str = "[general]\nformat=wav\n\n[default]\n";
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
 
 fn header(message: &str, name: &str) -> Option<String> {
     message

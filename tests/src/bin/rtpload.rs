@@ -27,6 +27,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use phone_proto::media::v1 as pb;
 use phone_proto::media::v1::media_relay_client::MediaRelayClient;
+use phone_tests::rss_kib;
 
 #[derive(Parser, Debug)]
 #[command(about = "RTP load through a media relay")]
@@ -67,14 +68,6 @@ const BINS: usize = 20_000;
 struct Stream {
     socket: usize,
     to: SocketAddr,
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// User + system CPU seconds of `pid` (clock ticks of 1/100 s).

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use phone_tests::rss_kib;
 use sip_edge::digest::{authorize, Challenge};
 use tokio::net::UdpSocket;
 
@@ -41,14 +42,6 @@ struct Args {
 
 fn line(n: usize) -> String {
     format!("load{n:05}")
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 fn register(local: SocketAddr, user: &str, cseq: u64, auth: &str) -> String {

@@ -21,7 +21,7 @@ use super::{Path, SipCore};
 use crate::fork::{DialStatus, Fork, ForkAction};
 use crate::sdp;
 use crate::transaction::{
-    ClientEvent, ClientTransaction, ServerTransaction, TimerValues, Transmit, Transport,
+    ClientEvent, ClientTransaction, ServerTransaction, TimerValues, Transmit,
 };
 
 /// RFC 3261 T1 and T2, for the 2xx the edge retransmits itself (§13.3.1.4).
@@ -777,11 +777,7 @@ impl SipCore {
                     else {
                         continue;
                     };
-                    let transport = if branch.path.reliable() {
-                        Transport::Reliable
-                    } else {
-                        Transport::Unreliable
-                    };
+                    let transport = branch.path.transport();
                     let tx = ClientTransaction::new(
                         true,
                         branch.invite.clone(),
@@ -858,11 +854,7 @@ impl SipCore {
         );
         let key = format!("{}|CANCEL", branch.via_branch);
         let path = branch.path.clone();
-        let transport = if path.reliable() {
-            Transport::Reliable
-        } else {
-            Transport::Unreliable
-        };
+        let transport = path.transport();
         let tx = ClientTransaction::new(
             false,
             cancel.into_bytes(),
@@ -1087,11 +1079,7 @@ impl SipCore {
         self.branch_owner.remove(&old_branch);
         self.branch_owner.insert(new_branch.clone(), (id, index));
         let (invite, path) = (branch.invite.clone(), branch.path.clone());
-        let reliable = if path.reliable() {
-            Transport::Reliable
-        } else {
-            Transport::Unreliable
-        };
+        let reliable = path.transport();
         let tx = ClientTransaction::new(true, invite, reliable, TimerValues::default(), now);
         self.clients.insert(new_branch.clone(), (tx, path));
         self.client_events(&new_branch, now);

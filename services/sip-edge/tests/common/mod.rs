@@ -400,3 +400,66 @@ pub async fn audio_flows(from: &UdpSocket, to: SocketAddr, at: &UdpSocket, marke
     }
     false
 }
+
+/// A started system with the carrier and the registered desk phone, and an RTP socket
+/// for each.
+pub struct Scene {
+    pub system: System,
+    pub carrier: Peer,
+    pub phone: Peer,
+    pub carrier_rtp: UdpSocket,
+    pub phone_rtp: UdpSocket,
+}
+
+impl Scene {
+    pub async fn start(extensions: Option<&str>, relay_flags: &[&str]) -> Self {
+        let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let system =
+            System::start_with(carrier.local_addr().unwrap(), extensions, relay_flags).await;
+        let carrier = Peer {
+            socket: carrier,
+            edge: system.edge_sip,
+        };
+        let phone = registered_phone(system.edge_sip).await;
+        Self {
+            system,
+            carrier,
+            phone,
+            carrier_rtp: rtp_socket().await,
+            phone_rtp: rtp_socket().await,
+        }
+    }
+}
+
+/// The carrier's INVITE to the seed's DID from `caller`, with its RTP at `rtp`.
+pub fn did_call(carrier: &Peer, rtp: &UdpSocket, call_id: &str, caller: &str) -> String {
+    invite(
+        carrier.addr(),
+        &format!("sip:13235550100@{}", carrier.edge),
+        caller,
+        call_id,
+        rtp.local_addr().unwrap(),
+        "",
+        1,
+    )
+}
+
+/// The phone takes the INVITE the edge sends it for `offer` and answers 200 with its
+/// RTP at `phone_rtp`; the carrier gets the 200 and ACKs it. Returns (the phone's
+/// INVITE, the carrier's 200).
+pub async fn answer_call(
+    carrier: &Peer,
+    phone: &Peer,
+    phone_rtp: &UdpSocket,
+    offer: &str,
+    tag: &str,
+) -> (String, String) {
+    let ring = phone.expect("INVITE ").await;
+    let body = sdp(phone_rtp.local_addr().unwrap());
+    phone.send(&response_to(&ring, 200, "OK", tag, &body)).await;
+    let ok = carrier.expect_status(200).await;
+    carrier
+        .send(&in_dialog("ACK", offer, &ok, 1, carrier.edge))
+        .await;
+    (ring, ok)
+}
