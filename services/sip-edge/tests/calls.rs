@@ -449,3 +449,62 @@ async fn no_free_relay_ports_means_503_for_the_next_call() {
     let refused = carrier.expect_status(503).await;
     assert_eq!(header(&refused, "Call-ID").as_deref(), Some("full2"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_answer_is_hung_up_and_cancel_waits_for_a_provisional_response() {
+    let Scene {
+        system,
+        carrier,
+        phone: desk,
+        carrier_rtp,
+        phone_rtp: desk_rtp,
+    } = Scene::start(None, &[]).await;
+    let soft = registered_phone(system.edge_sip).await;
+    let mobile = registered_phone(system.edge_sip).await;
+    let offer = did_call(&carrier, &carrier_rtp, "race1", "13105550199");
+    carrier.send(&offer).await;
+    let desk_ring = desk.expect("INVITE ").await;
+    let soft_ring = soft.expect("INVITE ").await;
+    let mobile_ring = mobile.expect("INVITE ").await;
+    soft.send(&response_to(&soft_ring, 180, "Ringing", "s2", ""))
+        .await;
+    carrier.expect_status(180).await;
+
+    // The desk phone answers: the softphone (which rang) gets a CANCEL at once; the
+    // mobile (silent so far) gets none yet (RFC 3261 §9.1).
+    desk.send(&response_to(
+        &desk_ring,
+        200,
+        "OK",
+        "d2",
+        &sdp(desk_rtp.local_addr().unwrap()),
+    ))
+    .await;
+    desk.expect("ACK ").await;
+    soft.expect("CANCEL ").await;
+    assert!(
+        mobile.quiet_for(Duration::from_millis(300)).await,
+        "no CANCEL before a provisional response"
+    );
+    // The mobile's 180 releases its CANCEL.
+    mobile
+        .send(&response_to(&mobile_ring, 180, "Ringing", "m2", ""))
+        .await;
+    let cancel = mobile.expect("CANCEL ").await;
+    assert_eq!(header(&cancel, "Call-ID"), header(&mobile_ring, "Call-ID"));
+
+    // The softphone answered anyway (its 200 crossed the CANCEL): ACKed, then BYE.
+    soft.send(&response_to(
+        &soft_ring,
+        200,
+        "OK",
+        "s2",
+        &sdp(rtp_socket().await.local_addr().unwrap()),
+    ))
+    .await;
+    soft.expect("ACK ").await;
+    let bye = soft.expect("BYE ").await;
+    assert_eq!(header(&bye, "Call-ID"), header(&soft_ring, "Call-ID"));
+    assert!(header(&bye, "To").unwrap().contains("tag=s2"), "{bye}");
+    carrier.expect_status(200).await;
+}

@@ -148,6 +148,8 @@ struct Branch {
     ack: Option<Vec<u8>>,
     /// A CANCEL waiting for a provisional response (RFC 3261 §9.1).
     cancel_pending: bool,
+    /// A provisional response came: a CANCEL may be sent.
+    provisional: bool,
     authenticated: bool,
     last_status: u16,
 }
@@ -744,6 +746,7 @@ impl SipCore {
                     remote_target: None,
                     ack: None,
                     cancel_pending: false,
+                    provisional: false,
                     authenticated: false,
                     last_status: 0,
                 });
@@ -848,6 +851,11 @@ impl SipCore {
         else {
             return;
         };
+        if !branch.provisional {
+            // §9.1: a CANCEL waits for a provisional response.
+            branch.cancel_pending = true;
+            return;
+        }
         let cancel = format!(
             "CANCEL {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} CANCEL\r\nContent-Length: 0\r\n\r\n",
             branch.request_uri, branch.via, branch.from, branch.to, branch.call_id, branch.cseq
@@ -978,14 +986,27 @@ impl SipCore {
             };
             branch.path.send(ack);
         }
-        if (100..200).contains(&status) && branch.cancel_pending {
-            branch.cancel_pending = false;
+        let mut cancel_now = false;
+        if (100..200).contains(&status) {
+            branch.provisional = true;
+            // A CANCEL held for this first provisional response (§9.1) goes now.
+            cancel_now = std::mem::take(&mut branch.cancel_pending);
+        }
+        if cancel_now {
+            self.cancel_branch(id, index, now);
         }
         let has_sdp = self.branch_sdp.contains_key(&(id, index));
+        let bridged = self.calls.get(&id).and_then(|c| c.bridged).map(|(i, _)| i);
         let Some(fork) = self.calls.get_mut(&id).and_then(|c| c.fork.as_mut()) else {
             return;
         };
         if status == 100 {
+            return;
+        }
+        if (200..300).contains(&status) && fork.is_finished() && bridged != Some(index) {
+            // Another branch won (or the Dial ended) before this one answered: it has
+            // its ACK, and now its BYE.
+            self.bye_branch(id, index);
             return;
         }
         fork.handle_response(index, status, has_sdp);
@@ -1108,20 +1129,31 @@ impl SipCore {
             if Some(index) == except {
                 return;
             }
-            let branch = &mut call.branches[index];
-            branch.cseq += 1;
-            let (Some(to), Some(target)) = (branch.remote_to.clone(), branch.remote_target.clone())
-            else {
-                return;
-            };
-            let (from, call_id, cseq, path) = (
-                branch.from.clone(),
-                branch.call_id.clone(),
-                branch.cseq,
-                branch.path.clone(),
-            );
-            self.send_in_dialog("BYE", &target, &from, &to, &call_id, cseq, path);
+            self.bye_branch(id, index);
         }
+    }
+
+    /// BYE to a B leg that answered.
+    fn bye_branch(&mut self, id: u64, index: usize) {
+        let Some(branch) = self
+            .calls
+            .get_mut(&id)
+            .and_then(|c| c.branches.get_mut(index))
+        else {
+            return;
+        };
+        branch.cseq += 1;
+        let (Some(to), Some(target)) = (branch.remote_to.clone(), branch.remote_target.clone())
+        else {
+            return;
+        };
+        let (from, call_id, cseq, path) = (
+            branch.from.clone(),
+            branch.call_id.clone(),
+            branch.cseq,
+            branch.path.clone(),
+        );
+        self.send_in_dialog("BYE", &target, &from, &to, &call_id, cseq, path);
     }
 
     /// BYE, CANCEL, ACK and re-INVITE inside a call; false if the request is not for a

@@ -247,6 +247,29 @@ impl Peer {
         }
     }
 
+    /// True if nothing but keep-alives arrives for `quiet`.
+    pub async fn quiet_for(&self, quiet: Duration) -> bool {
+        let mut buffer = vec![0u8; 65_535];
+        let end = tokio::time::Instant::now() + quiet;
+        loop {
+            match tokio::time::timeout_at(end, self.socket.recv_from(&mut buffer)).await {
+                Err(_) => return true,
+                Ok(Ok((n, _))) => {
+                    let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                    if text.starts_with("OPTIONS ") {
+                        self.send(&response_to(&text, 200, "OK", "", "")).await;
+                        continue;
+                    }
+                    if std::env::var_os("SIP_TRACE").is_some() {
+                        eprintln!("<<< unexpected:\n{text}");
+                    }
+                    return false;
+                }
+                Ok(Err(_)) => return false,
+            }
+        }
+    }
+
     /// The next message that starts with `start` (skipping retransmissions and others).
     pub async fn expect(&self, start: &str) -> String {
         for _ in 0..20 {
