@@ -153,6 +153,14 @@ pub(crate) fn direction_to_pb(direction: Direction) -> pb::Direction {
     }
 }
 
+/// RFC 4733 payload types from the wire (0-127; anything else is ignored).
+fn event_types(types: &[u32]) -> Vec<u8> {
+    types
+        .iter()
+        .filter_map(|pt| u8::try_from(*pt).ok().filter(|pt| *pt < 128))
+        .collect()
+}
+
 /// A far end from SDP. Port 0 (a rejected stream, RFC 3264 §6) and the unspecified
 /// address (RFC 2543 hold, `c=0.0.0.0`) mean nowhere to send.
 fn remote_from_pb(endpoint: Option<&pb::Endpoint>) -> Result<Option<SocketAddr>, Status> {
@@ -224,12 +232,27 @@ impl MediaRelay for Control {
             }
             index.insert(id.clone(), worker);
         }
-        let session = Session::new(
-            Instant::now(),
+        let remote_a = remote_from_pb(request.remote_a.as_ref())?;
+        let now = Instant::now();
+        let mut session = Session::new(
+            now,
             latching_from_pb(request.latching_a),
             latching_from_pb(request.latching_b),
             self.timeouts,
         );
+        if remote_a.is_some() {
+            session.update_leg(
+                now,
+                LegId::A,
+                LegUpdate {
+                    remote: remote_a,
+                    direction: Direction::SendRecv,
+                    latching: latching_from_pb(request.latching_a),
+                    clock_rate: 0,
+                    event_payload_types: event_types(&request.event_payload_types_a),
+                },
+            );
+        }
         let (done, finished) = oneshot::channel::<()>();
         // The drain waits for every session to end (or for its deadline).
         self.in_flight.spawn(async move {
@@ -264,11 +287,7 @@ impl MediaRelay for Control {
             direction: direction_from_pb(request.direction),
             latching: latching_from_pb(request.latching),
             clock_rate: request.clock_rate,
-            event_payload_types: request
-                .event_payload_types
-                .iter()
-                .filter_map(|pt| u8::try_from(*pt).ok().filter(|pt| *pt < 128))
-                .collect(),
+            event_payload_types: event_types(&request.event_payload_types),
         };
         let view = self
             .ask_owner(&request.session_id, |id, reply| Command::Update {

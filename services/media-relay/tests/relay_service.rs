@@ -86,6 +86,8 @@ struct Call {
     relay_b: SocketAddr,
 }
 
+/// A session as the edge makes one: leg A's far end given at creation (the caller's
+/// offer), leg B's by UpdateLeg (the callee's answer).
 async fn call(relay: &mut Relay, id: &str, latching: pb::Latching) -> Call {
     let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -96,25 +98,30 @@ async fn call(relay: &mut Relay, id: &str, latching: pb::Latching) -> Call {
             call_id: format!("{id}@test"),
             latching_a: latching.into(),
             latching_b: latching.into(),
+            remote_a: endpoint(a.local_addr().unwrap()),
+            event_payload_types_a: vec![101],
         })
         .await
         .unwrap()
         .into_inner();
-    for (leg, socket) in [(pb::LegId::A, &a), (pb::LegId::B, &b)] {
-        relay
-            .client
-            .update_leg(pb::UpdateLegRequest {
-                session_id: id.into(),
-                leg: leg.into(),
-                remote: endpoint(socket.local_addr().unwrap()),
-                direction: pb::Direction::Sendrecv.into(),
-                latching: latching.into(),
-                clock_rate: 8000,
-                event_payload_types: vec![101],
-            })
-            .await
-            .unwrap();
-    }
+    assert_eq!(
+        session.a.as_ref().unwrap().remote,
+        endpoint(a.local_addr().unwrap()),
+        "leg A's far end is set at creation"
+    );
+    relay
+        .client
+        .update_leg(pb::UpdateLegRequest {
+            session_id: id.into(),
+            leg: pb::LegId::B.into(),
+            remote: endpoint(b.local_addr().unwrap()),
+            direction: pb::Direction::Sendrecv.into(),
+            latching: latching.into(),
+            clock_rate: 8000,
+            event_payload_types: vec![101],
+        })
+        .await
+        .unwrap();
     Call {
         id: id.into(),
         relay_a: local(&session.a),

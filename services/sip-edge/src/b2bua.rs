@@ -120,7 +120,9 @@ pub fn spawner(
                 epoch,
                 watch: watch.clone(),
             };
-            in_flight.spawn(task.run(call));
+            let span =
+                tracing::info_span!("call", channel = %call.channel, call_id = %call.call_id);
+            in_flight.spawn(tracing::Instrument::instrument(task.run(call), span));
         }
     });
     tx
@@ -169,9 +171,6 @@ impl Call {
     }
 
     async fn run(self, mut call: NewCall) {
-        let span = tracing::info_span!("call", channel = %call.channel, call_id = %call.call_id);
-        let _guard = span.enter();
-        drop(_guard);
         let id = call.id;
         let session_id = format!("{}/{}", call.call_id, id);
         let created = self
@@ -181,6 +180,8 @@ impl Call {
                 call_id: call.call_id.clone(),
                 latching_a: latching(call.caller_nat).into(),
                 latching_b: media::Latching::Strict.into(),
+                remote_a: call.caller_media.map(endpoint),
+                event_payload_types_a: call.event_payload_types.clone(),
             })
             .await;
         let (relay, session) = match created {
@@ -198,18 +199,6 @@ impl Call {
         };
         self.watch
             .register(&relay, &session_id, call.notify.clone());
-        let mut relay_client = relay.client.clone();
-        let _ = relay_client
-            .update_leg(media::UpdateLegRequest {
-                session_id: session_id.clone(),
-                leg: media::LegId::A.into(),
-                remote: call.caller_media.map(endpoint),
-                direction: media::Direction::Sendrecv.into(),
-                latching: latching(call.caller_nat).into(),
-                clock_rate: 8000,
-                event_payload_types: call.event_payload_types.clone(),
-            })
-            .await;
         self.core().call_set_media(id, relay_a, relay_b);
 
         let (to_router, events) = mpsc::unbounded_channel();

@@ -116,22 +116,22 @@ async fn setup_relay(
                         call_id: id.clone(),
                         latching_a: pb::Latching::Strict.into(),
                         latching_b: pb::Latching::Strict.into(),
+                        remote_a: endpoint(a),
+                        event_payload_types_a: vec![],
                     })
                     .await?
                     .into_inner();
-                for (leg, remote) in [(pb::LegId::A, a), (pb::LegId::B, b)] {
-                    client
-                        .update_leg(pb::UpdateLegRequest {
-                            session_id: id.clone(),
-                            leg: leg.into(),
-                            remote: endpoint(remote),
-                            direction: pb::Direction::Sendrecv.into(),
-                            latching: pb::Latching::Strict.into(),
-                            clock_rate: 8000,
-                            event_payload_types: vec![],
-                        })
-                        .await?;
-                }
+                client
+                    .update_leg(pb::UpdateLegRequest {
+                        session_id: id.clone(),
+                        leg: pb::LegId::B.into(),
+                        remote: endpoint(b),
+                        direction: pb::Direction::Sendrecv.into(),
+                        latching: pb::Latching::Strict.into(),
+                        clock_rate: 8000,
+                        event_payload_types: vec![],
+                    })
+                    .await?;
                 anyhow::Ok((call, local(session.a)?, local(session.b)?))
             }
         })
