@@ -53,6 +53,9 @@ struct Args {
     /// Sockets per side the calls share.
     #[arg(long, default_value_t = 64)]
     sockets: usize,
+    /// Busy-poll instead of sleeping between sends (see the loop).
+    #[arg(long)]
+    spin: bool,
     /// The relay's PID: its CPU time and memory (VmRSS) are reported.
     #[arg(long)]
     pid: Option<u32>,
@@ -413,7 +416,11 @@ fn main() -> anyhow::Result<()> {
         }
         let now = Instant::now();
         if due > now {
-            receive(&mut poll, &mut seen, due - now, window_start)?;
+            // --spin: poll without sleeping, so the relay's sends never have to wake
+            // this thread (a wake-up is an inter-processor interrupt charged to the
+            // relay's core; a NIC would not cost it that).
+            let wait = if args.spin { Duration::ZERO } else { due - now };
+            receive(&mut poll, &mut seen, wait, window_start)?;
             continue;
         }
         if now - due > Duration::from_millis(1) {
