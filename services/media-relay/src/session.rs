@@ -249,10 +249,7 @@ impl Leg {
     /// Whether `source` can only be foreign: not the redirect target, not the strict
     /// remote, or not what the leg latched to.
     fn known_foreign(&self, kind: Kind, source: SocketAddr) -> bool {
-        let expected = |addr: SocketAddr| match kind {
-            Kind::Rtp => addr == source,
-            Kind::Rtcp => addr.ip() == source.ip() && addr.port().wrapping_add(1) == source.port(),
-        };
+        let expected = |addr: SocketAddr| comes_from(kind, addr, source);
         if let Some(target) = self.redirect {
             return !expected(target);
         }
@@ -271,10 +268,7 @@ impl Leg {
         source: SocketAddr,
         rtp: Option<&crate::rtp::RtpHeader>,
     ) -> Result<(), Dropped> {
-        let expected = |addr: SocketAddr| match kind {
-            Kind::Rtp => addr == source,
-            Kind::Rtcp => addr.ip() == source.ip() && addr.port().wrapping_add(1) == source.port(),
-        };
+        let expected = |addr: SocketAddr| comes_from(kind, addr, source);
         if let Some(target) = self.redirect {
             return if expected(target) {
                 Ok(())
@@ -360,6 +354,15 @@ impl Leg {
             }
             _ => Err(Dropped::Foreign),
         }
+    }
+}
+
+/// Whether a `kind` packet from `source` is from the far end whose RTP address is
+/// `rtp` (its RTCP comes from the port after, RFC 3550 §11).
+fn comes_from(kind: Kind, rtp: SocketAddr, source: SocketAddr) -> bool {
+    match kind {
+        Kind::Rtp => rtp == source,
+        Kind::Rtcp => rtp.ip() == source.ip() && rtp.port().wrapping_add(1) == source.port(),
     }
 }
 

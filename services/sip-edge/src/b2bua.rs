@@ -261,38 +261,22 @@ impl Call {
                 }
                 event = call.events.recv() => {
                     let Some(event) = event else { break };
-                    match event {
+                    let leg_b = media::LegId::B;
+                    let ended = match event {
                         CallEvent::MediaTimeout => {
                             // Asterisk's rtptimeout: both legs end, the dialplan hears it.
                             self.core().call_hangup(id, 16);
-                            send(channel_event::Event::HangUp(router::HangUp {
-                                cause: 16,
-                                reason: "media timeout".into(),
-                            }));
-                            let _ = tokio::time::timeout(HANGUP_GRACE, async {
-                                while let Ok(Some(_)) = commands.message().await {}
-                            })
-                            .await;
-                            break;
+                            Some((16, "media timeout"))
                         }
-                        CallEvent::CallerGone { cause } => {
-                            send(channel_event::Event::HangUp(router::HangUp {
-                                cause,
-                                reason: "caller hung up".into(),
-                            }));
-                            // The router runs `h`, then closes; don't wait forever.
-                            let _ = tokio::time::timeout(HANGUP_GRACE, async {
-                                while let Ok(Some(_)) = commands.message().await {}
-                            })
-                            .await;
-                            break;
-                        }
+                        CallEvent::CallerGone { cause } => Some((cause, "caller hung up")),
                         CallEvent::Bridged { channel, remote, event_payload_types, nat, .. } => {
                             tracing::info!(%channel, "bridged");
-                            self.update_b(&relay, &session_id, remote, event_payload_types, nat, media::Direction::Sendrecv).await;
+                            self.update_leg(&relay, &session_id, leg_b, remote, event_payload_types, nat, media::Direction::Sendrecv).await;
+                            None
                         }
                         CallEvent::EarlyMedia { remote, nat } => {
-                            self.update_b(&relay, &session_id, remote, Vec::new(), nat, media::Direction::Sendrecv).await;
+                            self.update_leg(&relay, &session_id, leg_b, remote, Vec::new(), nat, media::Direction::Sendrecv).await;
+                            None
                         }
                         CallEvent::DialFinished { command_id, status, sip_status } => {
                             send(channel_event::Event::DialResult(router::DialResult {
@@ -301,10 +285,11 @@ impl Call {
                                 sip_status: u32::from(sip_status),
                                 ..Default::default()
                             }));
+                            None
                         }
                         CallEvent::BridgeEnded { command_id, channel, secs } => {
                             // The callee's side is silent from now on.
-                            self.update_b(&relay, &session_id, None, Vec::new(), false, media::Direction::Inactive).await;
+                            self.update_leg(&relay, &session_id, leg_b, None, Vec::new(), false, media::Direction::Inactive).await;
                             send(channel_event::Event::DialResult(router::DialResult {
                                 command_id,
                                 status: router::DialStatus::Answer.into(),
@@ -312,19 +297,26 @@ impl Call {
                                 answered_secs: secs,
                                 ..Default::default()
                             }));
+                            None
                         }
                         CallEvent::Reinvite { b_leg, remote, direction: d } => {
-                            let mut client = relay.client.clone();
-                            let _ = client.update_leg(media::UpdateLegRequest {
-                                session_id: session_id.clone(),
-                                leg: if b_leg { media::LegId::B } else { media::LegId::A }.into(),
-                                remote: remote.map(endpoint),
-                                direction: direction(d).into(),
-                                latching: latching(!b_leg && call.caller_nat).into(),
-                                clock_rate: 8000,
-                                event_payload_types: Vec::new(),
-                            }).await;
+                            let leg = if b_leg { leg_b } else { media::LegId::A };
+                            let nat = !b_leg && call.caller_nat;
+                            self.update_leg(&relay, &session_id, leg, remote, Vec::new(), nat, direction(d)).await;
+                            None
                         }
+                    };
+                    if let Some((cause, reason)) = ended {
+                        send(channel_event::Event::HangUp(router::HangUp {
+                            cause,
+                            reason: reason.into(),
+                        }));
+                        // The router runs `h`, then closes; don't wait forever.
+                        let _ = tokio::time::timeout(HANGUP_GRACE, async {
+                            while let Ok(Some(_)) = commands.message().await {}
+                        })
+                        .await;
+                        break;
                     }
                 }
             }
@@ -334,10 +326,13 @@ impl Call {
         self.delete(&relay, &session_id).await;
     }
 
-    async fn update_b(
+    /// Points a relay leg at its far end (callee's answer, early media, re-INVITE).
+    #[allow(clippy::too_many_arguments)]
+    async fn update_leg(
         &self,
         relay: &Relay,
         session_id: &str,
+        leg: media::LegId,
         remote: Option<SocketAddr>,
         event_payload_types: Vec<u32>,
         nat: bool,
@@ -347,7 +342,7 @@ impl Call {
         if let Err(e) = client
             .update_leg(media::UpdateLegRequest {
                 session_id: session_id.to_owned(),
-                leg: media::LegId::B.into(),
+                leg: leg.into(),
                 remote: remote.map(endpoint),
                 direction: d.into(),
                 latching: latching(nat).into(),
@@ -356,7 +351,7 @@ impl Call {
             })
             .await
         {
-            tracing::warn!(error = %e, "cannot point the relay at the callee");
+            tracing::warn!(error = %e, ?leg, "cannot update the relay leg");
         }
     }
 

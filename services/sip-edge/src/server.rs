@@ -188,6 +188,9 @@ pub struct SipCore {
     call_deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     call_spawner: Option<mpsc::UnboundedSender<NewCall>>,
     call_seq: u64,
+    /// The response being handed to its client transaction, parsed once: a call's
+    /// B leg reads it from here instead of parsing the bytes again.
+    last_response: Option<rsip::Response>,
 }
 
 fn unix_now() -> u64 {
@@ -266,6 +269,7 @@ impl SipCore {
             call_deadlines: BinaryHeap::new(),
             call_spawner: None,
             call_seq: 0,
+            last_response: None,
         };
         core.update_gauge();
         core
@@ -716,7 +720,9 @@ Content-Length: {}\r\n\r\n{body}",
         };
         let now = Instant::now();
         tx.handle_response(now, response.status_code.code(), bytes.to_vec());
+        self.last_response = Some(response);
         self.client_events(&branch, now);
+        self.last_response = None;
     }
 
     fn client_events(&mut self, branch: &str, now: Instant) {

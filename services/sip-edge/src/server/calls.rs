@@ -139,7 +139,10 @@ struct Branch {
     cseq: u32,
     via_branch: String,
     via: String,
-    invite: Vec<u8>,
+    contact: String,
+    /// Headers only some INVITEs carry (P-Asserted-Identity, credentials).
+    extra: String,
+    sdp: String,
     path: Path,
     /// The To with the callee's tag, once it answered.
     remote_to: Option<String>,
@@ -177,19 +180,8 @@ pub struct Call {
     relay_b: Option<(IpAddr, u16)>,
     fork: Option<Fork>,
     dial_command: u64,
-    dial_caller: (String, String),
     branches: Vec<Branch>,
     bridged: Option<(usize, Instant)>,
-}
-
-fn header(headers: &rsip::Headers, name: &str) -> Option<String> {
-    headers.iter().find_map(|h| {
-        let text = h.to_string();
-        let (n, v) = text.split_once(':')?;
-        n.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_owned())
-    })
 }
 
 /// `<sip:x@y>;params` or `sip:x@y` to the URI.
@@ -358,9 +350,10 @@ impl SipCore {
             .map(|h| h.value().to_owned())
             .unwrap_or_default();
         let exten = request.uri.user().unwrap_or("s").to_owned();
-        let remote_target = header(&request.headers, "Contact")
-            .map(|c| uri_of(&c))
-            .unwrap_or_else(|| format!("sip:{}", path.peer()));
+        let remote_target = request
+            .contact_header()
+            .map(|c| uri_of(c.value()))
+            .unwrap_or_else(|_| format!("sip:{}", path.peer()));
         let (events, receiver) = mpsc::unbounded_channel();
         let new_call = NewCall {
             id,
@@ -406,7 +399,6 @@ impl SipCore {
                 relay_b: None,
                 fork: None,
                 dial_command: 0,
-                dial_caller: (String::new(), String::new()),
                 branches: Vec::new(),
                 bridged: None,
             },
@@ -719,17 +711,6 @@ impl SipCore {
                     ));
                 }
                 let contact = self.contact(&from_user, &path);
-                let invite = build_invite(&InviteParts {
-                    request_uri: &request_uri,
-                    via: &via,
-                    from: &from,
-                    to: &to,
-                    call_id: &call_id,
-                    cseq: 1,
-                    contact: &contact,
-                    extra: &extra,
-                    sdp: &sdp,
-                });
                 branches.push(Branch {
                     channel,
                     peer: target.peer.clone(),
@@ -740,7 +721,9 @@ impl SipCore {
                     cseq: 1,
                     via_branch,
                     via,
-                    invite,
+                    contact,
+                    extra,
+                    sdp: sdp.clone(),
                     path,
                     remote_to: None,
                     remote_target: None,
@@ -765,7 +748,6 @@ impl SipCore {
         }
         let call = self.calls.get_mut(&id).ok_or("the call is gone")?;
         call.dial_command = command_id;
-        call.dial_caller = caller;
         call.branches = branches;
         call.fork = Some(fork);
         self.fork_actions(id, actions, now);
@@ -783,7 +765,7 @@ impl SipCore {
                     let transport = branch.path.transport();
                     let tx = ClientTransaction::new(
                         true,
-                        branch.invite.clone(),
+                        branch.invite(),
                         transport,
                         TimerValues::default(),
                         now,
@@ -912,12 +894,9 @@ impl SipCore {
         now: Instant,
     ) {
         let (status, response) = match event {
-            ClientEvent::Response(bytes) => {
-                let Ok(crate::wire::Parsed::Sip(message)) = crate::wire::parse(&bytes, true, "x")
-                else {
-                    return;
-                };
-                let rsip::SipMessage::Response(response) = *message else {
+            // The response `SipCore::response` parsed for this very event.
+            ClientEvent::Response(_) => {
+                let Some(response) = self.last_response.take() else {
                     return;
                 };
                 (response.status_code.code(), Some(response))
@@ -933,17 +912,19 @@ impl SipCore {
             return;
         };
         if let Some(response) = &response {
-            let cseq_method = header(&response.headers, "CSeq").unwrap_or_default();
-            if !cseq_method.ends_with("INVITE") {
+            let invite = response
+                .cseq_header()
+                .is_ok_and(|c| c.value().trim_end().ends_with("INVITE"));
+            if !invite {
                 return;
             }
-            if let Some(to) = header(&response.headers, "To") {
-                if tag_of(&to).is_some() {
-                    branch.remote_to = Some(to);
+            if let Ok(to) = response.to_header() {
+                if tag_of(to.value()).is_some() {
+                    branch.remote_to = Some(to.value().to_owned());
                 }
             }
-            if let Some(contact) = header(&response.headers, "Contact") {
-                branch.remote_target = Some(uri_of(&contact));
+            if let Ok(contact) = response.contact_header() {
+                branch.remote_target = Some(uri_of(contact.value()));
             }
             if !response.body.is_empty() {
                 if let Ok(session) = std::str::from_utf8(&response.body)
@@ -968,7 +949,7 @@ impl SipCore {
             }
         }
         let local = self.local_addr();
-        let seed = self.tag_for_ack();
+        let seed = self.tag();
         let call = match self.calls.get_mut(&id) {
             Some(call) => call,
             None => return,
@@ -1014,10 +995,6 @@ impl SipCore {
         self.fork_actions(id, actions, now);
     }
 
-    fn tag_for_ack(&self) -> String {
-        format!("{:x}", self.tag_seed ^ self.tag_counter)
-    }
-
     /// Re-sends a challenged INVITE with the peer's digest credentials.
     fn retry_with_credentials(
         &mut self,
@@ -1040,13 +1017,12 @@ impl SipCore {
         ) else {
             return false;
         };
-        let name = if status == 407 {
-            "Proxy-Authenticate"
-        } else {
-            "WWW-Authenticate"
-        };
-        let Some(challenge) =
-            header(&response.headers, name).and_then(|v| crate::digest::Challenge::parse(&v).ok())
+        let challenge = response.headers.iter().find_map(|h| match h {
+            rsip::Header::ProxyAuthenticate(v) if status == 407 => Some(v.value()),
+            rsip::Header::WwwAuthenticate(v) if status == 401 => Some(v.value()),
+            _ => None,
+        });
+        let Some(challenge) = challenge.and_then(|v| crate::digest::Challenge::parse(v).ok())
         else {
             return false;
         };
@@ -1080,26 +1056,12 @@ impl SipCore {
         branch.via = format!("SIP/2.0/{transport} {local};branch={new_branch};rport");
         branch.cseq += 1;
         branch.authenticated = true;
-        let text = String::from_utf8_lossy(&branch.invite).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let mut lines: Vec<String> = Vec::new();
-        for line in head.split("\r\n") {
-            let lower = line.to_ascii_lowercase();
-            if lower.starts_with("via:") {
-                lines.push(format!("Via: {}", branch.via));
-            } else if lower.starts_with("cseq:") {
-                lines.push(format!("CSeq: {} INVITE", branch.cseq));
-            } else if lower.starts_with("content-length:") {
-                lines.push(format!("{auth_header}: {}", credentials.to_header()));
-                lines.push(line.to_owned());
-            } else {
-                lines.push(line.to_owned());
-            }
-        }
-        branch.invite = format!("{}\r\n\r\n{body}", lines.join("\r\n")).into_bytes();
+        branch
+            .extra
+            .push_str(&format!("{auth_header}: {}\r\n", credentials.to_header()));
         self.branch_owner.remove(&old_branch);
         self.branch_owner.insert(new_branch.clone(), (id, index));
-        let (invite, path) = (branch.invite.clone(), branch.path.clone());
+        let (invite, path) = (branch.invite(), branch.path.clone());
         let reliable = path.transport();
         let tx = ClientTransaction::new(true, invite, reliable, TimerValues::default(), now);
         self.clients.insert(new_branch.clone(), (tx, path));
@@ -1231,7 +1193,6 @@ impl SipCore {
                         }
                     }
                 }
-                let _ = path;
                 Some(ok)
             }
             rsip::Method::Invite => {
@@ -1363,16 +1324,14 @@ impl SipCore {
         for transmit in out {
             match transmit {
                 Transmit::Message(bytes) => path.send(bytes),
-                Transmit::Ack(response) => {
-                    let to = crate::wire::parse(&response, true, "x")
-                        .ok()
-                        .and_then(|p| match p {
-                            crate::wire::Parsed::Sip(m) => match *m {
-                                rsip::SipMessage::Response(r) => header(&r.headers, "To"),
-                                _ => None,
-                            },
-                            _ => None,
-                        })
+                Transmit::Ack(_) => {
+                    // The final response's To (with the callee's tag), as parsed by
+                    // `SipCore::response` for this transmit.
+                    let to = self
+                        .last_response
+                        .as_ref()
+                        .and_then(|r| r.to_header().ok())
+                        .map(|t| t.value().to_owned())
                         .unwrap_or_else(|| branch.to.clone());
                     let ack = format!(
                         "ACK {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
@@ -1385,34 +1344,26 @@ impl SipCore {
     }
 }
 
-struct InviteParts<'a> {
-    request_uri: &'a str,
-    via: &'a str,
-    from: &'a str,
-    to: &'a str,
-    call_id: &'a str,
-    cseq: u32,
-    contact: &'a str,
-    extra: &'a str,
-    sdp: &'a str,
-}
-
-fn build_invite(p: &InviteParts<'_>) -> Vec<u8> {
-    format!(
-        "INVITE {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} INVITE\r\nContact: {}\r\n{}Allow: {}\r\nUser-Agent: phone-sip-edge\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
-        p.request_uri,
-        p.via,
-        p.from,
-        p.to,
-        p.call_id,
-        p.cseq,
-        p.contact,
-        p.extra,
-        super::ALLOW,
-        p.sdp.len(),
-        p.sdp
-    )
-    .into_bytes()
+impl Branch {
+    /// The INVITE as it stands (a retry with credentials has a new Via, CSeq and
+    /// `extra`).
+    fn invite(&self) -> Vec<u8> {
+        format!(
+            "INVITE {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} INVITE\r\nContact: {}\r\n{}Allow: {}\r\nUser-Agent: phone-sip-edge\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
+            self.request_uri,
+            self.via,
+            self.from,
+            self.to,
+            self.call_id,
+            self.cseq,
+            self.contact,
+            self.extra,
+            super::ALLOW,
+            self.sdp.len(),
+            self.sdp
+        )
+        .into_bytes()
+    }
 }
 
 /// The ACK for a B leg's 2xx (§13.2.2.4): a new transaction to the remote target.
