@@ -10,6 +10,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audio;
+pub mod recorder;
+pub mod saydate;
+pub mod session;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
