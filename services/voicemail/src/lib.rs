@@ -12,8 +12,10 @@
 
 pub mod audio;
 pub mod recorder;
+pub mod rtp;
 pub mod saydate;
 pub mod session;
+pub mod store;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
