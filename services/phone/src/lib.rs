@@ -50,6 +50,12 @@ pub struct Config {
     /// Local state: registrations, messages, the mail outbox.
     #[arg(long, env = "PHONE_DATA_DIR", default_value = "phone-data")]
     pub data_dir: PathBuf,
+    /// The voicemail prompts (scripts/make-prompts makes them).
+    #[arg(long, env = "PHONE_PROMPTS_DIR", default_value = voicemail::DEFAULT_PROMPTS_DIR)]
+    pub prompts_dir: PathBuf,
+    /// Messages in S3 instead of the data folder.
+    #[command(flatten)]
+    pub s3: voicemail::store::S3Args,
     /// SIP over UDP and TCP.
     #[arg(long, env = "PHONE_SIP_BIND", default_value = "0.0.0.0:5060")]
     pub sip_bind: SocketAddr,
@@ -165,9 +171,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         common: common(&listeners.voicemail),
         config_dir: config_dir.clone(),
         data_dir: data_dir("voicemail")?,
+        prompts_dir: config.prompts_dir.clone(),
+        rtp_bind_ip: IpAddr::from([0, 0, 0, 0]),
         advertise_ip: config.advertise_ip,
         mailer_url: url(&listeners.mailer),
         edge_url: url(&listeners.edge),
+        s3: config.s3.clone(),
     })
     .await?;
     let mailer = mailer::bind(mailer::Config {

@@ -15,94 +15,35 @@ pub const PER_MS: usize = 8;
 pub type Clip = Arc<[i16]>;
 
 /// The prompt set: file stem -> audio. Every prompt the service says is named in
-/// [`NAMES`]; `scripts/make-prompts` makes them with espeak-ng.
+/// [`names`]; `scripts/make-prompts` makes them with espeak-ng.
 #[derive(Debug, Default, Clone)]
 pub struct Prompts {
     clips: HashMap<String, Clip>,
 }
 
-/// Every prompt the voicemail service uses, with the words spoken. The prompt folder
-/// is made from this list (`voicemail --print-prompts` prints it for the script).
-pub const NAMES: &[(&str, &str)] = &[
-    ("vm-theperson", "The person at extension"),
-    ("vm-isunavail", "is unavailable."),
-    ("vm-isonphone", "is on the phone."),
-    ("vm-intro", "Please leave your message after the tone. When done, hang up, or press the pound key."),
-    ("vm-mailboxfull", "Sorry, this mailbox is full. Please try again later."),
-    ("vm-msgsaved", "Your message has been saved."),
-    ("vm-goodbye", "Goodbye."),
-    ("vm-login", "Mailbox?"),
-    ("vm-password", "Password?"),
-    ("vm-incorrect", "Login incorrect."),
-    ("vm-youhave", "You have"),
-    ("vm-no", "no"),
-    ("vm-and", "and"),
-    ("vm-INBOX", "new"),
-    ("vm-Old", "old"),
-    ("vm-Work", "work"),
-    ("vm-Family", "family"),
-    ("vm-Friends", "friends"),
-    ("vm-message", "message"),
-    ("vm-messages", "messages"),
-    ("vm-first", "First"),
-    ("vm-last", "Last"),
-    ("vm-nomore", "There are no more messages."),
-    ("vm-nomessages", "There are no messages in this folder."),
-    ("vm-mainmenu", "Press 1 to listen to your messages, 2 to change folders, 0 for mailbox options, or pound to exit."),
-    ("vm-msgmenu", "Press 4 for the previous message, 5 to repeat, 6 for the next message, 7 to delete, 9 to save, 3 for the envelope, 2 to change folders, or pound to exit."),
-    ("vm-deleted", "Message deleted."),
-    ("vm-savefolder", "Which folder? Press 0 for new messages, 1 for old, 2 for work, 3 for family, 4 for friends, or pound to cancel."),
-    ("vm-savedto", "Message saved to"),
-    ("vm-folder", "folder"),
-    ("vm-received", "Received"),
-    ("vm-from", "from"),
-    ("vm-unknown", "an unknown caller"),
-    ("vm-options", "Press 1 to record your unavailable message, 2 to record your busy message, 3 to record your name, 5 to change your password, or star to return to the main menu."),
-    ("vm-rec-unv", "After the tone, say your unavailable message, then press pound."),
-    ("vm-rec-busy", "After the tone, say your busy message, then press pound."),
-    ("vm-rec-name", "After the tone, say your name, then press pound."),
-    ("vm-saved", "Saved."),
-    ("vm-newpassword", "Please enter your new password, followed by the pound key."),
-    ("vm-reenterpassword", "Please enter your new password again, followed by the pound key."),
-    ("vm-passchanged", "Your password has been changed."),
-    ("vm-mismatch", "The passwords you entered do not match."),
-    ("vm-locked", "This password cannot be changed."),
-    ("vm-invalid", "Invalid option."),
-    ("digits/0", "zero"), ("digits/1", "one"), ("digits/2", "two"), ("digits/3", "three"),
-    ("digits/4", "four"), ("digits/5", "five"), ("digits/6", "six"), ("digits/7", "seven"),
-    ("digits/8", "eight"), ("digits/9", "nine"), ("digits/10", "ten"), ("digits/11", "eleven"),
-    ("digits/12", "twelve"), ("digits/13", "thirteen"), ("digits/14", "fourteen"),
-    ("digits/15", "fifteen"), ("digits/16", "sixteen"), ("digits/17", "seventeen"),
-    ("digits/18", "eighteen"), ("digits/19", "nineteen"), ("digits/20", "twenty"),
-    ("digits/30", "thirty"), ("digits/40", "forty"), ("digits/50", "fifty"),
-    ("digits/60", "sixty"), ("digits/70", "seventy"), ("digits/80", "eighty"),
-    ("digits/90", "ninety"), ("digits/hundred", "hundred"), ("digits/thousand", "thousand"),
-    ("digits/star", "star"), ("digits/pound", "pound"), ("digits/oh", "oh"),
-    ("digits/at", "at"), ("digits/a-m", "A M"), ("digits/p-m", "P M"),
-    ("digits/oclock", "o'clock"), ("digits/today", "today"), ("digits/yesterday", "yesterday"),
-    ("digits/day-0", "Sunday"), ("digits/day-1", "Monday"), ("digits/day-2", "Tuesday"),
-    ("digits/day-3", "Wednesday"), ("digits/day-4", "Thursday"), ("digits/day-5", "Friday"),
-    ("digits/day-6", "Saturday"),
-    ("digits/mon-0", "January"), ("digits/mon-1", "February"), ("digits/mon-2", "March"),
-    ("digits/mon-3", "April"), ("digits/mon-4", "May"), ("digits/mon-5", "June"),
-    ("digits/mon-6", "July"), ("digits/mon-7", "August"), ("digits/mon-8", "September"),
-    ("digits/mon-9", "October"), ("digits/mon-10", "November"), ("digits/mon-11", "December"),
-    ("digits/h-1", "first"), ("digits/h-2", "second"), ("digits/h-3", "third"),
-    ("digits/h-4", "fourth"), ("digits/h-5", "fifth"), ("digits/h-6", "sixth"),
-    ("digits/h-7", "seventh"), ("digits/h-8", "eighth"), ("digits/h-9", "ninth"),
-    ("digits/h-10", "tenth"), ("digits/h-11", "eleventh"), ("digits/h-12", "twelfth"),
-    ("digits/h-13", "thirteenth"), ("digits/h-14", "fourteenth"), ("digits/h-15", "fifteenth"),
-    ("digits/h-16", "sixteenth"), ("digits/h-17", "seventeenth"), ("digits/h-18", "eighteenth"),
-    ("digits/h-19", "nineteenth"), ("digits/h-20", "twentieth"), ("digits/h-30", "thirtieth"),
-];
+/// Every prompt the voicemail service uses, with the words spoken: `prompts.tsv`
+/// beside this crate's manifest, which `scripts/make-prompts` turns into speech.
+pub const PROMPTS_TSV: &str = include_str!("../prompts.tsv");
+
+/// The prompt names and words of [`PROMPTS_TSV`], in order.
+pub fn names() -> &'static [(&'static str, &'static str)] {
+    static NAMES: std::sync::OnceLock<Vec<(&'static str, &'static str)>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        PROMPTS_TSV
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.split_once('\t'))
+            .collect()
+    })
+}
 
 impl Prompts {
-    /// Loads every `NAMES` prompt from `dir` (`<name>.wav`, 8 kHz mono PCM). A missing
+    /// Loads every [`names`] prompt from `dir` (`<name>.wav`, 8 kHz mono PCM). A missing
     /// or unreadable prompt is an error naming the file: a voicemail that cannot speak
     /// is not started.
     pub fn load(dir: &Path) -> Result<Self, String> {
         let mut clips = HashMap::new();
-        for (name, _) in NAMES {
+        for (name, _) in names() {
             let path = dir.join(format!("{name}.wav"));
             let bytes = std::fs::read(&path).map_err(|e| {
                 format!(
@@ -117,10 +58,10 @@ impl Prompts {
         Ok(Self { clips })
     }
 
-    /// A prompt set for tests: prompt `i` of [`NAMES`] is 100 ms of the constant
+    /// A prompt set for tests: prompt `i` of [`names`] is 100 ms of the constant
     /// sample value `10 * (i + 1)`, so what a session plays can be read back.
     pub fn for_tests() -> Self {
-        let clips = NAMES
+        let clips = names()
             .iter()
             .enumerate()
             .map(|(i, (name, _))| {
@@ -137,7 +78,7 @@ impl Prompts {
     pub fn test_name(value: i16) -> Option<&'static str> {
         let i = usize::try_from(value / 10 - 1).ok()?;
         (value % 10 == 0)
-            .then(|| NAMES.get(i).map(|(n, _)| *n))
+            .then(|| names().get(i).map(|(n, _)| *n))
             .flatten()
     }
 
@@ -350,7 +291,7 @@ mod tests {
 
     #[test]
     fn every_prompt_name_used_in_code_is_in_the_list() {
-        let all: std::collections::HashSet<&str> = NAMES.iter().map(|(n, _)| *n).collect();
+        let all: std::collections::HashSet<&str> = names().iter().map(|(n, _)| *n).collect();
         let mut v = Vec::new();
         for n in 0..=100 {
             number(n, &mut v);

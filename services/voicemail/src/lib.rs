@@ -4,9 +4,10 @@
 //! source of truth for counts), then the mailer is told and the edge gets new counts
 //! for MWI. Sessions are started by the router over `phone.voicemail.v1.Voicemail`.
 //!
-//! What runs today (issue #2): `voicemail.conf` is loaded and checked at start (a broken
-//! file stops the process with `file:line: message`); the gRPC API, health, metrics and
-//! drain run. Sessions are issue #6; until then they answer UNIMPLEMENTED.
+//! The parts: [`session`] is the application itself, sans I/O, on 20 ms ticks (with
+//! [`recorder`], [`audio`] for prompts and playlists, [`saydate`] for envelopes);
+//! [`rtp`] parses, buffers and packetizes the media; [`store`] keeps messages in S3 or
+//! a folder, with a spool for outages; [`service`] runs sessions and the gRPC API.
 
 #![forbid(unsafe_code)]
 
@@ -14,23 +15,19 @@ pub mod audio;
 pub mod recorder;
 pub mod rtp;
 pub mod saydate;
+pub mod service;
 pub mod session;
 pub mod store;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
+use std::sync::Arc;
 
 use asterisk_conf::voicemail::VoicemailConf;
-use futures::Stream;
-use phone_proto::voicemail::v1::voicemail_server::{Voicemail, VoicemailServer};
-use phone_proto::voicemail::v1::{
-    MailboxCountsRequest, MailboxCountsResponse, SessionEvent, SessionEventsRequest,
-    StartSessionRequest, StartSessionResponse, StopSessionRequest, StopSessionResponse,
-};
-use service_runtime::grpc::{client_channel, not_yet, TracedChannel};
+use phone_audio::Format;
+use phone_proto::voicemail::v1::voicemail_server::VoicemailServer;
+use service_runtime::grpc::client_channel;
 use service_runtime::{CommonArgs, GrpcServer, ServiceInfo, Shutdown};
-use tonic::{Request, Response, Status};
 
 pub const NAME: &str = "voicemail";
 
@@ -43,17 +40,28 @@ pub struct Config {
     /// Directory holding voicemail.conf.
     #[arg(long, env = "PHONE_CONFIG_DIR", default_value = "/etc/phone")]
     pub config_dir: PathBuf,
-    /// Local state (and the message store when no S3 bucket is configured).
+    /// Local state: the spool, and the message store when no S3 bucket is configured.
     #[arg(long, env = "PHONE_DATA_DIR", default_value = "/var/lib/phone")]
     pub data_dir: PathBuf,
-    /// The address media relays send this service's RTP to.
+    /// The spoken prompts (made by scripts/make-prompts).
+    #[arg(long, env = "PHONE_PROMPTS_DIR", default_value = DEFAULT_PROMPTS_DIR)]
+    pub prompts_dir: PathBuf,
+    /// Where sessions receive RTP.
+    #[arg(long, env = "PHONE_RTP_BIND_IP", default_value = "0.0.0.0")]
+    pub rtp_bind_ip: IpAddr,
+    /// The address media relays send this service's RTP to (in Kubernetes, the pod's).
     #[arg(long, env = "PHONE_ADVERTISE_IP")]
     pub advertise_ip: Option<IpAddr>,
     #[arg(long, env = "PHONE_MAILER_URL", default_value = "http://mailer:50051")]
     pub mailer_url: String,
     #[arg(long, env = "PHONE_EDGE_URL", default_value = "http://sip-edge:50051")]
     pub edge_url: String,
+    #[command(flatten)]
+    pub s3: store::S3Args,
 }
+
+/// Where `scripts/install-deps` (and the image) put the prompts.
+pub const DEFAULT_PROMPTS_DIR: &str = "/usr/share/phone/prompts";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,44 +69,97 @@ pub enum Error {
     Config(#[from] asterisk_conf::Error),
     #[error(transparent)]
     Runtime(#[from] service_runtime::Error),
+    #[error("prompts: {0}")]
+    Prompts(String),
+    #[error("cannot prepare {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
-/// The voicemail service with its configuration loaded and its port bound.
+/// The voicemail service with its configuration and prompts loaded and its port bound.
 pub struct Bound {
     server: GrpcServer,
-    conf: VoicemailConf,
-    /// The mailer (new messages) and the edge (MWI); used by issue #6.
-    #[allow(dead_code)]
-    peers: [TracedChannel; 2],
+    shared: Arc<service::Shared>,
+    shutdown: Shutdown,
+    backend: &'static str,
 }
 
-/// Loads voicemail.conf and binds the gRPC port.
+/// The formats of `format=`, those this service writes; wav when none is left.
+fn formats(conf: &VoicemailConf) -> Vec<Format> {
+    let mut out = Vec::new();
+    for name in &conf.general.formats {
+        match Format::from_name(name) {
+            Some(f) if !out.contains(&f) => out.push(f),
+            Some(_) => {}
+            None => tracing::warn!(format = %name, "format= names a format this service does not write; skipped"),
+        }
+    }
+    if out.is_empty() {
+        out.push(Format::Wav);
+    }
+    out
+}
+
+/// Loads voicemail.conf and the prompts, connects storage and binds the gRPC port.
 pub async fn bind(config: Config) -> Result<Bound, Error> {
     let conf = asterisk_conf::voicemail::load(config.config_dir.join("voicemail.conf"))?;
     service_runtime::log_config_warnings(&conf.warnings);
-    let server = GrpcServer::bind(NAME, &config.common).await?;
-    let peers = [
-        client_channel(&config.mailer_url)?,
-        client_channel(&config.edge_url)?,
-    ];
+    let prompts = audio::Prompts::load(&config.prompts_dir).map_err(Error::Prompts)?;
+    let mut server = GrpcServer::bind(NAME, &config.common).await?;
+    server.accept_while_draining();
+    let (blobs, backend) = match &config.s3.bucket {
+        Some(bucket) => (store::Blobs::s3(&config.s3, bucket.clone()).await, "s3"),
+        None => {
+            let path = config.data_dir.join("messages");
+            std::fs::create_dir_all(&path).map_err(|source| Error::DataDir { path: path.clone(), source })?;
+            (store::Blobs::Dir(path), "folder")
+        }
+    };
+    let spool = store::data_spool(&config.data_dir);
+    let store = store::Store::new(blobs, formats(&conf), spool);
+    let metrics = service::Metrics::register(server.registry());
+    let shutdown = Shutdown::new();
+    let shared = service::Shared::new(
+        conf,
+        store,
+        Arc::new(prompts),
+        config.rtp_bind_ip,
+        config.advertise_ip,
+        [client_channel(&config.mailer_url)?, client_channel(&config.edge_url)?],
+        metrics,
+        server.in_flight(),
+        shutdown.clone(),
+    );
     Ok(Bound {
         server,
-        conf,
-        peers,
+        shared,
+        shutdown,
+        backend,
     })
 }
 
 impl Bound {
     pub fn info(&self) -> ServiceInfo {
         let mut info = self.server.info();
-        let mailboxes: usize = self.conf.contexts.iter().map(|c| c.mailboxes.len()).sum();
+        let mailboxes: usize = self.shared.conf.contexts.iter().map(|c| c.mailboxes.len()).sum();
         info.extra.push(("mailboxes".into(), mailboxes.to_string()));
+        info.extra.push(("storage".into(), self.backend.to_owned()));
         info
     }
 
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
+        // New sessions are refused from the moment shutdown starts.
+        let inner = self.shutdown.clone();
+        let outer = shutdown.clone();
+        tokio::spawn(async move {
+            outer.triggered().await;
+            inner.trigger();
+        });
+        tokio::spawn(self.shared.clone().spool_task(self.shutdown.clone()));
         self.server
-            .serve_one(VoicemailServer::new(VoicemailApi), shutdown)
+            .serve_one(VoicemailServer::new(service::Api(self.shared)), shutdown)
             .await?;
         Ok(())
     }
@@ -107,42 +168,4 @@ impl Bound {
 /// Loads, binds and serves until `shutdown`, then drains.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     bind(config).await?.run(shutdown).await
-}
-
-/// `phone.voicemail.v1.Voicemail`.
-struct VoicemailApi;
-
-const ISSUE: u32 = 6;
-
-#[tonic::async_trait]
-impl Voicemail for VoicemailApi {
-    type SessionEventsStream = Pin<Box<dyn Stream<Item = Result<SessionEvent, Status>> + Send>>;
-
-    async fn start_session(
-        &self,
-        _: Request<StartSessionRequest>,
-    ) -> Result<Response<StartSessionResponse>, Status> {
-        Err(not_yet("Voicemail.StartSession", ISSUE))
-    }
-
-    async fn session_events(
-        &self,
-        _: Request<SessionEventsRequest>,
-    ) -> Result<Response<Self::SessionEventsStream>, Status> {
-        Err(not_yet("Voicemail.SessionEvents", ISSUE))
-    }
-
-    async fn stop_session(
-        &self,
-        _: Request<StopSessionRequest>,
-    ) -> Result<Response<StopSessionResponse>, Status> {
-        Err(not_yet("Voicemail.StopSession", ISSUE))
-    }
-
-    async fn mailbox_counts(
-        &self,
-        _: Request<MailboxCountsRequest>,
-    ) -> Result<Response<MailboxCountsResponse>, Status> {
-        Err(not_yet("Voicemail.MailboxCounts", ISSUE))
-    }
 }

@@ -80,46 +80,47 @@ impl DtmfFilter {
 /// Audio placed by RTP timestamp, read 20 ms at a time [`DELAY`] behind.
 #[derive(Debug, Default)]
 pub struct JitterBuffer {
-    /// The timestamp of sample 0 and the extended timestamp of the newest audio.
+    /// The timestamp of sample 0.
     origin: Option<u32>,
-    /// Sample index of `ring[0]`.
-    read: u64,
+    /// Sample index of `ring[0]` (negative before the first audio is due).
+    read: i64,
     ring: VecDeque<i16>,
     /// Samples that came too late to be placed.
     pub late: u64,
-    started: bool,
 }
 
 impl JitterBuffer {
     pub fn push(&mut self, law: Law, timestamp: u32, payload: &[u8]) {
-        let origin = *self.origin.get_or_insert(timestamp);
-        // Position relative to the origin, allowing for wrap-around near `read`.
-        let offset = timestamp.wrapping_sub(origin);
-        let base = self.read & !0xFFFF_FFFF;
-        let mut position = base | u64::from(offset);
+        let origin = match self.origin {
+            Some(origin) => origin,
+            None => {
+                self.origin = Some(timestamp);
+                self.read = -(DELAY as i64);
+                timestamp
+            }
+        };
+        // Extend the 32-bit offset to the 64-bit timeline near `read`.
+        let offset = i64::from(timestamp.wrapping_sub(origin));
+        let base = self.read.max(0) & !0xFFFF_FFFF;
+        let mut position = base | offset;
         if position + (1 << 31) < self.read {
             position += 1 << 32;
         } else if position > self.read + (1 << 31) && position >= 1 << 32 {
             position -= 1 << 32;
         }
-        if position + payload.len() as u64 <= self.read {
+        let len = payload.len() as i64;
+        if position + len <= self.read {
             self.late += payload.len() as u64;
             return;
         }
-        if position > self.read + MAX_AHEAD {
-            // A jump: start over at this packet.
-            self.origin = Some(timestamp);
-            self.read = 0;
+        if position > self.read + MAX_AHEAD as i64 {
+            // A jump (a new source, or a timestamp reset): start over at this packet.
+            self.origin = None;
             self.ring.clear();
-            self.started = false;
             return self.push(law, timestamp, payload);
         }
-        if !self.started {
-            self.started = true;
-            self.read = position.saturating_sub(DELAY);
-        }
         for (i, &byte) in payload.iter().enumerate() {
-            let at = position + i as u64;
+            let at = position + i as i64;
             if at < self.read {
                 continue;
             }
@@ -136,8 +137,8 @@ impl JitterBuffer {
         for sample in out.iter_mut() {
             *sample = self.ring.pop_front().unwrap_or(0);
         }
-        if self.started {
-            self.read += FRAME as u64;
+        if self.origin.is_some() {
+            self.read += FRAME as i64;
         }
     }
 }
