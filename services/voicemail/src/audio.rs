@@ -27,7 +27,8 @@ pub const PROMPTS_TSV: &str = include_str!("../prompts.tsv");
 
 /// The prompt names and words of [`PROMPTS_TSV`], in order.
 pub fn names() -> &'static [(&'static str, &'static str)] {
-    static NAMES: std::sync::OnceLock<Vec<(&'static str, &'static str)>> = std::sync::OnceLock::new();
+    static NAMES: std::sync::OnceLock<Vec<(&'static str, &'static str)>> =
+        std::sync::OnceLock::new();
     NAMES.get_or_init(|| {
         PROMPTS_TSV
             .lines()
@@ -291,7 +292,7 @@ mod tests {
 
     #[test]
     fn every_prompt_name_used_in_code_is_in_the_list() {
-        let all: std::collections::HashSet<&str> = names().iter().map(|(n, _)| *n).collect();
+        let all: std::collections::HashSet<&str> = super::names().iter().map(|(n, _)| *n).collect();
         let mut v = Vec::new();
         for n in 0..=100 {
             number(n, &mut v);

@@ -93,7 +93,9 @@ fn formats(conf: &VoicemailConf) -> Vec<Format> {
         match Format::from_name(name) {
             Some(f) if !out.contains(&f) => out.push(f),
             Some(_) => {}
-            None => tracing::warn!(format = %name, "format= names a format this service does not write; skipped"),
+            None => {
+                tracing::warn!(format = %name, "format= names a format this service does not write; skipped")
+            }
         }
     }
     if out.is_empty() {
@@ -113,7 +115,10 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         Some(bucket) => (store::Blobs::s3(&config.s3, bucket.clone()).await, "s3"),
         None => {
             let path = config.data_dir.join("messages");
-            std::fs::create_dir_all(&path).map_err(|source| Error::DataDir { path: path.clone(), source })?;
+            std::fs::create_dir_all(&path).map_err(|source| Error::DataDir {
+                path: path.clone(),
+                source,
+            })?;
             (store::Blobs::Dir(path), "folder")
         }
     };
@@ -127,7 +132,10 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         Arc::new(prompts),
         config.rtp_bind_ip,
         config.advertise_ip,
-        [client_channel(&config.mailer_url)?, client_channel(&config.edge_url)?],
+        [
+            client_channel(&config.mailer_url)?,
+            client_channel(&config.edge_url)?,
+        ],
         metrics,
         server.in_flight(),
         shutdown.clone(),
@@ -143,7 +151,13 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
 impl Bound {
     pub fn info(&self) -> ServiceInfo {
         let mut info = self.server.info();
-        let mailboxes: usize = self.shared.conf.contexts.iter().map(|c| c.mailboxes.len()).sum();
+        let mailboxes: usize = self
+            .shared
+            .conf
+            .contexts
+            .iter()
+            .map(|c| c.mailboxes.len())
+            .sum();
         info.extra.push(("mailboxes".into(), mailboxes.to_string()));
         info.extra.push(("storage".into(), self.backend.to_owned()));
         info

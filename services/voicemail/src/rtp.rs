@@ -17,10 +17,17 @@ const MAX_AHEAD: u64 = 8000 * 2;
 /// What a received datagram carries.
 #[derive(Debug, PartialEq)]
 pub enum Incoming<'a> {
-    Audio { law: Law, timestamp: u32, payload: &'a [u8] },
+    Audio {
+        law: Law,
+        timestamp: u32,
+        payload: &'a [u8],
+    },
     /// A telephone event: the digit, the event's timestamp (the same for every packet
     /// of one press), and whether this packet ends it.
-    Dtmf { digit: char, timestamp: u32 },
+    Dtmf {
+        digit: char,
+        timestamp: u32,
+    },
     Other,
 }
 
@@ -44,8 +51,16 @@ pub fn parse(packet: &[u8], dtmf_payload_type: u8) -> Option<Incoming<'_>> {
     let payload_type = packet[1] & 0x7F;
     let timestamp = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
     Some(match payload_type {
-        0 => Incoming::Audio { law: Law::Ulaw, timestamp, payload },
-        8 => Incoming::Audio { law: Law::Alaw, timestamp, payload },
+        0 => Incoming::Audio {
+            law: Law::Ulaw,
+            timestamp,
+            payload,
+        },
+        8 => Incoming::Audio {
+            law: Law::Alaw,
+            timestamp,
+            payload,
+        },
         pt if pt == dtmf_payload_type && payload.len() >= 4 => {
             let digit = match payload[0] {
                 d @ 0..=9 => char::from(b'0' + d),
@@ -190,9 +205,17 @@ mod tests {
     #[test]
     fn parses_audio_and_events() {
         let p = packet(0, 1, 160, &[0xFF; 160]);
-        assert!(matches!(parse(&p, 101), Some(Incoming::Audio { law: Law::Ulaw, timestamp: 160, payload }) if payload.len() == 160));
+        assert!(
+            matches!(parse(&p, 101), Some(Incoming::Audio { law: Law::Ulaw, timestamp: 160, payload }) if payload.len() == 160)
+        );
         let p = packet(101, 2, 320, &[11, 0x8A, 0, 160]);
-        assert_eq!(parse(&p, 101), Some(Incoming::Dtmf { digit: '#', timestamp: 320 }));
+        assert_eq!(
+            parse(&p, 101),
+            Some(Incoming::Dtmf {
+                digit: '#',
+                timestamp: 320
+            })
+        );
         assert_eq!(parse(&[0x80, 0], 101), None);
         assert_eq!(parse(&packet(101, 1, 1, &[1]), 101), Some(Incoming::Other));
         // Padding longer than the packet.
@@ -228,7 +251,11 @@ mod tests {
         let mut heard = Vec::new();
         let mut out = [0i16; FRAME];
         for (i, n) in order.iter().enumerate() {
-            jb.push(Law::Ulaw, ts0.wrapping_add(FRAME as u32 * (*n as u32 - 1)), &frame(*n));
+            jb.push(
+                Law::Ulaw,
+                ts0.wrapping_add(FRAME as u32 * (*n as u32 - 1)),
+                &frame(*n),
+            );
             if i >= 2 {
                 jb.pop(&mut out);
                 heard.push(level(&out));
@@ -263,7 +290,10 @@ mod tests {
         s.packet(&[0; FRAME], &mut b);
         assert_eq!(a.len(), 12 + 160);
         assert_eq!(a[1], 8);
-        assert_eq!(u16::from_be_bytes([b[2], b[3]]), u16::from_be_bytes([a[2], a[3]]).wrapping_add(1));
+        assert_eq!(
+            u16::from_be_bytes([b[2], b[3]]),
+            u16::from_be_bytes([a[2], a[3]]).wrapping_add(1)
+        );
         assert_eq!(
             u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
             u32::from_be_bytes([a[4], a[5], a[6], a[7]]).wrapping_add(160)

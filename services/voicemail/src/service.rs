@@ -46,16 +46,32 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        registry.register("voicemail_sessions_active", "Voicemail sessions in progress", m.sessions_active.clone());
-        registry.register("voicemail_sessions", "Voicemail sessions started", m.sessions.clone());
+        registry.register(
+            "voicemail_sessions_active",
+            "Voicemail sessions in progress",
+            m.sessions_active.clone(),
+        );
+        registry.register(
+            "voicemail_sessions",
+            "Voicemail sessions started",
+            m.sessions.clone(),
+        );
         registry.register("voicemail_messages", "Messages left", m.messages.clone());
         registry.register(
             "voicemail_messages_spooled",
             "Messages spooled locally because storage was unreachable",
             m.messages_spooled.clone(),
         );
-        registry.register("voicemail_storage_errors", "Failed storage operations", m.storage_errors.clone());
-        registry.register("voicemail_spool_depth", "Messages waiting in the local spool", m.spool_depth.clone());
+        registry.register(
+            "voicemail_storage_errors",
+            "Failed storage operations",
+            m.storage_errors.clone(),
+        );
+        registry.register(
+            "voicemail_spool_depth",
+            "Messages waiting in the local spool",
+            m.spool_depth.clone(),
+        );
         m
     }
 }
@@ -117,7 +133,11 @@ impl Shared {
     }
 
     /// The mailbox's settings from voicemail.conf, with a changed PIN from storage.
-    async fn mailbox_info(&self, context: &str, number: &str) -> Result<Option<MailboxInfo>, store::StoreError> {
+    async fn mailbox_info(
+        &self,
+        context: &str,
+        number: &str,
+    ) -> Result<Option<MailboxInfo>, store::StoreError> {
         let Some(m) = self.conf.mailbox(context, number) else {
             return Ok(None);
         };
@@ -129,10 +149,17 @@ impl Shared {
         let (tz, say_format) = m
             .tz(general)
             .and_then(|name| self.conf.zone(name))
-            .and_then(|zone| zone.timezone.parse().ok().map(|tz| (tz, zone.say_format.clone())))
+            .and_then(|zone| {
+                zone.timezone
+                    .parse()
+                    .ok()
+                    .map(|tz| (tz, zone.say_format.clone()))
+            })
             .unwrap_or((chrono_tz::UTC, crate::saydate::DEFAULT_FORMAT.to_owned()));
         let number_option = |key: &str, default: u32| {
-            m.option(key).and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+            m.option(key)
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(default)
         };
         Ok(Some(MailboxInfo {
             mailbox: number.to_owned(),
@@ -179,7 +206,13 @@ impl Shared {
             urgent_old: 0,
         };
         match client.update_mailbox(update).await {
-            Ok(r) => tracing::info!(mailbox, new, old, notified = r.into_inner().notified, "MWI updated"),
+            Ok(r) => tracing::info!(
+                mailbox,
+                new,
+                old,
+                notified = r.into_inner().notified,
+                "MWI updated"
+            ),
             Err(status) => tracing::warn!(%status, mailbox, "the edge did not take the MWI update"),
         }
     }
@@ -188,8 +221,16 @@ impl Shared {
     /// accepts, for up to a day), and the edge gets the new counts.
     async fn announce(self: &Arc<Self>, envelope: Envelope) {
         self.update_mwi(&envelope.context, &envelope.mailbox).await;
-        if self.conf.mailbox(&envelope.context, &envelope.mailbox).and_then(|m| m.email.as_ref()).is_none()
-            && self.conf.mailbox(&envelope.context, &envelope.mailbox).and_then(|m| m.pager.as_ref()).is_none()
+        if self
+            .conf
+            .mailbox(&envelope.context, &envelope.mailbox)
+            .and_then(|m| m.email.as_ref())
+            .is_none()
+            && self
+                .conf
+                .mailbox(&envelope.context, &envelope.mailbox)
+                .and_then(|m| m.pager.as_ref())
+                .is_none()
         {
             return;
         }
@@ -257,7 +298,8 @@ impl Shared {
                     Ok(stored) => {
                         for envelope in stored {
                             let shared = self.clone();
-                            self.tracker.spawn(async move { shared.announce(envelope).await });
+                            self.tracker
+                                .spawn(async move { shared.announce(envelope).await });
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "spool not uploaded yet"),
@@ -275,7 +317,8 @@ impl Shared {
 /// `phone.voicemail.v1.Voicemail`.
 pub struct Api(pub Arc<Shared>);
 
-type EventStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SessionEvent, Status>> + Send>>;
+type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SessionEvent, Status>> + Send>>;
 
 fn storage_status(e: store::StoreError) -> Status {
     Status::unavailable(e.to_string())
@@ -285,7 +328,10 @@ fn storage_status(e: store::StoreError) -> Status {
 impl pb::voicemail_server::Voicemail for Api {
     type SessionEventsStream = EventStream;
 
-    async fn start_session(&self, request: Request<pb::StartSessionRequest>) -> Result<Response<pb::StartSessionResponse>, Status> {
+    async fn start_session(
+        &self,
+        request: Request<pb::StartSessionRequest>,
+    ) -> Result<Response<pb::StartSessionResponse>, Status> {
         let shared = &self.0;
         if shared.shutdown.is_triggered() {
             return Err(Status::unavailable("draining: no new voicemail sessions"));
@@ -296,12 +342,18 @@ impl pb::voicemail_server::Voicemail for Api {
         let mailbox = if main && r.mailbox.is_empty() {
             None
         } else {
-            let info = shared.mailbox_info(&context, &r.mailbox).await.map_err(storage_status)?;
+            let info = shared
+                .mailbox_info(&context, &r.mailbox)
+                .await
+                .map_err(storage_status)?;
             match info {
                 Some(info) => Some(info),
                 None if main => None,
                 None => {
-                    return Err(Status::not_found(format!("no mailbox {}@{context}", r.mailbox)));
+                    return Err(Status::not_found(format!(
+                        "no mailbox {}@{context}",
+                        r.mailbox
+                    )));
                 }
             }
         };
@@ -312,17 +364,26 @@ impl pb::voicemail_server::Voicemail for Api {
         let remote = r
             .remote
             .as_ref()
-            .and_then(|e| Some(SocketAddr::new(e.ip.parse().ok()?, u16::try_from(e.port).ok()?)))
+            .and_then(|e| {
+                Some(SocketAddr::new(
+                    e.ip.parse().ok()?,
+                    u16::try_from(e.port).ok()?,
+                ))
+            })
             .filter(|a| a.port() != 0);
         let socket = UdpSocket::bind(SocketAddr::new(shared.rtp_bind_ip, 0))
             .await
             .map_err(|e| Status::resource_exhausted(format!("no RTP port: {e}")))?;
-        let local = socket.local_addr().map_err(|e| Status::internal(e.to_string()))?;
-        let advertised = shared.advertise_ip.unwrap_or(if local.ip().is_unspecified() {
-            IpAddr::from([127, 0, 0, 1])
-        } else {
-            local.ip()
-        });
+        let local = socket
+            .local_addr()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let advertised = shared
+            .advertise_ip
+            .unwrap_or(if local.ip().is_unspecified() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                local.ip()
+            });
         let id = format!("vm-{}", store::new_message_id(Utc::now().timestamp()));
         let start = Start {
             main,
@@ -333,7 +394,12 @@ impl pb::voicemail_server::Voicemail for Api {
             caller_id_name: r.caller_id_name.clone(),
             max_logins: shared.conf.general.max_logins,
         };
-        let session = Session::new(start, mailbox.filter(|_| !main), shared.prompts.clone(), Utc::now());
+        let session = Session::new(
+            start,
+            mailbox.filter(|_| !main),
+            shared.prompts.clone(),
+            Utc::now(),
+        );
         let (stop_tx, stop_rx) = oneshot::channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         shared.sessions.lock().expect("sessions lock").insert(
@@ -366,19 +432,26 @@ impl pb::voicemail_server::Voicemail for Api {
         }))
     }
 
-    async fn session_events(&self, request: Request<pb::SessionEventsRequest>) -> Result<Response<EventStream>, Status> {
+    async fn session_events(
+        &self,
+        request: Request<pb::SessionEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let id = request.into_inner().session_id;
         let mut sessions = self.0.sessions.lock().expect("sessions lock");
-        let handle = sessions.get_mut(&id).ok_or_else(|| Status::not_found(format!("no session {id}")))?;
-        let events = handle
-            .events
-            .take()
-            .ok_or_else(|| Status::failed_precondition("the session's events are already being read"))?;
+        let handle = sessions
+            .get_mut(&id)
+            .ok_or_else(|| Status::not_found(format!("no session {id}")))?;
+        let events = handle.events.take().ok_or_else(|| {
+            Status::failed_precondition("the session's events are already being read")
+        })?;
         let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(events);
         Ok(Response::new(Box::pin(futures::StreamExt::map(stream, Ok))))
     }
 
-    async fn stop_session(&self, request: Request<pb::StopSessionRequest>) -> Result<Response<pb::StopSessionResponse>, Status> {
+    async fn stop_session(
+        &self,
+        request: Request<pb::StopSessionRequest>,
+    ) -> Result<Response<pb::StopSessionResponse>, Status> {
         let id = request.into_inner().session_id;
         let stop = self
             .0
@@ -393,7 +466,10 @@ impl pb::voicemail_server::Voicemail for Api {
         Ok(Response::new(pb::StopSessionResponse {}))
     }
 
-    async fn mailbox_counts(&self, request: Request<pb::MailboxCountsRequest>) -> Result<Response<pb::MailboxCountsResponse>, Status> {
+    async fn mailbox_counts(
+        &self,
+        request: Request<pb::MailboxCountsRequest>,
+    ) -> Result<Response<pb::MailboxCountsResponse>, Status> {
         let r = request.into_inner();
         let context = Shared::context(&r.context);
         let (new, old) = self.0.counts(context, &r.mailbox).await.map_err(|e| {
@@ -435,9 +511,18 @@ impl Runner {
         shared.metrics.sessions_active.inc();
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel::<Job>();
         shared.tracker.spawn(
-            changes(shared.clone(), self.context.clone(), self.request.clone(), jobs_rx).in_current_span(),
+            changes(
+                shared.clone(),
+                self.context.clone(),
+                self.request.clone(),
+                jobs_rx,
+            )
+            .in_current_span(),
         );
-        let dtmf_pt = u8::try_from(self.request.dtmf_payload_type).ok().filter(|pt| *pt > 0).unwrap_or(101);
+        let dtmf_pt = u8::try_from(self.request.dtmf_payload_type)
+            .ok()
+            .filter(|pt| *pt > 0)
+            .unwrap_or(101);
         let mut jitter = JitterBuffer::default();
         let mut dtmf = DtmfFilter::default();
         let mut sender = Sender::new(self.law, rand_ssrc(&self.id));
@@ -455,10 +540,16 @@ impl Runner {
             while let Some(action) = self.session.poll_action() {
                 match action {
                     Action::Query(query) => {
+                        tracing::debug!(?query, "storage query");
                         if let Query::Mailbox { mailbox: m } = &query {
                             mailbox = m.clone();
                         }
-                        pending = Some(tokio::spawn(query_store(shared.clone(), self.context.clone(), mailbox.clone(), query)));
+                        pending = Some(tokio::spawn(query_store(
+                            shared.clone(),
+                            self.context.clone(),
+                            mailbox.clone(),
+                            query,
+                        )));
                     }
                     Action::Apply(change) => {
                         let id = matches!(change, Change::SaveMessage { .. })
@@ -472,7 +563,10 @@ impl Runner {
                             message_id: id,
                         });
                     }
-                    Action::Finished { status, exit_extension } => {
+                    Action::Finished {
+                        status,
+                        exit_extension,
+                    } => {
                         finished = Some((status, exit_extension));
                     }
                 }
@@ -486,7 +580,12 @@ impl Runner {
                     session::Status::UserExit => pb::VmStatus::Userexit,
                     session::Status::Failed => pb::VmStatus::Failed,
                 };
-                tracing::info!(?status, exit = exit.unwrap_or(""), message = message_id.as_deref().unwrap_or(""), "voicemail session finished");
+                tracing::info!(
+                    ?status,
+                    exit = exit.unwrap_or(""),
+                    message = message_id.as_deref().unwrap_or(""),
+                    "voicemail session finished"
+                );
                 let _ = self.events.send(pb::SessionEvent {
                     session_id: self.id.clone(),
                     event: Some(pb::session_event::Event::Finished(pb::Finished {
@@ -533,6 +632,7 @@ impl Runner {
                 reply = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
                     pending = None;
                     let reply = reply.unwrap_or_else(|e| Reply::Failed(e.to_string()));
+                    tracing::debug!(reply = %reply_summary(&reply), "storage reply");
                     if let Reply::Failed(_) = &reply {
                         shared.metrics.storage_errors.inc();
                     }
@@ -545,21 +645,47 @@ impl Runner {
                 }
             }
         }
-        shared.sessions.lock().expect("sessions lock").remove(&self.id);
+        shared
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .remove(&self.id);
         shared.metrics.sessions_active.dec();
     }
 }
 
+fn reply_summary(reply: &Reply) -> String {
+    match reply {
+        Reply::Mailbox(m) => format!("mailbox found: {}", m.is_some()),
+        Reply::Counts { new, old } => format!("counts {new} new, {old} old"),
+        Reply::Greeting(g) => format!("greeting: {}", g.is_some()),
+        Reply::List(l) => format!("{} messages", l.len()),
+        Reply::Audio(a) => format!("audio: {} samples", a.as_ref().map_or(0, |a| a.len())),
+        Reply::Failed(e) => format!("failed: {e}"),
+    }
+}
+
 fn rand_ssrc(id: &str) -> u32 {
-    id.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    id.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 async fn query_store(shared: Arc<Shared>, context: String, mailbox: String, query: Query) -> Reply {
     let store = &shared.store;
     let result = match query {
-        Query::Mailbox { mailbox } => shared.mailbox_info(&context, &mailbox).await.map(|m| Reply::Mailbox(m.map(Box::new))),
-        Query::Counts => shared.counts(&context, &mailbox).await.map(|(new, old)| Reply::Counts { new, old }),
-        Query::Greeting(g) => store.greeting(&context, &mailbox, g).await.map(|a| Reply::Greeting(a.map(Clip::from))),
+        Query::Mailbox { mailbox } => shared
+            .mailbox_info(&context, &mailbox)
+            .await
+            .map(|m| Reply::Mailbox(m.map(Box::new))),
+        Query::Counts => shared
+            .counts(&context, &mailbox)
+            .await
+            .map(|(new, old)| Reply::Counts { new, old }),
+        Query::Greeting(g) => store
+            .greeting(&context, &mailbox, g)
+            .await
+            .map(|a| Reply::Greeting(a.map(Clip::from))),
         Query::List { folder } => store.list(&context, &mailbox, &folder).await.map(|list| {
             Reply::List(
                 list.into_iter()
@@ -568,27 +694,41 @@ async fn query_store(shared: Arc<Shared>, context: String, mailbox: String, quer
                         folder: e.folder,
                         caller_id_number: e.caller_id_number,
                         caller_id_name: e.caller_id_name,
-                        origtime: chrono::DateTime::from_timestamp(e.origtime, 0).unwrap_or_default(),
+                        origtime: chrono::DateTime::from_timestamp(e.origtime, 0)
+                            .unwrap_or_default(),
                         duration_secs: e.duration,
                     })
                     .collect(),
             )
         }),
-        Query::Audio { folder, id } => store.audio(&context, &mailbox, &folder, &id).await.map(|a| Reply::Audio(a.map(Clip::from))),
+        Query::Audio { folder, id } => store
+            .audio(&context, &mailbox, &folder, &id)
+            .await
+            .map(|a| Reply::Audio(a.map(Clip::from))),
     };
     result.unwrap_or_else(|e| Reply::Failed(e.to_string()))
 }
 
 /// Carries out a session's changes in order; goes on after the session ends.
-async fn changes(shared: Arc<Shared>, context: String, request: pb::StartSessionRequest, mut jobs: mpsc::UnboundedReceiver<Job>) {
+async fn changes(
+    shared: Arc<Shared>,
+    context: String,
+    request: pb::StartSessionRequest,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
     while let Some(job) = jobs.recv().await {
         let store = &shared.store;
         let mailbox = job.mailbox.as_str();
         let result = match job.change {
-            Change::SaveMessage { audio, duration_secs } => {
+            Change::SaveMessage {
+                audio,
+                duration_secs,
+            } => {
                 let now = Utc::now();
                 let envelope = Envelope {
-                    id: job.message_id.unwrap_or_else(|| store::new_message_id(now.timestamp())),
+                    id: job
+                        .message_id
+                        .unwrap_or_else(|| store::new_message_id(now.timestamp())),
                     mailbox: mailbox.to_owned(),
                     context: context.clone(),
                     folder: "INBOX".into(),
@@ -599,7 +739,11 @@ async fn changes(shared: Arc<Shared>, context: String, request: pb::StartSession
                     duration: duration_secs,
                     channel: request.channel.clone(),
                     unique_id: request.unique_id.clone(),
-                    formats: store.formats().iter().map(|f| f.name().to_owned()).collect(),
+                    formats: store
+                        .formats()
+                        .iter()
+                        .map(|f| f.name().to_owned())
+                        .collect(),
                 };
                 match store.save_message(&envelope, &audio).await {
                     Ok(Kept::Stored) => {
@@ -626,7 +770,11 @@ async fn changes(shared: Arc<Shared>, context: String, request: pb::StartSession
                 shared.update_mwi(&context, mailbox).await;
                 r
             }
-            Change::SaveGreeting { greeting, audio } => store.save_greeting(&context, mailbox, greeting, &audio).await,
+            Change::SaveGreeting { greeting, audio } => {
+                store
+                    .save_greeting(&context, mailbox, greeting, &audio)
+                    .await
+            }
             Change::SetPin { pin } => store.set_pin(&context, mailbox, &pin).await,
         };
         if let Err(e) = result {

@@ -43,13 +43,32 @@ pub struct S3Args {
     /// A custom endpoint (MinIO, Ceph, R2...).
     #[arg(long = "s3-endpoint", env = "PHONE_S3_ENDPOINT")]
     pub endpoint: Option<String>,
-    #[arg(long = "s3-region", env = "PHONE_S3_REGION", default_value = "us-east-1")]
+    #[arg(
+        long = "s3-region",
+        env = "PHONE_S3_REGION",
+        default_value = "us-east-1"
+    )]
     pub region: String,
     /// Path-style addressing (`endpoint/bucket/key`), which most self-hosted stores need.
-    #[arg(long = "s3-path-style", env = "PHONE_S3_PATH_STYLE", default_value_t = false)]
+    #[arg(
+        long = "s3-path-style",
+        env = "PHONE_S3_PATH_STYLE",
+        default_value_t = false
+    )]
     pub path_style: bool,
+    /// An access key; without it the SDK's usual chain (`AWS_ACCESS_KEY_ID`, web
+    /// identity, instance profile...).
+    #[arg(long = "s3-access-key-id", env = "PHONE_S3_ACCESS_KEY_ID")]
+    pub access_key_id: Option<String>,
+    /// The access key's secret: from the environment (a Kubernetes Secret), never a flag.
+    #[arg(skip = std::env::var("PHONE_S3_SECRET_ACCESS_KEY").ok().map(asterisk_conf::Secret::new))]
+    pub secret_access_key: Option<asterisk_conf::Secret>,
     /// How long one S3 call may take before the store counts as unreachable.
-    #[arg(long = "s3-timeout-ms", env = "PHONE_S3_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(
+        long = "s3-timeout-ms",
+        env = "PHONE_S3_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
     pub timeout_ms: u64,
 }
 
@@ -101,6 +120,15 @@ impl Blobs {
         if let Some(endpoint) = &args.endpoint {
             loader = loader.endpoint_url(endpoint);
         }
+        if let (Some(id), Some(secret)) = (&args.access_key_id, &args.secret_access_key) {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                id.clone(),
+                secret.expose().to_owned(),
+                None,
+                None,
+                "phone-config",
+            ));
+        }
         let shared = loader.load().await;
         let config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(args.path_style)
@@ -111,7 +139,12 @@ impl Blobs {
         }
     }
 
-    pub async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), StoreError> {
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), StoreError> {
         check_key(key)?;
         match self {
             Blobs::Dir(root) => {
@@ -191,8 +224,13 @@ impl Blobs {
                     .into_paginator()
                     .send();
                 while let Some(page) = pages.next().await {
-                    let page = page.map_err(|e| unavailable(aws_sdk_s3::error::DisplayErrorContext(e)))?;
-                    keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+                    let page =
+                        page.map_err(|e| unavailable(aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                    keys.extend(
+                        page.contents()
+                            .iter()
+                            .filter_map(|o| o.key().map(str::to_owned)),
+                    );
                 }
                 Ok(keys)
             }
@@ -324,20 +362,36 @@ impl Store {
     }
 
     /// The objects of a new message, audio first and the envelope last.
-    fn message_objects(&self, envelope: &Envelope, audio: &[i16]) -> Vec<(String, Vec<u8>, &'static str)> {
+    fn message_objects(
+        &self,
+        envelope: &Envelope,
+        audio: &[i16],
+    ) -> Vec<(String, Vec<u8>, &'static str)> {
         let mut objects: Vec<_> = self
             .formats
             .iter()
             .map(|&format| {
                 (
-                    message_key(&envelope.context, &envelope.mailbox, &envelope.folder, &envelope.id, audio_ext(format)),
+                    message_key(
+                        &envelope.context,
+                        &envelope.mailbox,
+                        &envelope.folder,
+                        &envelope.id,
+                        audio_ext(format),
+                    ),
                     format.encode(audio),
                     format.mime_type(),
                 )
             })
             .collect();
         objects.push((
-            message_key(&envelope.context, &envelope.mailbox, &envelope.folder, &envelope.id, "json"),
+            message_key(
+                &envelope.context,
+                &envelope.mailbox,
+                &envelope.folder,
+                &envelope.id,
+                "json",
+            ),
             serde_json::to_vec_pretty(envelope).unwrap_or_default(),
             "application/json",
         ));
@@ -346,7 +400,11 @@ impl Store {
 
     /// Stores a new message; when the store fails, spools it (nothing is lost unless
     /// the local disk fails too).
-    pub async fn save_message(&self, envelope: &Envelope, audio: &[i16]) -> Result<Kept, StoreError> {
+    pub async fn save_message(
+        &self,
+        envelope: &Envelope,
+        audio: &[i16],
+    ) -> Result<Kept, StoreError> {
         let objects = self.message_objects(envelope, audio);
         let mut failure = None;
         for (key, body, content_type) in &objects {
@@ -368,7 +426,11 @@ impl Store {
             manifest.push((key, file, content_type.to_owned()));
         }
         let tmp = dir.join("manifest.partial");
-        tokio::fs::write(&tmp, serde_json::to_vec(&(envelope, manifest)).unwrap_or_default()).await?;
+        tokio::fs::write(
+            &tmp,
+            serde_json::to_vec(&(envelope, manifest)).unwrap_or_default(),
+        )
+        .await?;
         tokio::fs::rename(&tmp, dir.join("manifest.json")).await?;
         Ok(Kept::Spooled)
     }
@@ -410,17 +472,31 @@ impl Store {
     /// Messages waiting in the spool.
     pub fn spooled(&self) -> usize {
         std::fs::read_dir(&self.spool)
-            .map(|d| d.filter_map(Result::ok).filter(|e| e.path().join("manifest.json").exists()).count())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().join("manifest.json").exists())
+                    .count()
+            })
             .unwrap_or(0)
     }
 
-    pub async fn count(&self, context: &str, mailbox: &str, folder: &str) -> Result<u32, StoreError> {
+    pub async fn count(
+        &self,
+        context: &str,
+        mailbox: &str,
+        folder: &str,
+    ) -> Result<u32, StoreError> {
         let prefix = format!("{}{folder}/", mailbox_prefix(context, mailbox));
         let keys = self.blobs.list(&prefix).await?;
         Ok(keys.iter().filter(|k| k.ends_with(".json")).count() as u32)
     }
 
-    pub async fn list(&self, context: &str, mailbox: &str, folder: &str) -> Result<Vec<Envelope>, StoreError> {
+    pub async fn list(
+        &self,
+        context: &str,
+        mailbox: &str,
+        folder: &str,
+    ) -> Result<Vec<Envelope>, StoreError> {
         let prefix = format!("{}{folder}/", mailbox_prefix(context, mailbox));
         let mut out = Vec::new();
         for key in self.blobs.list(&prefix).await? {
@@ -443,7 +519,13 @@ impl Store {
     }
 
     /// A message's audio, from the first stored format that decodes.
-    pub async fn audio(&self, context: &str, mailbox: &str, folder: &str, id: &str) -> Result<Option<Vec<i16>>, StoreError> {
+    pub async fn audio(
+        &self,
+        context: &str,
+        mailbox: &str,
+        folder: &str,
+        id: &str,
+    ) -> Result<Option<Vec<i16>>, StoreError> {
         for format in [Format::Wav, Format::Wav49] {
             let key = message_key(context, mailbox, folder, id, audio_ext(format));
             if let Some(bytes) = self.blobs.get(&key).await? {
@@ -456,21 +538,33 @@ impl Store {
         Ok(None)
     }
 
-    pub async fn move_message(&self, context: &str, mailbox: &str, id: &str, from: &str, to: &str) -> Result<(), StoreError> {
+    pub async fn move_message(
+        &self,
+        context: &str,
+        mailbox: &str,
+        id: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), StoreError> {
         let key = |folder: &str, ext: &str| message_key(context, mailbox, folder, id, ext);
         let Some(bytes) = self.blobs.get(&key(from, "json")).await? else {
             return Ok(()); // gone already
         };
-        let mut envelope: Envelope = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            key: key(from, "json"),
-            error: e.to_string(),
-        })?;
+        let mut envelope: Envelope =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                key: key(from, "json"),
+                error: e.to_string(),
+            })?;
         for ext in ["wav", "wav49"] {
             self.blobs.copy(&key(from, ext), &key(to, ext)).await?;
         }
         envelope.folder = to.to_owned();
         self.blobs
-            .put(&key(to, "json"), serde_json::to_vec_pretty(&envelope).unwrap_or_default(), "application/json")
+            .put(
+                &key(to, "json"),
+                serde_json::to_vec_pretty(&envelope).unwrap_or_default(),
+                "application/json",
+            )
             .await?;
         self.blobs.delete(&key(from, "json")).await?;
         for ext in ["wav", "wav49"] {
@@ -479,18 +573,35 @@ impl Store {
         Ok(())
     }
 
-    pub async fn delete_message(&self, context: &str, mailbox: &str, folder: &str, id: &str) -> Result<(), StoreError> {
+    pub async fn delete_message(
+        &self,
+        context: &str,
+        mailbox: &str,
+        folder: &str,
+        id: &str,
+    ) -> Result<(), StoreError> {
         for ext in ["json", "wav", "wav49"] {
-            self.blobs.delete(&message_key(context, mailbox, folder, id, ext)).await?;
+            self.blobs
+                .delete(&message_key(context, mailbox, folder, id, ext))
+                .await?;
         }
         Ok(())
     }
 
     fn greeting_key(context: &str, mailbox: &str, greeting: Greeting) -> String {
-        format!("{}greetings/{}.wav", mailbox_prefix(context, mailbox), greeting.file())
+        format!(
+            "{}greetings/{}.wav",
+            mailbox_prefix(context, mailbox),
+            greeting.file()
+        )
     }
 
-    pub async fn greeting(&self, context: &str, mailbox: &str, greeting: Greeting) -> Result<Option<Vec<i16>>, StoreError> {
+    pub async fn greeting(
+        &self,
+        context: &str,
+        mailbox: &str,
+        greeting: Greeting,
+    ) -> Result<Option<Vec<i16>>, StoreError> {
         let key = Self::greeting_key(context, mailbox, greeting);
         Ok(match self.blobs.get(&key).await? {
             Some(bytes) => phone_audio::wav::decode(&bytes)
@@ -500,9 +611,17 @@ impl Store {
         })
     }
 
-    pub async fn save_greeting(&self, context: &str, mailbox: &str, greeting: Greeting, audio: &[i16]) -> Result<(), StoreError> {
+    pub async fn save_greeting(
+        &self,
+        context: &str,
+        mailbox: &str,
+        greeting: Greeting,
+        audio: &[i16],
+    ) -> Result<(), StoreError> {
         let key = Self::greeting_key(context, mailbox, greeting);
-        self.blobs.put(&key, Format::Wav.encode(audio), "audio/x-wav").await
+        self.blobs
+            .put(&key, Format::Wav.encode(audio), "audio/x-wav")
+            .await
     }
 
     pub async fn pin(&self, context: &str, mailbox: &str) -> Result<Option<String>, StoreError> {
@@ -521,7 +640,11 @@ impl Store {
             pin: Some(pin.to_owned()),
         };
         self.blobs
-            .put(&key, serde_json::to_vec(&settings).unwrap_or_default(), "application/json")
+            .put(
+                &key,
+                serde_json::to_vec(&settings).unwrap_or_default(),
+                "application/json",
+            )
             .await
     }
 }
@@ -536,7 +659,8 @@ pub fn new_message_id(origtime: i64) -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let pid = std::process::id();
-    let mix = (u64::from(nanos) ^ (u64::from(pid) << 32) ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)) & 0xFFFF_FFFF_FFFF;
+    let mix = (u64::from(nanos) ^ (u64::from(pid) << 32) ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        & 0xFFFF_FFFF_FFFF;
     format!("{origtime:011}-{mix:012x}")
 }
 
