@@ -32,6 +32,8 @@ pub struct Recorder {
     samples: Vec<i16>,
     /// Consecutive silent frames at the end.
     silent_frames: u32,
+    /// Consecutive frames at the end that stood for missing packets, not audio.
+    filled_frames: u32,
 }
 
 impl Recorder {
@@ -40,11 +42,25 @@ impl Recorder {
             limits,
             samples: Vec::with_capacity(8000 * 30),
             silent_frames: 0,
+            filled_frames: 0,
         }
     }
 
     /// Adds one 20 ms frame; `Some` when the recording must stop now.
     pub fn push(&mut self, frame: &[i16; FRAME]) -> Option<Stop> {
+        self.filled_frames = 0;
+        self.add(frame)
+    }
+
+    /// 20 ms in which no audio came at all: silence for `maxsilence`, but cut off
+    /// when the recording ends on it (the caller had stopped sending before the `#`
+    /// or the hang-up got through).
+    pub fn push_missing(&mut self) -> Option<Stop> {
+        self.filled_frames += 1;
+        self.add(&[0; FRAME])
+    }
+
+    fn add(&mut self, frame: &[i16; FRAME]) -> Option<Stop> {
         self.samples.extend_from_slice(frame);
         let level = frame
             .iter()
@@ -74,11 +90,14 @@ impl Recorder {
     /// The recording, or `None` when it is shorter than `minsecs` (after a silence stop,
     /// without its silent tail).
     pub fn finish(mut self, stop: Stop) -> Option<Vec<i16>> {
-        if stop == Stop::Silence {
-            let tail = self.silent_frames as usize * FRAME;
-            self.samples
-                .truncate(self.samples.len().saturating_sub(tail));
-        }
+        let tail = if stop == Stop::Silence {
+            self.silent_frames
+        } else {
+            self.filled_frames
+        };
+        let tail = tail as usize * FRAME;
+        self.samples
+            .truncate(self.samples.len().saturating_sub(tail));
         let min = self.limits.min_secs as usize * 8000;
         // Nothing at all is never a message, whatever minsecs says.
         if self.samples.is_empty() || self.samples.len() < min {
@@ -122,6 +141,27 @@ mod tests {
         }
         let audio = r.finish(Stop::Silence).unwrap();
         assert_eq!(audio.len(), 5 * 8000);
+    }
+
+    #[test]
+    fn missing_audio_at_the_end_is_not_kept() {
+        let mut r = Recorder::new(limits());
+        for _ in 0..150 {
+            r.push(&speech());
+        }
+        for _ in 0..20 {
+            assert_eq!(r.push_missing(), None);
+        }
+        assert_eq!(r.finish(Stop::Pound).unwrap().len(), 150 * FRAME);
+        // In the middle it is kept: it is where the caller's audio was lost.
+        let mut r = Recorder::new(limits());
+        r.push(&speech());
+        r.push_missing();
+        r.push(&speech());
+        for _ in 0..100 {
+            r.push(&speech());
+        }
+        assert_eq!(r.finish(Stop::HangUp).unwrap().len(), 103 * FRAME);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::audio::{Clip, Prompts, FRAME};
 use crate::recorder::Limits;
 use crate::rtp::{self, DtmfFilter, Incoming, JitterBuffer, Sender};
-use crate::session::{self, Action, Change, MailboxInfo, Query, Reply, Session, Start};
+use crate::session::{self, Action, Change, Heard, MailboxInfo, Query, Reply, Session, Start};
 use crate::store::{self, Envelope, Kept, Store};
 
 /// Counters the service exports.
@@ -41,6 +41,7 @@ pub struct Metrics {
     pub messages_spooled: Counter,
     pub storage_errors: Counter,
     pub spool_depth: Gauge,
+    pub late_samples: Counter,
 }
 
 impl Metrics {
@@ -505,7 +506,54 @@ struct Job {
     message_id: Option<String>,
 }
 
+/// What comes in: audio to the jitter buffer, key presses once each.
+struct Inbound {
+    jitter: JitterBuffer,
+    dtmf: DtmfFilter,
+    /// When audio last came.
+    last_audio: Option<std::time::Instant>,
+    dtmf_pt: u8,
+}
+
+impl Inbound {
+    /// Takes one datagram; a new key press comes back. The first sender becomes the
+    /// far end when none was given (symmetric RTP).
+    fn datagram(
+        &mut self,
+        data: &[u8],
+        from: SocketAddr,
+        remote: &mut Option<SocketAddr>,
+    ) -> Option<char> {
+        match rtp::parse(data, self.dtmf_pt)? {
+            Incoming::Audio {
+                law,
+                timestamp,
+                payload,
+            } => {
+                remote.get_or_insert(from);
+                self.jitter.push(law, timestamp, payload);
+                self.last_audio = Some(std::time::Instant::now());
+                None
+            }
+            Incoming::Dtmf { digit, timestamp } => {
+                remote.get_or_insert(from);
+                self.dtmf.accept(timestamp).then_some(digit)
+            }
+            Incoming::Other => None,
+        }
+    }
+}
+
 impl Runner {
+    fn digit(&mut self, digit: char) {
+        tracing::debug!(%digit, "DTMF");
+        self.session.on_dtmf(digit);
+        let _ = self.events.send(pb::SessionEvent {
+            session_id: self.id.clone(),
+            event: Some(pb::session_event::Event::Dtmf(digit.to_string())),
+        });
+    }
+
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let shared = self.shared.clone();
         shared.metrics.sessions_active.inc();
@@ -523,8 +571,12 @@ impl Runner {
             .ok()
             .filter(|pt| *pt > 0)
             .unwrap_or(101);
-        let mut jitter = JitterBuffer::default();
-        let mut dtmf = DtmfFilter::default();
+        let mut inbound = Inbound {
+            jitter: JitterBuffer::default(),
+            dtmf: DtmfFilter::default(),
+            last_audio: None,
+            dtmf_pt,
+        };
         let mut sender = Sender::new(self.law, rand_ssrc(&self.id));
         let mut clock = tokio::time::interval(Duration::from_millis(session::TICK_MS));
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -598,10 +650,36 @@ impl Runner {
             }
             tokio::select! {
                 _ = clock.tick() => {
+                    // Whatever is waiting in the socket first: after a busy moment the
+                    // clock must not run ahead of audio that has in fact come.
+                    while let Ok((len, from)) = self.socket.try_recv_from(&mut buf) {
+                        if let Some(digit) = inbound.datagram(&buf[..len], from, &mut self.remote) {
+                            self.digit(digit);
+                        }
+                    }
+                    // The caller's next 20 ms when it has come; after 200 ms without
+                    // any audio, what is buffered (or silence) goes on, so silence
+                    // detection and the tail of a message do not wait for packets.
+                    let quiet = inbound.last_audio.is_none_or(|t| t.elapsed() > Duration::from_millis(200));
                     let mut heard = [0i16; FRAME];
-                    jitter.pop(&mut heard);
+                    let received = if inbound.jitter.ready() || (quiet && inbound.jitter.buffered() > 0) {
+                        inbound.jitter.pop(&mut heard);
+                        Heard::Audio(&heard)
+                    } else if quiet {
+                        Heard::Nothing
+                    } else {
+                        Heard::NotYet
+                    };
                     let mut say = [0i16; FRAME];
-                    self.session.tick(&heard, &mut say);
+                    self.session.tick(received, &mut say);
+                    // After a busy moment the media is ahead of the clock: catch up.
+                    for _ in 0..50 {
+                        if !inbound.jitter.ready() {
+                            break;
+                        }
+                        inbound.jitter.pop(&mut heard);
+                        self.session.hear(&heard);
+                    }
                     if let Some(remote) = self.remote {
                         sender.packet(&say, &mut packet);
                         let _ = self.socket.send_to(&packet, remote).await;
@@ -609,24 +687,8 @@ impl Runner {
                 }
                 received = self.socket.recv_from(&mut buf) => {
                     let Ok((len, from)) = received else { continue };
-                    match rtp::parse(&buf[..len], dtmf_pt) {
-                        Some(Incoming::Audio { law, timestamp, payload }) => {
-                            // Symmetric RTP: answer where the audio comes from.
-                            self.remote.get_or_insert(from);
-                            jitter.push(law, timestamp, payload);
-                        }
-                        Some(Incoming::Dtmf { digit, timestamp }) => {
-                            self.remote.get_or_insert(from);
-                            if dtmf.accept(timestamp) {
-                                tracing::debug!(%digit, "DTMF");
-                                self.session.on_dtmf(digit);
-                                let _ = self.events.send(pb::SessionEvent {
-                                    session_id: self.id.clone(),
-                                    event: Some(pb::session_event::Event::Dtmf(digit.to_string())),
-                                });
-                            }
-                        }
-                        Some(Incoming::Other) | None => {}
+                    if let Some(digit) = inbound.datagram(&buf[..len], from, &mut self.remote) {
+                        self.digit(digit);
                     }
                 }
                 reply = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
@@ -641,6 +703,12 @@ impl Runner {
                 _ = &mut stop, if !hung_up => {
                     hung_up = true;
                     tracing::info!("the caller hung up");
+                    // What is still buffered belongs to the message.
+                    let mut heard = [0i16; FRAME];
+                    while inbound.jitter.buffered() > 0 {
+                        inbound.jitter.pop(&mut heard);
+                        self.session.hear(&heard);
+                    }
                     self.session.hang_up();
                 }
             }
@@ -745,7 +813,7 @@ async fn changes(
                         .map(|f| f.name().to_owned())
                         .collect(),
                 };
-                match store.save_message(&envelope, &audio).await {
+                match store.save_message(&envelope, audio).await {
                     Ok(Kept::Stored) => {
                         shared.metrics.messages.inc();
                         tracing::info!(id = %envelope.id, duration_secs, "message stored");

@@ -1,7 +1,7 @@
 //! One voicemail session, sans I/O: `VoiceMail()` (greeting, beep, recording) and
 //! `VoiceMailMain()` (login, counts, the message menu, mailbox options), driven by
-//! 20 ms ticks of received audio and by DTMF digits, answering with 20 ms of audio to
-//! send. Storage is asked through [`Action::Query`] (the session waits for
+//! 20 ms ticks (with the caller's audio for the tick, when it has come) and by DTMF
+//! digits, answering with 20 ms of audio to send. Storage is asked through [`Action::Query`] (the session waits for
 //! [`Session::on_reply`]) and changed through [`Action::Apply`] (the runner carries
 //! the changes out in order, even after the caller hangs up). Time is the tick count,
 //! so every timeout is tested on simulated time.
@@ -22,6 +22,17 @@ const MENU_WAIT_MS: u64 = 10_000;
 const DIGIT_WAIT_MS: u64 = 5_000;
 /// Menu repeats before the session says goodbye.
 const MENU_REPEATS: u32 = 3;
+
+/// What came from the caller for one tick.
+#[derive(Debug, Clone, Copy)]
+pub enum Heard<'a> {
+    /// The caller's next 20 ms.
+    Audio(&'a [i16; FRAME]),
+    /// No packets for a while: 20 ms of silence that is not the caller's.
+    Nothing,
+    /// The audio for this tick has not come yet (it will be given by `hear`).
+    NotYet,
+}
 
 /// Asterisk's folders, by the digit VoiceMailMain gives each.
 pub const FOLDERS: [&str; 5] = ["INBOX", "Old", "Work", "Family", "Friends"];
@@ -361,9 +372,9 @@ impl Session {
         self.entry(Entry::Mailbox, vec![Item::Prompt("vm-login")]);
     }
 
-    /// 20 ms: `received` is the caller's audio for this tick (silence when none came);
-    /// `out` gets what to send.
-    pub fn tick(&mut self, received: &[i16; FRAME], out: &mut [i16; FRAME]) {
+    /// 20 ms: `received` is what the caller's side gave for this tick; `out` gets what
+    /// to send.
+    pub fn tick(&mut self, received: Heard<'_>, out: &mut [i16; FRAME]) {
         self.now_ms += TICK_MS;
         let finished_playing = self.player.frame(out);
         let idle = !self.player.is_playing();
@@ -376,20 +387,15 @@ impl Session {
                 let limits = self.limits();
                 self.state = State::Recording(Recorder::new(limits));
             }
-            State::Recording(recorder) => {
-                if let Some(stop) = recorder.push(received) {
-                    self.end_recording(stop, None);
-                }
-            }
+            State::Recording(_) | State::RecordingGreeting(..) => match received {
+                Heard::Audio(frame) => self.hear(frame),
+                Heard::Nothing => self.hear_nothing(),
+                Heard::NotYet => {}
+            },
             State::GreetingPrompt(greeting) if idle => {
                 let greeting = *greeting;
                 let limits = self.limits();
                 self.state = State::RecordingGreeting(greeting, Recorder::new(limits));
-            }
-            State::RecordingGreeting(_, recorder) => {
-                if let Some(stop) = recorder.push(received) {
-                    self.end_greeting(stop);
-                }
             }
             State::Closing { status, exit } if idle => {
                 let (status, exit) = (*status, *exit);
@@ -426,6 +432,40 @@ impl Session {
             State::Playing if idle => {
                 let words = self.menu_words(Menu::Message);
                 self.menu(Menu::Message, words);
+            }
+            _ => {}
+        }
+    }
+
+    /// 20 ms of the caller's audio beyond the one of this tick (the media runs ahead
+    /// of the clock after a busy moment): recorded if a recording runs, else dropped.
+    pub fn hear(&mut self, frame: &[i16; FRAME]) {
+        match &mut self.state {
+            State::Recording(recorder) => {
+                if let Some(stop) = recorder.push(frame) {
+                    self.end_recording(stop, None);
+                }
+            }
+            State::RecordingGreeting(_, recorder) => {
+                if let Some(stop) = recorder.push(frame) {
+                    self.end_greeting(stop);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn hear_nothing(&mut self) {
+        match &mut self.state {
+            State::Recording(recorder) => {
+                if let Some(stop) = recorder.push_missing() {
+                    self.end_recording(stop, None);
+                }
+            }
+            State::RecordingGreeting(_, recorder) => {
+                if let Some(stop) = recorder.push_missing() {
+                    self.end_greeting(stop);
+                }
             }
             _ => {}
         }

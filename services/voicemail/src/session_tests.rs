@@ -192,7 +192,7 @@ impl Sim {
 
     fn step(&mut self, input: &[i16; FRAME]) {
         let mut out = [0i16; FRAME];
-        self.s.tick(input, &mut out);
+        self.s.tick(Heard::Audio(input), &mut out);
         let first = out[0];
         let name = if out.iter().all(|&v| v == first) {
             match first {
@@ -482,7 +482,7 @@ fn star_and_pound_rewind_and_skip_during_playback() {
     // Envelope, then 1 s into the message.
     let mut out = [0i16; FRAME];
     let mut position = |sim: &mut Sim| {
-        sim.s.tick(&QUIET, &mut out);
+        sim.s.tick(Heard::Audio(&QUIET), &mut out);
         sim.pump();
         -(i32::from(out[0]) + 1000)
     };

@@ -14,6 +14,7 @@
 //! (`<data>/spool/<id>/`) and [`Store::drain_spool`] uploads it when the store is back.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use phone_audio::Format;
@@ -362,15 +363,24 @@ impl Store {
     }
 
     /// The objects of a new message, audio first and the envelope last.
-    fn message_objects(
+    /// The encoding (GSM above all) runs on the blocking pool, off the sessions' threads.
+    async fn message_objects(
         &self,
         envelope: &Envelope,
-        audio: &[i16],
+        audio: Arc<[i16]>,
     ) -> Vec<(String, Vec<u8>, &'static str)> {
-        let mut objects: Vec<_> = self
-            .formats
-            .iter()
-            .map(|&format| {
+        let formats = self.formats.clone();
+        let encoded = tokio::task::spawn_blocking(move || {
+            formats
+                .iter()
+                .map(|f| (*f, f.encode(&audio)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut objects: Vec<_> = encoded
+            .into_iter()
+            .map(|(format, bytes)| {
                 (
                     message_key(
                         &envelope.context,
@@ -379,7 +389,7 @@ impl Store {
                         &envelope.id,
                         audio_ext(format),
                     ),
-                    format.encode(audio),
+                    bytes,
                     format.mime_type(),
                 )
             })
@@ -403,9 +413,9 @@ impl Store {
     pub async fn save_message(
         &self,
         envelope: &Envelope,
-        audio: &[i16],
+        audio: Arc<[i16]>,
     ) -> Result<Kept, StoreError> {
-        let objects = self.message_objects(envelope, audio);
+        let objects = self.message_objects(envelope, audio).await;
         let mut failure = None;
         for (key, body, content_type) in &objects {
             if let Err(e) = self.blobs.put(key, body.clone(), content_type).await {
@@ -529,7 +539,10 @@ impl Store {
         for format in [Format::Wav, Format::Wav49] {
             let key = message_key(context, mailbox, folder, id, audio_ext(format));
             if let Some(bytes) = self.blobs.get(&key).await? {
-                match phone_audio::wav::decode(&bytes) {
+                let decoded = tokio::task::spawn_blocking(move || phone_audio::wav::decode(&bytes))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                match decoded {
                     Ok(samples) => return Ok(Some(samples)),
                     Err(e) => tracing::warn!(%key, error = %e, "undecodable recording"),
                 }

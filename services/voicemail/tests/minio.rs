@@ -209,7 +209,10 @@ async fn voicemailmain_logs_in_plays_deletes_and_saves_by_dtmf() {
             unique_id: String::new(),
             formats: vec!["wav49".into(), "wav".into()],
         };
-        let kept = store.save_message(&envelope, &tone(freq, 2)).await.unwrap();
+        let kept = store
+            .save_message(&envelope, tone(freq, 2).into())
+            .await
+            .unwrap();
         assert_eq!(kept, voicemail::store::Kept::Stored);
     }
     let service = Service::start(Some(minio.s3_args())).await;
