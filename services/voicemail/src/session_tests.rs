@@ -430,6 +430,13 @@ fn listen_save_delete_and_mark_heard_messages_old() {
         sim.heard(),
         "vm-first vm-message digits/1 vm-received digits/today digits/at digits/12 digits/oh digits/5 digits/p-m vm-from digits/2 digits/0 digits/6 digits/5 digits/0 digits/1 digits/2 digits/3 msg0 vm-msgmenu"
     );
+    // 3: the envelope again, then the menu.
+    sim.press("3");
+    sim.wait(3000);
+    assert_eq!(
+        sim.heard(),
+        "vm-received digits/today digits/at digits/12 digits/oh digits/5 digits/p-m vm-from digits/2 digits/0 digits/6 digits/5 digits/0 digits/1 digits/2 digits/3 vm-msgmenu"
+    );
     sim.press("6");
     sim.wait(6000);
     assert!(sim.heard().ends_with("msg1 vm-msgmenu"));

@@ -333,6 +333,10 @@ pub struct Caller {
     ts: u32,
     /// The 20 ms clock of everything the caller sends.
     clock: tokio::time::Interval,
+    /// The law the caller speaks (and expects back).
+    pub law: Law,
+    /// Payload types of the audio received.
+    pub payload_types: std::collections::BTreeSet<u8>,
 }
 
 impl Caller {
@@ -343,6 +347,8 @@ impl Caller {
             seq: 1,
             ts: 8000,
             clock: tokio::time::interval(Duration::from_millis(20)),
+            law: Law::Ulaw,
+            payload_types: Default::default(),
         }
     }
 
@@ -366,8 +372,9 @@ impl Caller {
         let mut heard = Vec::new();
         for frame in samples.chunks(160) {
             self.clock.tick().await;
-            let payload: Vec<u8> = frame.iter().map(|&s| Law::Ulaw.encode(s)).collect();
-            self.send_packet(0, self.ts, &payload, false).await;
+            let payload: Vec<u8> = frame.iter().map(|&s| self.law.encode(s)).collect();
+            self.send_packet(self.law.payload_type(), self.ts, &payload, false)
+                .await;
             self.ts = self.ts.wrapping_add(160);
             self.drain(&mut heard);
         }
@@ -379,11 +386,18 @@ impl Caller {
         self.talk(&vec![0i16; ms * 8]).await
     }
 
-    fn drain(&self, heard: &mut Vec<i16>) {
+    fn drain(&mut self, heard: &mut Vec<i16>) {
         let mut buf = [0u8; 2048];
         while let Ok((len, _)) = self.socket.try_recv_from(&mut buf) {
-            if len > 12 && buf[1] & 0x7F == 0 {
-                heard.extend(buf[12..len].iter().map(|&b| Law::Ulaw.decode(b)));
+            let pt = buf[1] & 0x7F;
+            let law = match pt {
+                0 => Law::Ulaw,
+                8 => Law::Alaw,
+                _ => continue,
+            };
+            if len > 12 {
+                self.payload_types.insert(pt);
+                heard.extend(buf[12..len].iter().map(|&b| law.decode(b)));
             }
         }
     }
@@ -519,6 +533,18 @@ pub async fn start(
     options: &str,
     caller: SocketAddr,
 ) -> (String, SocketAddr, tonic::Streaming<pb::SessionEvent>) {
+    start_with(service, mode, mailbox, options, caller, pb::Codec::Pcmu).await
+}
+
+/// [`start`] with the call's codec.
+pub async fn start_with(
+    service: &Service,
+    mode: pb::Mode,
+    mailbox: &str,
+    options: &str,
+    caller: SocketAddr,
+    codec: pb::Codec,
+) -> (String, SocketAddr, tonic::Streaming<pb::SessionEvent>) {
     let mut client = service.client().await;
     let started = client
         .start_session(pb::StartSessionRequest {
@@ -534,7 +560,7 @@ pub async fn start(
                 ip: caller.ip().to_string(),
                 port: u32::from(caller.port()),
             }),
-            codec: pb::Codec::Pcmu as i32,
+            codec: codec as i32,
             dtmf_payload_type: 101,
         })
         .await

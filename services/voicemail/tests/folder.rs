@@ -1,0 +1,69 @@
+//! The voicemail service with its embedded default store (a folder): an A-law caller
+//! who hangs up instead of pressing `#`.
+
+mod common;
+
+use common::*;
+use phone_audio::Law;
+use phone_proto::voicemail::v1 as pb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_a_law_caller_who_hangs_up_leaves_the_message() {
+    let service = Service::start(None).await;
+    let mut caller = Caller::new("127.0.0.1:9".parse().unwrap()).await;
+    caller.law = Law::Alaw;
+    let (session, voicemail, mut events) = start_with(
+        &service,
+        pb::Mode::Leave,
+        "13235550100",
+        "us",
+        caller.addr(),
+        pb::Codec::Pcma,
+    )
+    .await;
+    caller.voicemail = voicemail;
+    until_after_beep(&mut caller).await;
+    assert_eq!(
+        caller.payload_types.iter().copied().collect::<Vec<_>>(),
+        vec![8],
+        "the service speaks A-law"
+    );
+    let words = speech("Call me when you get this, it is about the invoice.");
+    caller.talk(&words).await;
+    // The caller hangs up: the router says so with StopSession.
+    let mut client = service.client().await;
+    client
+        .stop_session(pb::StopSessionRequest {
+            session_id: session,
+        })
+        .await
+        .unwrap();
+    let done = finished(&mut events).await;
+    assert_eq!(done.status, pb::VmStatus::Success as i32);
+    let path = service.data.path().join(format!(
+        "messages/voicemail/default/13235550100/INBOX/{}.wav",
+        done.message_id
+    ));
+    let mut bytes = None;
+    for _ in 0..100 {
+        if let Ok(b) = std::fs::read(&path) {
+            bytes = Some(b);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let stored = phone_audio::wav::decode(&bytes.expect("the message is in the folder")).unwrap();
+    let decimate = |s: &[i16]| s.iter().step_by(4).copied().collect::<Vec<_>>();
+    let (c, _) = best_correlation(&decimate(&words), &decimate(&stored), 1000);
+    assert!(
+        c > 0.85,
+        "the stored message correlates {c:.3} with what the caller said"
+    );
+    // Everything said is there: the buffered tail went in at the hang-up.
+    assert!(
+        stored.len() + 8 * 120 >= words.len(),
+        "{} of {} samples",
+        stored.len(),
+        words.len()
+    );
+}
