@@ -508,3 +508,147 @@ async fn a_late_answer_is_hung_up_and_cancel_waits_for_a_provisional_response() 
     assert!(header(&bye, "To").unwrap().contains("tag=s2"), "{bye}");
     carrier.expect_status(200).await;
 }
+
+/// Energy share of `freq` in `samples` (Goertzel).
+fn tone_share(samples: &[i16], freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2, mut total) = (0.0f64, 0.0f64, 0.0f64);
+    for &x in samples {
+        let x = f64::from(x);
+        total += x * x;
+        let s = x + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    if total == 0.0 {
+        return 0.0;
+    }
+    2.0 * (s1 * s1 + s2 * s2 - coeff * s1 * s2) / (samples.len() as f64 * total)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nobody_answers_and_the_caller_leaves_a_voicemail_through_the_relay() {
+    use phone_audio::Law;
+    // The seed's inbound context with a 1 s Dial.
+    let extensions = "[inbound]\nexten => _1NXXNXXXXXX,1,Dial(SIP/${EXTEN},1)\n same => n,VoiceMail(${EXTEN}@default,u)\n same => n,Hangup()\n\n[localexts]\nexten => 1,1,Hangup()\n";
+    let Scene {
+        system,
+        carrier,
+        phone,
+        carrier_rtp,
+        ..
+    } = Scene::start(Some(extensions), &[]).await;
+    let offer = did_call(&carrier, &carrier_rtp, "in-vm", "13105550199");
+    carrier.send(&offer).await;
+    let ring = phone.expect("INVITE ").await;
+    phone
+        .send(&response_to(&ring, 180, "Ringing", "phvm", ""))
+        .await;
+    let cancel = phone.expect("CANCEL ").await;
+    phone.send(&response_to(&cancel, 200, "OK", "", "")).await;
+    phone
+        .send(&response_to(&ring, 487, "Request Terminated", "phvm", ""))
+        .await;
+    // VoiceMail() answers the carrier, with the relay's address.
+    let ok = carrier.expect_status(200).await;
+    carrier
+        .send(&in_dialog("ACK", &offer, &ok, 1, carrier.edge))
+        .await;
+    let relay = sdp_media(&ok);
+
+    // The carrier's side talks PCMU every 20 ms: silence until the beep, then a
+    // 600 Hz tone for 2 s, then it hangs up.
+    let mut clock = tokio::time::interval(Duration::from_millis(20));
+    let mut heard: Vec<i16> = Vec::new();
+    let (mut seq, mut ts) = (0u16, 0u32);
+    let mut beeped = false;
+    let mut talked = 0;
+    let mut buf = [0u8; 2048];
+    for _ in 0..1500 {
+        clock.tick().await;
+        let samples: Vec<i16> = (0..160)
+            .map(|n| {
+                if beeped {
+                    let t = f64::from(talked * 160 + n);
+                    (8000.0 * (2.0 * std::f64::consts::PI * 600.0 * t / 8000.0).sin()) as i16
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let mut packet = vec![0x80, 0];
+        packet.extend_from_slice(&seq.to_be_bytes());
+        packet.extend_from_slice(&ts.to_be_bytes());
+        packet.extend_from_slice(&[9, 9, 9, 9]);
+        packet.extend(samples.iter().map(|&s| Law::Ulaw.encode(s)));
+        carrier_rtp.send_to(&packet, relay).await.unwrap();
+        seq = seq.wrapping_add(1);
+        ts = ts.wrapping_add(160);
+        if beeped {
+            talked += 1;
+            if talked == 100 {
+                break;
+            }
+            continue;
+        }
+        while let Ok((n, _)) = carrier_rtp.try_recv_from(&mut buf) {
+            if n > 12 && buf[1] & 0x7F == 0 {
+                heard.extend(buf[12..n].iter().map(|&b| Law::Ulaw.decode(b)));
+            }
+        }
+        // The beep is a 1 kHz tone; the recording starts when it ends.
+        let last = &heard[heard.len().saturating_sub(320)..];
+        let beeping = last.len() == 320 && tone_share(last, 1000.0) > 0.8;
+        if heard.len() > 8000
+            && !beeping
+            && tone_share(&heard[heard.len().saturating_sub(1600)..], 1000.0) > 0.3
+        {
+            beeped = true;
+        }
+    }
+    assert!(
+        beeped,
+        "the greeting and the beep came back through the relay"
+    );
+    assert!(
+        heard.len() > 8000 * 2,
+        "a spoken greeting: {} samples",
+        heard.len()
+    );
+    // The carrier hangs up.
+    carrier
+        .send(&in_dialog("BYE", &offer, &ok, 2, carrier.edge))
+        .await;
+    carrier.expect_status(200).await;
+
+    // The message is in the voicemail's folder, and it is the caller's tone.
+    let inbox = system
+        .voicemail_messages
+        .join("voicemail/default/13235550100/INBOX");
+    let mut wav = None;
+    for _ in 0..100 {
+        if let Some(entry) = std::fs::read_dir(&inbox).ok().and_then(|d| {
+            d.filter_map(Result::ok)
+                .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+        }) {
+            wav = std::fs::read(entry.path().with_extension("wav")).ok();
+            if wav.is_some() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let audio = phone_audio::wav::decode(&wav.expect("a message in INBOX")).unwrap();
+    let secs = audio.len() as f64 / 8000.0;
+    assert!((1.5..=2.5).contains(&secs), "{secs} s recorded");
+    let toned = audio
+        .chunks_exact(800)
+        .filter(|c| tone_share(c, 600.0) > 0.9)
+        .count();
+    assert!(
+        toned + 2 >= audio.len() / 800,
+        "{toned} of {} chunks are the caller's tone",
+        audio.len() / 800
+    );
+}

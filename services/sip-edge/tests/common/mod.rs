@@ -34,12 +34,15 @@ pub struct System {
     pub edge_sip: SocketAddr,
     pub edge_grpc: String,
     pub relay: String,
+    /// Where the voicemail keeps messages (its folder store).
+    pub voicemail_messages: PathBuf,
     stops: Vec<Shutdown>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
 impl System {
-    /// Relay, router and edge, with `extensions` as extensions.conf (or the seed's).
+    /// Relay, voicemail, router and edge, with `extensions` as extensions.conf (or the
+    /// seed's).
     pub async fn start(carrier: SocketAddr, extensions: Option<&str>) -> Self {
         Self::start_with(carrier, extensions, &[]).await
     }
@@ -81,11 +84,34 @@ impl System {
         tokio::spawn(relay.run(stop.clone()));
         stops.push(stop);
 
+        // The voicemail, with messages in a folder; the mailer is not there (issue #7)
+        // and MWI updates are not needed here.
+        let voicemail_data = tempfile::tempdir().unwrap();
+        let mut vm_config = voicemail::Config::try_parse_from([
+            "voicemail",
+            "--rtp-bind-ip",
+            "127.0.0.1",
+            "--mailer-url",
+            "http://127.0.0.1:9",
+            "--edge-url",
+            "http://127.0.0.1:9",
+        ])
+        .unwrap();
+        vm_config.common = CommonArgs::loopback();
+        vm_config.common.drain_deadline = Duration::from_secs(1);
+        vm_config.config_dir = conf.path().to_owned();
+        vm_config.data_dir = voicemail_data.path().to_owned();
+        let voicemail = voicemail::bind(vm_config).await.unwrap();
+        let voicemail_url = format!("http://{}", voicemail.info().grpc);
+        let stop = Shutdown::new();
+        tokio::spawn(voicemail.run(stop.clone()));
+        stops.push(stop);
+
         let router = router::bind(router::Config {
             common: CommonArgs::loopback(),
             config_dir: conf.path().to_owned(),
             edge_url: "http://127.0.0.1:9".into(),
-            voicemail_url: "http://127.0.0.1:9".into(),
+            voicemail_url,
             reload_interval: Duration::ZERO,
             check_dialplan: false,
         })
@@ -109,8 +135,9 @@ impl System {
             edge_sip,
             edge_grpc,
             relay: relay_url,
+            voicemail_messages: voicemail_data.path().join("messages"),
             stops,
-            _dirs: vec![conf, data],
+            _dirs: vec![conf, data, voicemail_data],
         };
         // The edge polls the relay every 2 s; the first poll is at start.
         tokio::time::sleep(Duration::from_millis(300)).await;
