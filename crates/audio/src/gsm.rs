@@ -578,24 +578,13 @@ pub(crate) mod tests_support {
         }
         out
     }
-
-    pub(crate) fn correlation(a: &[i16], b: &[i16]) -> f64 {
-        let n = a.len().min(b.len());
-        let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-        for i in 0..n {
-            let (x, y) = (f64::from(a[i]), f64::from(b[i]));
-            ab += x * y;
-            aa += x * x;
-            bb += y * y;
-        }
-        ab / (aa.sqrt() * bb.sqrt()).max(1.0)
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::tests_support::{correlation, voice};
+    use super::tests_support::voice;
     use super::*;
+    use crate::analysis::correlation;
 
     fn snr_db(reference: &[i16], decoded: &[i16]) -> f64 {
         let (mut signal, mut noise) = (0f64, 0f64);

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod g711;
 pub mod gsm;
 pub mod wav;

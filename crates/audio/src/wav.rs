@@ -235,7 +235,7 @@ mod tests {
         assert_eq!(Format::Wav49.encode(&tone(320)).len(), 60 + 65 + 1);
         let decoded = decode(&bytes).unwrap();
         assert_eq!(decoded.len(), samples.len());
-        let c = crate::gsm::tests_support::correlation(&samples[800..], &decoded[800..]);
+        let c = crate::analysis::correlation(&samples[800..], &decoded[800..]);
         assert!(c > 0.9, "correlation {c:.3}");
     }
 

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use phone_audio::analysis::correlation;
 use phone_audio::wav::{decode, Format};
 
 fn run(program: &str, args: &[&str]) {
@@ -35,18 +36,6 @@ fn speech(dir: &Path, text: &str) -> Vec<i16> {
         ],
     );
     decode(&std::fs::read(pcm).unwrap()).unwrap()
-}
-
-fn correlation(a: &[i16], b: &[i16]) -> f64 {
-    let n = a.len().min(b.len());
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for i in 0..n {
-        let (x, y) = (f64::from(a[i]), f64::from(b[i]));
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    ab / (aa.sqrt() * bb.sqrt()).max(1.0)
 }
 
 #[test]

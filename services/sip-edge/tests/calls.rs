@@ -509,26 +509,9 @@ async fn a_late_answer_is_hung_up_and_cancel_waits_for_a_provisional_response() 
     carrier.expect_status(200).await;
 }
 
-/// Energy share of `freq` in `samples` (Goertzel).
-fn tone_share(samples: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2, mut total) = (0.0f64, 0.0f64, 0.0f64);
-    for &x in samples {
-        let x = f64::from(x);
-        total += x * x;
-        let s = x + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    if total == 0.0 {
-        return 0.0;
-    }
-    2.0 * (s1 * s1 + s2 * s2 - coeff * s1 * s2) / (samples.len() as f64 * total)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn nobody_answers_and_the_caller_leaves_a_voicemail_through_the_relay() {
+    use phone_audio::analysis::tone_share;
     use phone_audio::Law;
     // The seed's inbound context with a 1 s Dial.
     let extensions = "[inbound]\nexten => _1NXXNXXXXXX,1,Dial(SIP/${EXTEN},1)\n same => n,VoiceMail(${EXTEN}@default,u)\n same => n,Hangup()\n\n[localexts]\nexten => 1,1,Hangup()\n";

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use phone_audio::analysis::tone_share;
 use phone_audio::Law;
 use phone_proto::voicemail::v1 as pb;
 use tokio::net::UdpSocket;
@@ -45,23 +46,6 @@ struct Args {
 
 fn frequency(i: usize) -> f64 {
     f64::from(300 + (i % 200) as u32 * 13)
-}
-
-fn tone_share(samples: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2, mut total) = (0.0f64, 0.0f64, 0.0f64);
-    for &x in samples {
-        let x = f64::from(x);
-        total += x * x;
-        let s = x + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    if total == 0.0 {
-        return 0.0;
-    }
-    2.0 * (s1 * s1 + s2 * s2 - coeff * s1 * s2) / (samples.len() as f64 * total)
 }
 
 fn cpu_ticks(pid: u32) -> Option<u64> {

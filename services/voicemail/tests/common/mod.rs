@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use phone_audio::analysis::{best_correlation_fast, tone_share};
 use phone_audio::Law;
 use phone_proto::edge::v1 as edge;
 use phone_proto::mailer::v1 as mailer;
@@ -437,27 +438,6 @@ impl Caller {
     }
 }
 
-/// Energy of `freq` in `samples` relative to their total energy (Goertzel).
-pub fn tone_share(samples: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    let mut total = 0.0;
-    for &x in samples {
-        let x = f64::from(x);
-        total += x * x;
-        let s = x + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    if total == 0.0 {
-        0.0
-    } else {
-        2.0 * power / (samples.len() as f64 * total)
-    }
-}
-
 /// Runs until the beep (1 kHz) has been heard and ended; returns what was heard.
 pub async fn until_after_beep(caller: &mut Caller) -> Vec<i16> {
     let mut heard = Vec::new();
@@ -477,30 +457,6 @@ pub async fn until_after_beep(caller: &mut Caller) -> Vec<i16> {
         "no beep in 30 s: heard {} samples, {loud} loud",
         heard.len()
     );
-}
-
-/// The best normalized cross-correlation of `b` against `a`, over lags up to `max_lag`
-/// samples either way.
-pub fn best_correlation(a: &[i16], b: &[i16], max_lag: usize) -> (f64, isize) {
-    let mut best = (f64::MIN, 0isize);
-    for lag in -(max_lag as isize)..=(max_lag as isize) {
-        let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-        for (i, &x) in a.iter().enumerate() {
-            let j = i as isize + lag;
-            if j < 0 || j as usize >= b.len() {
-                continue;
-            }
-            let (x, y) = (f64::from(x), f64::from(b[j as usize]));
-            ab += x * y;
-            aa += x * x;
-            bb += y * y;
-        }
-        let c = ab / (aa.sqrt() * bb.sqrt()).max(1.0);
-        if c > best.0 {
-            best = (c, lag);
-        }
-    }
-    best
 }
 
 /// espeak-ng's speech at 8 kHz.
