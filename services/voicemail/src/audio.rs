@@ -257,19 +257,25 @@ impl Player {
     }
 }
 
+/// The prompt names of a playlist (other items as their debug form), for tests.
+#[cfg(test)]
+pub(crate) fn item_names(items: &[Item]) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| match i {
+            Item::Prompt(n) => (*n).to_owned(),
+            Item::Named(n) => n.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn names(items: &[Item]) -> Vec<String> {
-        items
-            .iter()
-            .map(|i| match i {
-                Item::Prompt(n) => (*n).to_owned(),
-                Item::Named(n) => n.clone(),
-                other => format!("{other:?}"),
-            })
-            .collect()
+        item_names(items)
     }
 
     #[test]

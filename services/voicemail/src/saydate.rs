@@ -88,15 +88,7 @@ mod tests {
     use chrono::TimeZone;
 
     fn names(items: &[Item]) -> String {
-        items
-            .iter()
-            .map(|i| match i {
-                Item::Prompt(n) => (*n).to_owned(),
-                Item::Named(n) => n.clone(),
-                other => format!("{other:?}"),
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+        crate::audio::item_names(items).join(" ")
     }
 
     #[test]
