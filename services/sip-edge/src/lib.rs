@@ -351,31 +351,50 @@ fn registrar_for(sip: &SipConf, algorithms: &[digest::Algorithm]) -> Registrar {
     Registrar::new(config, lines, secret)
 }
 
+/// Binds SIP over UDP and TCP on one port. With port 0, the port UDP gets may be taken
+/// for TCP (by another socket's ephemeral port): then both are tried again elsewhere.
+async fn bind_sip(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| Error::SipBind {
+                transport: "udp",
+                addr,
+                source,
+            })?;
+        let udp_addr = udp.local_addr().map_err(|source| Error::SipBind {
+            transport: "udp",
+            addr,
+            source,
+        })?;
+        match TcpListener::bind(udp_addr).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempts < 20 =>
+            {
+                continue
+            }
+            Err(source) => {
+                return Err(Error::SipBind {
+                    transport: "tcp",
+                    addr: udp_addr,
+                    source,
+                })
+            }
+        }
+    }
+}
+
 /// Loads sip.conf and binds the SIP and gRPC ports.
 pub async fn bind(config: Config) -> Result<Bound, Error> {
     let sip = asterisk_conf::sip::load(config.config_dir.join("sip.conf"))?;
     service_runtime::log_config_warnings(&sip.warnings);
     let mut server = GrpcServer::bind(NAME, &config.common).await?;
-    let udp = UdpSocket::bind(config.sip_bind)
-        .await
-        .map_err(|source| Error::SipBind {
-            transport: "udp",
-            addr: config.sip_bind,
-            source,
-        })?;
-    // TCP on the port UDP got, so that `:0` gives one port for both transports.
-    let udp_addr = udp.local_addr().map_err(|source| Error::SipBind {
-        transport: "udp",
-        addr: config.sip_bind,
-        source,
-    })?;
-    let tcp = TcpListener::bind(udp_addr)
-        .await
-        .map_err(|source| Error::SipBind {
-            transport: "tcp",
-            addr: udp_addr,
-            source,
-        })?;
+    let (udp, tcp) = bind_sip(config.sip_bind).await?;
     let counters = server::Counters::default();
     let registry = server.registry().sub_registry_with_prefix("sip");
     for (name, help, counter) in [
