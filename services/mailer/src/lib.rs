@@ -10,6 +10,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod compose;
+
 use std::path::PathBuf;
 
 use asterisk_conf::voicemail::VoicemailConf;
