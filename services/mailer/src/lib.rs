@@ -4,13 +4,16 @@
 //! from a durable outbox with retries, so that no message is lost and none is sent
 //! twice. Deliveries arrive over `phone.mailer.v1.Mailer`.
 //!
-//! What runs today (issue #2): `voicemail.conf` is loaded and checked at start (a broken
-//! file stops the process with `file:line: message`); the gRPC API, health, metrics and
-//! drain run. Delivery is issue #7; until then the RPCs answer UNIMPLEMENTED.
+//! What runs today: `voicemail.conf` is loaded and checked at start (a broken file stops
+//! the process with `file:line: message`); the gRPC API, health, metrics and drain run.
+//! [`compose`] builds the email as app_voicemail does and [`smtp`] sends it with
+//! `lettre`; the durable outbox that joins them to the RPCs is the rest of issue #7,
+//! and until it lands the RPCs answer UNIMPLEMENTED.
 
 #![forbid(unsafe_code)]
 
 pub mod compose;
+pub mod smtp;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,234 @@
+//! The composed email through a real SMTP server: Mailpit (built by
+//! `scripts/install-deps` with `go install` at a pinned version), read back over its
+//! HTTP API: headers, text, and the attachment decoded back to the recorded audio.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chrono::TimeZone;
+use mailer::compose::{self, Notice};
+use mailer::smtp::{self, Security, SendError, Smtp, SmtpArgs};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn mailpit_binary() -> PathBuf {
+    let gopath = Command::new("go")
+        .args(["env", "GOPATH"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let path = Path::new(&gopath).join("bin/mailpit");
+    assert!(
+        path.exists(),
+        "mailpit is not installed: run scripts/install-deps"
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Mailpit {
+    child: Child,
+    smtp: u16,
+    http: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Mailpit {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn http_get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status = std::str::from_utf8(&response[..split])
+        .ok()?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((status, response[split + 4..].to_vec()))
+}
+
+async fn json(port: u16, path: &str) -> serde_json::Value {
+    let (status, body) = http_get(port, path).await.expect("Mailpit answers");
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+impl Mailpit {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (smtp, http) = (free_port(), free_port());
+        let child = Command::new(mailpit_binary())
+            .arg("--smtp")
+            .arg(format!("127.0.0.1:{smtp}"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{http}"))
+            .arg("--database")
+            .arg(dir.path().join("mail.db"))
+            .args([
+                "--smtp-auth-accept-any",
+                "--smtp-auth-allow-insecure",
+                "--disable-version-check",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mailpit starts");
+        let mailpit = Mailpit {
+            child,
+            smtp,
+            http,
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            if let Some((200, _)) = http_get(http, "/api/v1/messages").await {
+                if tokio::net::TcpStream::connect(("127.0.0.1", smtp))
+                    .await
+                    .is_ok()
+                {
+                    return mailpit;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("Mailpit did not start");
+    }
+}
+
+fn args(port: u16) -> SmtpArgs {
+    SmtpArgs {
+        host: Some("127.0.0.1".into()),
+        port,
+        security: Security::None,
+        user: Some("voicemail".into()),
+        password: Some(asterisk_conf::Secret::new("not-logged")),
+        timeout_ms: 5000,
+    }
+}
+
+#[tokio::test]
+async fn the_seeds_email_arrives_with_its_recording() {
+    let mailpit = Mailpit::start().await;
+    let conf = asterisk_conf::voicemail::load(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/examples/freelancer/voicemail.conf"),
+    )
+    .unwrap();
+    let mailbox = conf.mailbox("default", "13235550100").unwrap();
+    let tone: Vec<i16> = (0..16_000)
+        .map(|n| {
+            (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * f64::from(n) / 8000.0).sin()) as i16
+        })
+        .collect();
+    let recording = phone_audio::Format::Wav49.encode(&tone);
+    let notice = Notice {
+        message_id: "01764194700-0a1b2c3d4e5f".into(),
+        mailbox: "13235550100".into(),
+        context: "default".into(),
+        message_number: 1,
+        caller_id_number: "2065550123".into(),
+        caller_id_name: "Pat Caller".into(),
+        origin_time: chrono::Utc
+            .with_ymd_and_hms(2026, 11, 26, 23, 5, 9)
+            .unwrap(),
+        duration_secs: 2,
+        recordings: vec![
+            ("wav49".into(), "k.wav49".into()),
+            ("wav".into(), "k.wav".into()),
+        ],
+    };
+    let mail = compose::email(&conf, mailbox, &notice).unwrap();
+    let message = smtp::message(&mail, Some(recording)).unwrap();
+    let client = Smtp::new(&args(mailpit.smtp), "127.0.0.1").unwrap();
+    client.send(message).await.expect("sent");
+
+    let list = json(mailpit.http, "/api/v1/messages").await;
+    assert_eq!(list["total"], 1);
+    let id = list["messages"][0]["ID"].as_str().unwrap().to_owned();
+    let got = json(mailpit.http, &format!("/api/v1/message/{id}")).await;
+    assert_eq!(
+        got["Subject"],
+        "[PBX]: New message 1 in mailbox 13235550100"
+    );
+    assert_eq!(got["From"]["Name"], "Asterisk PBX");
+    assert_eq!(got["From"]["Address"], "voicemail@domain.com");
+    assert_eq!(got["To"][0]["Name"], "First Last");
+    assert_eq!(got["To"][0]["Address"], "email@domain.com");
+    assert_eq!(
+        format!("<{}>", got["MessageID"].as_str().unwrap()),
+        "<voicemail-01764194700-0a1b2c3d4e5f@domain.com>"
+    );
+    // SMTP carries lines as CRLF.
+    assert_eq!(
+        got["Text"]
+            .as_str()
+            .unwrap()
+            .replace("\r\n", "\n")
+            .trim_end(),
+        mail.body.trim_end()
+    );
+    let attachment = &got["Attachments"][0];
+    assert_eq!(attachment["FileName"], "msg0000.WAV");
+    // MIME types are case-insensitive (RFC 2045); Asterisk writes audio/x-WAV.
+    assert!(attachment["ContentType"]
+        .as_str()
+        .unwrap()
+        .eq_ignore_ascii_case("audio/x-WAV"));
+    let part = attachment["PartID"].as_str().unwrap();
+    let (status, bytes) = http_get(mailpit.http, &format!("/api/v1/message/{id}/part/{part}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let audio = phone_audio::wav::decode(&bytes).unwrap();
+    assert_eq!(audio.len(), tone.len());
+    let c = phone_audio::analysis::correlation(&tone[800..], &audio[800..]);
+    assert!(
+        c > 0.9,
+        "the attachment decodes to the recording (correlation {c:.3})"
+    );
+}
+
+#[tokio::test]
+async fn no_server_is_a_temporary_failure() {
+    let port = free_port();
+    let conf = asterisk_conf::voicemail::load(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/examples/freelancer/voicemail.conf"),
+    )
+    .unwrap();
+    let mailbox = conf.mailbox("default", "13235550100").unwrap();
+    let notice = Notice {
+        message_id: "x".into(),
+        mailbox: "13235550100".into(),
+        context: "default".into(),
+        message_number: 1,
+        caller_id_number: String::new(),
+        caller_id_name: String::new(),
+        origin_time: chrono::Utc::now(),
+        duration_secs: 1,
+        recordings: Vec::new(),
+    };
+    let mail = compose::email(&conf, mailbox, &notice).unwrap();
+    let client = Smtp::new(&args(port), "127.0.0.1").unwrap();
+    match client.send(smtp::message(&mail, None).unwrap()).await {
+        Err(SendError::Temporary(_)) => {}
+        other => panic!("{other:?}"),
+    }
+}
