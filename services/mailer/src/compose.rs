@@ -184,18 +184,39 @@ fn domain(address: &str) -> &str {
     address.rsplit_once('@').map_or("phone.invalid", |(_, d)| d)
 }
 
+/// The date as `format` (or Asterisk's default) writes it in the mailbox's zone, and
+/// the message's variables with it.
+fn dated(
+    conf: &VoicemailConf,
+    mailbox: &Mailbox,
+    notice: &Notice,
+    format: &str,
+) -> (String, Vec<(&'static str, String)>) {
+    let format = if format.is_empty() {
+        DEFAULT_DATE_FORMAT
+    } else {
+        format
+    };
+    let tz = zone(conf, mailbox);
+    let date = strftime(format, &notice.origin_time.with_timezone(&tz));
+    let vars = variables(notice, &mailbox.full_name, &date);
+    (date, vars)
+}
+
+/// The caller as Asterisk's default wording names them: name, else number.
+fn caller_or<'a>(notice: &'a Notice, unknown: &'a str) -> &'a str {
+    [&notice.caller_id_name, &notice.caller_id_number]
+        .into_iter()
+        .map(|s| s.trim())
+        .find(|s| !s.is_empty())
+        .unwrap_or(unknown)
+}
+
 /// The email to the mailbox's address; `None` when it has none.
 pub fn email(conf: &VoicemailConf, mailbox: &Mailbox, notice: &Notice) -> Option<Composed> {
     let to = mailbox.email.clone().filter(|e| !e.trim().is_empty())?;
     let general = &conf.general;
-    let tz = zone(conf, mailbox);
-    let format = if general.email_date_format.is_empty() {
-        DEFAULT_DATE_FORMAT
-    } else {
-        &general.email_date_format
-    };
-    let date = strftime(format, &notice.origin_time.with_timezone(&tz));
-    let vars = variables(notice, &mailbox.full_name, &date);
+    let (date, vars) = dated(conf, mailbox, notice, &general.email_date_format);
     let subject = match &general.email_subject {
         Some(template) => substitute(template, &vars),
         None => format!(
@@ -206,11 +227,7 @@ pub fn email(conf: &VoicemailConf, mailbox: &Mailbox, notice: &Notice) -> Option
     let body = match &general.email_body {
         Some(template) => substitute(template, &vars),
         None => {
-            let from = [&notice.caller_id_name, &notice.caller_id_number]
-                .into_iter()
-                .map(|s| s.trim())
-                .find(|s| !s.is_empty())
-                .unwrap_or("an unknown caller");
+            let from = caller_or(notice, "an unknown caller");
             format!(
                 "Dear {}:\n\n\tJust wanted to let you know you were just left a {} long message (number {})\nin mailbox {} from {}, on {} so you might\nwant to check it when you get a chance.  Thanks!\n\n\t\t\t\t--Asterisk\n\n",
                 mailbox.full_name,
@@ -254,31 +271,20 @@ pub fn email(conf: &VoicemailConf, mailbox: &Mailbox, notice: &Notice) -> Option
 pub fn pager(conf: &VoicemailConf, mailbox: &Mailbox, notice: &Notice) -> Option<Composed> {
     let to = mailbox.pager.clone().filter(|e| !e.trim().is_empty())?;
     let general = &conf.general;
-    let tz = zone(conf, mailbox);
-    let format = if general.pager_date_format.is_empty() {
-        DEFAULT_DATE_FORMAT
-    } else {
-        &general.pager_date_format
-    };
-    let date = strftime(format, &notice.origin_time.with_timezone(&tz));
-    let vars = variables(notice, &mailbox.full_name, &date);
+    let (date, vars) = dated(conf, mailbox, notice, &general.pager_date_format);
     let subject = match &general.pager_subject {
         Some(template) => substitute(template, &vars),
         None => "New VM".to_owned(),
     };
     let body = match &general.pager_body {
         Some(template) => substitute(template, &vars),
-        None => {
-            let from = [&notice.caller_id_name, &notice.caller_id_number]
-                .into_iter()
-                .map(|s| s.trim())
-                .find(|s| !s.is_empty())
-                .unwrap_or("unknown");
-            format!(
-                "New {} long msg in box {}\nfrom {}, on {}",
-                vars[1].1, notice.mailbox, from, date
-            )
-        }
+        None => format!(
+            "New {} long msg in box {}\nfrom {}, on {}",
+            vars[1].1,
+            notice.mailbox,
+            caller_or(notice, "unknown"),
+            date
+        ),
     };
     let from = sender(conf, &vars);
     Some(Composed {
