@@ -222,26 +222,23 @@ impl Shared {
     /// accepts, for up to a day), and the edge gets the new counts.
     async fn announce(self: &Arc<Self>, envelope: Envelope) {
         self.update_mwi(&envelope.context, &envelope.mailbox).await;
-        if self
+        let addressed = self
             .conf
             .mailbox(&envelope.context, &envelope.mailbox)
-            .and_then(|m| m.email.as_ref())
-            .is_none()
-            && self
-                .conf
-                .mailbox(&envelope.context, &envelope.mailbox)
-                .and_then(|m| m.pager.as_ref())
-                .is_none()
-        {
+            .is_some_and(|m| m.email.is_some() || m.pager.is_some());
+        if !addressed {
             return;
         }
         let number = self
             .store
-            .list(&envelope.context, &envelope.mailbox, "INBOX")
+            .number(
+                &envelope.context,
+                &envelope.mailbox,
+                &envelope.folder,
+                &envelope.id,
+            )
             .await
-            .ok()
-            .and_then(|list| list.iter().position(|e| e.id == envelope.id))
-            .map_or(1, |i| i as u32 + 1);
+            .unwrap_or(1);
         let request = mailer::DeliverRequest {
             message_id: envelope.id.clone(),
             mailbox: envelope.mailbox.clone(),
@@ -257,12 +254,13 @@ impl Shared {
                 .iter()
                 .map(|f| mailer::Recording {
                     format: f.clone(),
+                    // A format's name is its key's extension (Format::name).
                     key: store::message_key(
                         &envelope.context,
                         &envelope.mailbox,
                         &envelope.folder,
                         &envelope.id,
-                        if f == "wav49" { "wav49" } else { "wav" },
+                        f,
                     ),
                 })
                 .collect(),

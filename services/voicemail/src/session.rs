@@ -248,7 +248,6 @@ pub struct Session {
     /// VoiceMail: the limits and `maxmsg` come with the mailbox.
     greeting: Option<Clip>,
     login_attempts: u32,
-    entered_mailbox: String,
     folder: String,
     messages: Vec<MessageInfo>,
     current: usize,
@@ -277,7 +276,6 @@ impl Session {
             mailbox,
             greeting: None,
             login_attempts: 0,
-            entered_mailbox: String::new(),
             folder: FOLDERS[0].to_owned(),
             messages: Vec::new(),
             current: 0,
@@ -305,7 +303,6 @@ impl Session {
         } else if self.start.mailbox.is_empty() {
             self.ask_mailbox();
         } else {
-            self.entered_mailbox = self.start.mailbox.clone();
             self.query(
                 Query::Mailbox {
                     mailbox: self.start.mailbox.clone(),
@@ -744,7 +741,6 @@ impl Session {
                     self.failed_login();
                     return;
                 }
-                self.entered_mailbox = digits.clone();
                 self.query(Query::Mailbox { mailbox: digits }, Pending::Login);
             }
             Entry::Password => {

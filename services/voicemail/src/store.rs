@@ -338,13 +338,6 @@ pub fn message_key(context: &str, mailbox: &str, folder: &str, id: &str, ext: &s
     format!("{}{folder}/{id}.{ext}", mailbox_prefix(context, mailbox))
 }
 
-fn audio_ext(format: Format) -> &'static str {
-    match format {
-        Format::Wav => "wav",
-        Format::Wav49 => "wav49",
-    }
-}
-
 impl Store {
     pub fn new(blobs: Blobs, formats: Vec<Format>, spool: PathBuf) -> Self {
         Self {
@@ -387,7 +380,7 @@ impl Store {
                         &envelope.mailbox,
                         &envelope.folder,
                         &envelope.id,
-                        audio_ext(format),
+                        format.name(),
                     ),
                     bytes,
                     format.mime_type(),
@@ -490,6 +483,25 @@ impl Store {
             .unwrap_or(0)
     }
 
+    /// A message's number in its folder, from 1 (`${VM_MSGNUM}`), from the keys alone:
+    /// ids sort by time, so no envelope needs reading.
+    pub async fn number(
+        &self,
+        context: &str,
+        mailbox: &str,
+        folder: &str,
+        id: &str,
+    ) -> Result<u32, StoreError> {
+        let prefix = format!("{}{folder}/", mailbox_prefix(context, mailbox));
+        let own = format!("{prefix}{id}.json");
+        let keys = self.blobs.list(&prefix).await?;
+        Ok(keys
+            .iter()
+            .filter(|k| k.ends_with(".json") && k.as_str() <= own.as_str())
+            .count()
+            .max(1) as u32)
+    }
+
     pub async fn count(
         &self,
         context: &str,
@@ -537,7 +549,7 @@ impl Store {
         id: &str,
     ) -> Result<Option<Vec<i16>>, StoreError> {
         for format in [Format::Wav, Format::Wav49] {
-            let key = message_key(context, mailbox, folder, id, audio_ext(format));
+            let key = message_key(context, mailbox, folder, id, format.name());
             if let Some(bytes) = self.blobs.get(&key).await? {
                 let decoded = tokio::task::spawn_blocking(move || phone_audio::wav::decode(&bytes))
                     .await
