@@ -2,115 +2,12 @@
 //! `scripts/install-deps` with `go install` at a pinned version), read back over its
 //! HTTP API: headers, text, and the attachment decoded back to the recorded audio.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
 
 use chrono::TimeZone;
 use mailer::compose::{self, Notice};
 use mailer::smtp::{self, Security, SendError, Smtp, SmtpArgs};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn mailpit_binary() -> PathBuf {
-    let gopath = Command::new("go")
-        .args(["env", "GOPATH"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let path = Path::new(&gopath).join("bin/mailpit");
-    assert!(
-        path.exists(),
-        "mailpit is not installed: run scripts/install-deps"
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Mailpit {
-    child: Child,
-    smtp: u16,
-    http: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Mailpit {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn http_get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.ok()?;
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let status = std::str::from_utf8(&response[..split])
-        .ok()?
-        .split(' ')
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((status, response[split + 4..].to_vec()))
-}
-
-async fn json(port: u16, path: &str) -> serde_json::Value {
-    let (status, body) = http_get(port, path).await.expect("Mailpit answers");
-    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
-    serde_json::from_slice(&body).unwrap()
-}
-
-impl Mailpit {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (smtp, http) = (free_port(), free_port());
-        let child = Command::new(mailpit_binary())
-            .arg("--smtp")
-            .arg(format!("127.0.0.1:{smtp}"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{http}"))
-            .arg("--database")
-            .arg(dir.path().join("mail.db"))
-            .args([
-                "--smtp-auth-accept-any",
-                "--smtp-auth-allow-insecure",
-                "--disable-version-check",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mailpit starts");
-        let mailpit = Mailpit {
-            child,
-            smtp,
-            http,
-            _dir: dir,
-        };
-        for _ in 0..200 {
-            if let Some((200, _)) = http_get(http, "/api/v1/messages").await {
-                if tokio::net::TcpStream::connect(("127.0.0.1", smtp))
-                    .await
-                    .is_ok()
-                {
-                    return mailpit;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("Mailpit did not start");
-    }
-}
+use phone_test_support::{free_port, Mailpit};
 
 fn args(port: u16) -> SmtpArgs {
     SmtpArgs {
@@ -159,10 +56,10 @@ async fn the_seeds_email_arrives_with_its_recording() {
     let client = Smtp::new(&args(mailpit.smtp), "127.0.0.1").unwrap();
     client.send(message).await.expect("sent");
 
-    let list = json(mailpit.http, "/api/v1/messages").await;
-    assert_eq!(list["total"], 1);
-    let id = list["messages"][0]["ID"].as_str().unwrap().to_owned();
-    let got = json(mailpit.http, &format!("/api/v1/message/{id}")).await;
+    let list = mailpit.messages().await;
+    assert_eq!(list.len(), 1);
+    let id = list[0]["ID"].as_str().unwrap().to_owned();
+    let got = mailpit.message(&id).await;
     assert_eq!(
         got["Subject"],
         "[PBX]: New message 1 in mailbox 13235550100"
@@ -192,10 +89,7 @@ async fn the_seeds_email_arrives_with_its_recording() {
         .unwrap()
         .eq_ignore_ascii_case("audio/x-WAV"));
     let part = attachment["PartID"].as_str().unwrap();
-    let (status, bytes) = http_get(mailpit.http, &format!("/api/v1/message/{id}/part/{part}"))
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
+    let bytes = mailpit.part(&id, part).await;
     let audio = phone_audio::wav::decode(&bytes).unwrap();
     assert_eq!(audio.len(), tone.len());
     let c = phone_audio::analysis::correlation(&tone[800..], &audio[800..]);

@@ -55,7 +55,7 @@ pub struct Config {
     pub prompts_dir: PathBuf,
     /// Messages in S3 instead of the data folder.
     #[command(flatten)]
-    pub s3: voicemail::store::S3Args,
+    pub s3: phone_blobs::S3Args,
     /// SIP over UDP and TCP.
     #[arg(long, env = "PHONE_SIP_BIND", default_value = "0.0.0.0:5060")]
     pub sip_bind: SocketAddr,

@@ -43,7 +43,7 @@ fn sox_decode(bytes: &[u8]) -> Vec<i16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_left_by_rtp_lands_in_minio_with_its_envelope() {
-    let minio = Minio::start().await;
+    let minio = Minio::start(BUCKET).await;
     let service = Service::start(Some(minio.s3_args())).await;
     let mut caller = Caller::new("127.0.0.1:9".parse().unwrap()).await;
     let (_, voicemail, mut events) =
@@ -153,7 +153,7 @@ fn heard_tone(heard: &[i16], freq: f64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn voicemailmain_logs_in_plays_deletes_and_saves_by_dtmf() {
-    let minio = Minio::start().await;
+    let minio = Minio::start(BUCKET).await;
     // Two messages in INBOX: a 500 Hz one, then an 800 Hz one.
     let blobs = voicemail::store::Blobs::s3(&minio.s3_args(), BUCKET.into()).await;
     let store = voicemail::store::Store::new(
@@ -239,7 +239,7 @@ async fn voicemailmain_logs_in_plays_deletes_and_saves_by_dtmf() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_recorded_while_minio_is_down_arrives_once_when_it_is_back() {
-    let mut minio = Minio::start().await;
+    let mut minio = Minio::start(BUCKET).await;
     let service = Service::start(Some(minio.s3_args())).await;
     let mut caller = Caller::new("127.0.0.1:9".parse().unwrap()).await;
     let (_, voicemail, mut events) =

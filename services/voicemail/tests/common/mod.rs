@@ -1,5 +1,5 @@
-//! The harness of the voicemail service tests: a real MinIO (built by
-//! `scripts/install-deps` from the Go module proxy), the voicemail service on loopback
+//! The harness of the voicemail service tests: a real MinIO (from
+//! `phone-test-support`), the voicemail service on loopback
 //! with the seed's voicemail.conf, an RTP peer that speaks G.711 and RFC 4733, and
 //! recording stand-ins for the two gRPC peers the service calls (the mailer, whose
 //! delivery is issue #7, and the edge's MWI entry point), so the tests can check what
@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,181 +21,10 @@ use phone_proto::voicemail::v1 as pb;
 use service_runtime::{CommonArgs, Shutdown};
 use tokio::net::UdpSocket;
 
-pub const USER: &str = "phonetest";
-pub const PASSWORD: &str = "phonetest-secret";
+#[allow(unused_imports)]
+pub use phone_test_support::Minio;
+
 pub const BUCKET: &str = "voicemail";
-
-fn minio_binary() -> PathBuf {
-    if let Ok(path) = which("minio") {
-        return path;
-    }
-    let gopath = Command::new("go")
-        .args(["env", "GOPATH"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let path = Path::new(&gopath).join("bin/minio");
-    assert!(
-        path.exists(),
-        "minio is not installed: run scripts/install-deps"
-    );
-    path
-}
-
-fn which(program: &str) -> Result<PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join(program))
-                .find(|p| p.is_file())
-        })
-        .ok_or(())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A MinIO server on loopback with its data in a temporary folder.
-pub struct Minio {
-    child: Option<Child>,
-    pub port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Minio {
-    pub async fn start() -> Self {
-        let mut minio = Minio {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        minio.resume().await;
-        let client = minio.client().await;
-        client
-            .create_bucket()
-            .bucket(BUCKET)
-            .send()
-            .await
-            .expect("create the bucket");
-        minio
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts (again) on the same port and data.
-    pub async fn resume(&mut self) {
-        let console = free_port();
-        let child = Command::new(minio_binary())
-            .args(["server", "--quiet", "--address"])
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--console-address")
-            .arg(format!("127.0.0.1:{console}"))
-            .arg(self.dir.path())
-            .env("MINIO_ROOT_USER", USER)
-            .env("MINIO_ROOT_PASSWORD", PASSWORD)
-            .env("MINIO_BROWSER", "off")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("minio starts");
-        self.child = Some(child);
-        let url = format!("{}/minio/health/ready", self.endpoint());
-        for _ in 0..200 {
-            if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let request = "GET /minio/health/ready HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-                if stream.write_all(request.as_bytes()).await.is_ok() {
-                    let mut response = Vec::new();
-                    let _ = stream.read_to_end(&mut response).await;
-                    if response.starts_with(b"HTTP/1.1 200")
-                        || response.starts_with(b"HTTP/1.0 200")
-                    {
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("MinIO did not become ready at {url}");
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    pub async fn client(&self) -> aws_sdk_s3::Client {
-        let config = aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(self.endpoint())
-            .force_path_style(true)
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                USER, PASSWORD, None, None, "test",
-            ))
-            .build();
-        aws_sdk_s3::Client::from_conf(config)
-    }
-
-    pub fn s3_args(&self) -> voicemail::store::S3Args {
-        voicemail::store::S3Args {
-            bucket: Some(BUCKET.into()),
-            endpoint: Some(self.endpoint()),
-            region: "us-east-1".into(),
-            path_style: true,
-            access_key_id: Some(USER.into()),
-            secret_access_key: Some(asterisk_conf::Secret::new(PASSWORD)),
-            timeout_ms: 1000,
-        }
-    }
-
-    /// Keys under `prefix`.
-    pub async fn keys(&self, prefix: &str) -> Vec<String> {
-        let client = self.client().await;
-        let listed = client
-            .list_objects_v2()
-            .bucket(BUCKET)
-            .prefix(prefix)
-            .send()
-            .await
-            .unwrap();
-        let mut keys: Vec<String> = listed
-            .contents()
-            .iter()
-            .filter_map(|o| o.key().map(str::to_owned))
-            .collect();
-        keys.sort();
-        keys
-    }
-
-    pub async fn get(&self, key: &str) -> Vec<u8> {
-        let client = self.client().await;
-        let object = client
-            .get_object()
-            .bucket(BUCKET)
-            .key(key)
-            .send()
-            .await
-            .unwrap();
-        object.body.collect().await.unwrap().into_bytes().to_vec()
-    }
-}
-
-impl Drop for Minio {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// What the stand-in mailer and edge were told.
 #[derive(Default)]
