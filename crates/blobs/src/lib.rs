@@ -62,6 +62,21 @@ pub struct S3Args {
     pub timeout_ms: u64,
 }
 
+impl S3Args {
+    /// No bucket: the folders are used.
+    pub fn none() -> Self {
+        Self {
+            bucket: None,
+            endpoint: None,
+            region: "us-east-1".into(),
+            path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            timeout_ms: 5000,
+        }
+    }
+}
+
 /// Objects by key.
 #[derive(Clone)]
 pub enum Blobs {

@@ -44,7 +44,7 @@ impl CommonArgs {
     }
 }
 
-/// `250ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
+/// `250ms`, `30s`, `5m`, `1h`, `5d`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -59,9 +59,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         other => {
             return Err(format!(
-                "unknown unit '{other}' in '{text}' (use ms, s, m or h)"
+                "unknown unit '{other}' in '{text}' (use ms, s, m, h or d)"
             ))
         }
     };
@@ -164,6 +165,7 @@ mod tests {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(5 * 86_400)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 days").is_err());
     }

@@ -212,16 +212,19 @@ pub struct Mailpit {
     pub smtp: u16,
     pub http: u16,
     dir: tempfile::TempDir,
+    args: Vec<String>,
 }
 
 impl Mailpit {
     pub async fn start() -> Self {
-        let mut mailpit = Mailpit {
-            child: None,
-            smtp: free_port(),
-            http: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-        };
+        Self::start_with(&[]).await
+    }
+
+    /// With more of Mailpit's flags, such as `--smtp-allowed-recipients REGEX` (other
+    /// recipients are refused with 550).
+    pub async fn start_with(args: &[&str]) -> Self {
+        let mut mailpit = Self::stopped();
+        mailpit.args = args.iter().map(|a| (*a).to_owned()).collect();
         mailpit.resume().await;
         mailpit
     }
@@ -234,6 +237,7 @@ impl Mailpit {
             smtp: free_port(),
             http: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            args: Vec::new(),
         }
     }
 
@@ -251,6 +255,7 @@ impl Mailpit {
                 "--smtp-auth-allow-insecure",
                 "--disable-version-check",
             ])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

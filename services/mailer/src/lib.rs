@@ -1,30 +1,33 @@
 //! `mailer`: turns each new voicemail into an email the way Asterisk's app_voicemail
 //! builds it from `voicemail.conf` (`serveremail`, `emailsubject`, `emailbody`,
-//! `emaildateformat`, the recording attached per `attach=`), and sends it over SMTP
-//! from a durable outbox with retries, so that no message is lost and none is sent
-//! twice. Deliveries arrive over `phone.mailer.v1.Mailer`.
+//! `emaildateformat`, the recording attached per `attach=`, the pager mail), and sends
+//! it over SMTP from a durable outbox with retries, so that no message is lost and none
+//! is sent twice. Deliveries arrive over `phone.mailer.v1.Mailer` from the voicemail
+//! service.
 //!
-//! What runs today: `voicemail.conf` is loaded and checked at start (a broken file stops
-//! the process with `file:line: message`); the gRPC API, health, metrics and drain run.
-//! [`compose`] builds the email as app_voicemail does and [`smtp`] sends it with
-//! `lettre`; the durable outbox that joins them to the RPCs is the rest of issue #7,
-//! and until it lands the RPCs answer UNIMPLEMENTED.
+//! [`compose`] builds the mails (sans I/O), [`smtp`] sends them with `lettre`,
+//! [`outbox`] stores each delivery (in S3 under `outbox/`, or the data folder) before
+//! `Deliver` answers and retries until it is sent or given up, and [`api`] is the gRPC
+//! service. Without an SMTP host (the embedded default) mail is written as `.eml` files
+//! to `<data>/mail`.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod compose;
+pub mod outbox;
 pub mod smtp;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use asterisk_conf::voicemail::VoicemailConf;
-use phone_proto::mailer::v1::mailer_server::{Mailer, MailerServer};
-use phone_proto::mailer::v1::{
-    DeliverRequest, Delivery, GetDeliveryRequest, ListPendingRequest, ListPendingResponse,
-};
-use service_runtime::grpc::not_yet;
+use phone_blobs::{Blobs, S3Args};
+use phone_proto::mailer::v1::mailer_server::MailerServer;
+use service_runtime::settings::parse_duration;
 use service_runtime::{CommonArgs, GrpcServer, ServiceInfo, Shutdown};
-use tonic::{Request, Response, Status};
+
+use crate::outbox::{Outbox, Policy, Transport};
 
 pub const NAME: &str = "mailer";
 
@@ -37,9 +40,54 @@ pub struct Config {
     /// Directory holding voicemail.conf.
     #[arg(long, env = "PHONE_CONFIG_DIR", default_value = "/etc/phone")]
     pub config_dir: PathBuf,
-    /// Local state (the outbox when no S3 bucket is configured).
+    /// Local state: the outbox when no S3 bucket is configured, and `mail/` (the
+    /// `.eml` files) when no SMTP host is.
     #[arg(long, env = "PHONE_DATA_DIR", default_value = "/var/lib/phone")]
     pub data_dir: PathBuf,
+    /// Where the voicemail service keeps its messages when there is no S3 bucket (its
+    /// `<data-dir>/messages`).
+    #[arg(
+        long,
+        env = "PHONE_MESSAGES_DIR",
+        default_value = "/var/lib/phone/messages"
+    )]
+    pub messages_dir: PathBuf,
+    #[command(flatten)]
+    pub smtp: smtp::SmtpArgs,
+    /// Recordings and the outbox in S3 instead of folders.
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// The wait before the first retry of a failed delivery; it doubles after each
+    /// further failure.
+    #[arg(long, env = "PHONE_RETRY_FIRST", default_value = "1m", value_parser = parse_duration)]
+    pub retry_first: Duration,
+    /// The longest wait between two attempts.
+    #[arg(long, env = "PHONE_RETRY_MAX", default_value = "1h", value_parser = parse_duration)]
+    pub retry_max: Duration,
+    /// A delivery not sent this long after it was accepted is given up.
+    #[arg(long, env = "PHONE_GIVE_UP_AFTER", default_value = "5d", value_parser = parse_duration)]
+    pub give_up_after: Duration,
+    /// Deliveries sent at the same time.
+    #[arg(long, env = "PHONE_SMTP_PARALLEL", default_value_t = 4)]
+    pub smtp_parallel: usize,
+}
+
+impl Config {
+    /// The embedded defaults for `phone` and tests: folders under `data_dir`, no SMTP.
+    pub fn loopback(config_dir: PathBuf, data_dir: PathBuf, messages_dir: PathBuf) -> Self {
+        Self {
+            common: CommonArgs::loopback(),
+            config_dir,
+            data_dir,
+            messages_dir,
+            smtp: smtp::SmtpArgs::none(),
+            s3: S3Args::none(),
+            retry_first: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            give_up_after: Duration::from_secs(5 * 86_400),
+            smtp_parallel: 4,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,34 +96,116 @@ pub enum Error {
     Config(#[from] asterisk_conf::Error),
     #[error(transparent)]
     Runtime(#[from] service_runtime::Error),
+    #[error("data folder {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("SMTP settings: {0}")]
+    Smtp(#[from] smtp::SendError),
 }
 
 /// The mailer with its configuration loaded and its port bound.
 pub struct Bound {
     server: GrpcServer,
-    conf: VoicemailConf,
+    api: api::Api,
+    transport: Transport,
+    parallel: usize,
+    shutdown: Shutdown,
+    storage: &'static str,
+    sends_to: String,
 }
 
-/// Loads voicemail.conf and binds the gRPC port.
+/// Loads voicemail.conf, connects storage and binds the gRPC port.
 pub async fn bind(config: Config) -> Result<Bound, Error> {
     let conf = asterisk_conf::voicemail::load(config.config_dir.join("voicemail.conf"))?;
     service_runtime::log_config_warnings(&conf.warnings);
-    let server = GrpcServer::bind(NAME, &config.common).await?;
-    Ok(Bound { server, conf })
+    let mut server = GrpcServer::bind(NAME, &config.common).await?;
+    let (recordings, outbox_blobs, storage) = match &config.s3.bucket {
+        Some(bucket) => {
+            let blobs = Blobs::s3(&config.s3, bucket.clone()).await;
+            (blobs.clone(), blobs, "s3")
+        }
+        None => {
+            create_dir(&config.data_dir)?;
+            (
+                Blobs::Dir(config.messages_dir.clone()),
+                Blobs::Dir(config.data_dir.clone()),
+                "folder",
+            )
+        }
+    };
+    let (transport, sends_to) = match &config.smtp.host {
+        Some(host) => (
+            Transport::Smtp(smtp::Smtp::new(&config.smtp, host)?),
+            format!("smtp://{host}:{}", config.smtp.port),
+        ),
+        None => {
+            let dir = config.data_dir.join("mail");
+            create_dir(&dir)?;
+            let to = dir.display().to_string();
+            (Transport::Folder(dir), to)
+        }
+    };
+    let metrics = outbox::Metrics::register(server.registry());
+    let policy = Policy {
+        first: config.retry_first,
+        max: config.retry_max.max(config.retry_first),
+        give_up: config.give_up_after,
+    };
+    let shutdown = Shutdown::new();
+    let api = api::Api {
+        conf: Arc::new(conf),
+        recordings,
+        outbox: Outbox::new(outbox_blobs, policy, metrics),
+        shutdown: shutdown.clone(),
+    };
+    Ok(Bound {
+        server,
+        api,
+        transport,
+        parallel: config.smtp_parallel,
+        shutdown,
+        storage,
+        sends_to,
+    })
+}
+
+fn create_dir(path: &std::path::Path) -> Result<(), Error> {
+    std::fs::create_dir_all(path).map_err(|source| Error::DataDir {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 impl Bound {
     pub fn info(&self) -> ServiceInfo {
         let mut info = self.server.info();
         info.extra
-            .push(("from".into(), self.conf.general.server_email.clone()));
+            .push(("from".into(), self.api.conf.general.server_email.clone()));
+        info.extra.push(("storage".into(), self.storage.to_owned()));
+        info.extra.push(("sends to".into(), self.sends_to.clone()));
         info
     }
 
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
+        // New deliveries are refused and no new send starts once shutdown begins; the
+        // sends in progress finish within the drain (what is left stays stored).
+        let inner = self.shutdown.clone();
+        let outer = shutdown.clone();
+        tokio::spawn(async move {
+            outer.triggered().await;
+            inner.trigger();
+        });
+        let scheduler = self.server.in_flight().spawn(self.api.outbox.clone().run(
+            self.transport,
+            self.parallel,
+            self.shutdown.clone(),
+        ));
         self.server
-            .serve_one(MailerServer::new(MailerApi), shutdown)
+            .serve_one(MailerServer::new(self.api), shutdown)
             .await?;
+        scheduler.abort();
         Ok(())
     }
 }
@@ -83,30 +213,4 @@ impl Bound {
 /// Loads, binds and serves until `shutdown`, then drains.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     bind(config).await?.run(shutdown).await
-}
-
-/// `phone.mailer.v1.Mailer`.
-struct MailerApi;
-
-const ISSUE: u32 = 7;
-
-#[tonic::async_trait]
-impl Mailer for MailerApi {
-    async fn deliver(&self, _: Request<DeliverRequest>) -> Result<Response<Delivery>, Status> {
-        Err(not_yet("Mailer.Deliver", ISSUE))
-    }
-
-    async fn get_delivery(
-        &self,
-        _: Request<GetDeliveryRequest>,
-    ) -> Result<Response<Delivery>, Status> {
-        Err(not_yet("Mailer.GetDelivery", ISSUE))
-    }
-
-    async fn list_pending(
-        &self,
-        _: Request<ListPendingRequest>,
-    ) -> Result<Response<ListPendingResponse>, Status> {
-        Err(not_yet("Mailer.ListPending", ISSUE))
-    }
 }

@@ -45,11 +45,26 @@ pub struct SmtpArgs {
     pub password: Option<asterisk_conf::Secret>,
     /// How long one SMTP conversation may take.
     #[arg(
+        id = "smtp_timeout_ms",
         long = "smtp-timeout-ms",
         env = "PHONE_SMTP_TIMEOUT_MS",
         default_value_t = 30_000
     )]
     pub timeout_ms: u64,
+}
+
+impl SmtpArgs {
+    /// No SMTP server: mail is written to files.
+    pub fn none() -> Self {
+        Self {
+            host: None,
+            port: 587,
+            security: Security::Starttls,
+            user: None,
+            password: None,
+            timeout_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,10 +140,23 @@ impl Smtp {
     }
 
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
-        match self.transport.send(message).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_permanent() => Err(SendError::Permanent(e.to_string())),
-            Err(e) => Err(SendError::Temporary(e.to_string())),
-        }
+        classify(self.transport.send(message).await)
+    }
+
+    /// Sends a finished message (the outbox's `.eml`) to the envelope's recipients.
+    pub async fn send_raw(
+        &self,
+        envelope: &lettre::address::Envelope,
+        message: &[u8],
+    ) -> Result<(), SendError> {
+        classify(self.transport.send_raw(envelope, message).await)
+    }
+}
+
+fn classify<T>(result: Result<T, lettre::transport::smtp::Error>) -> Result<(), SendError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_permanent() => Err(SendError::Permanent(e.to_string())),
+        Err(e) => Err(SendError::Temporary(e.to_string())),
     }
 }

@@ -53,9 +53,13 @@ pub struct Config {
     /// The voicemail prompts (scripts/make-prompts makes them).
     #[arg(long, env = "PHONE_PROMPTS_DIR", default_value = voicemail::DEFAULT_PROMPTS_DIR)]
     pub prompts_dir: PathBuf,
-    /// Messages in S3 instead of the data folder.
+    /// Messages and the mail outbox in S3 instead of the data folder.
     #[command(flatten)]
     pub s3: phone_blobs::S3Args,
+    /// Voicemail emails through this SMTP server; without it they are written as .eml
+    /// files to `<data>/mailer/mail`.
+    #[command(flatten)]
+    pub smtp: mailer::smtp::SmtpArgs,
     /// SIP over UDP and TCP.
     #[arg(long, env = "PHONE_SIP_BIND", default_value = "0.0.0.0:5060")]
     pub sip_bind: SocketAddr,
@@ -167,10 +171,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         ..media_relay::Config::loopback(config.rtp_ports)
     })
     .await?;
+    let voicemail_data = data_dir("voicemail")?;
     let voicemail = voicemail::bind(voicemail::Config {
         common: common(&listeners.voicemail),
         config_dir: config_dir.clone(),
-        data_dir: data_dir("voicemail")?,
+        data_dir: voicemail_data.clone(),
         prompts_dir: config.prompts_dir.clone(),
         rtp_bind_ip: IpAddr::from([0, 0, 0, 0]),
         advertise_ip: config.advertise_ip,
@@ -181,8 +186,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     .await?;
     let mailer = mailer::bind(mailer::Config {
         common: common(&listeners.mailer),
-        config_dir,
-        data_dir: data_dir("mailer")?,
+        smtp: config.smtp.clone(),
+        s3: config.s3.clone(),
+        ..mailer::Config::loopback(
+            config_dir,
+            data_dir("mailer")?,
+            voicemail_data.join("messages"),
+        )
     })
     .await?;
 

@@ -106,7 +106,7 @@ async fn spans_are_exported_over_otlp_when_the_endpoint_is_set() {
     let answer = phone_proto::mailer::v1::mailer_client::MailerClient::new(channel)
         .list_pending(phone_proto::mailer::v1::ListPendingRequest {})
         .await;
-    assert_eq!(answer.unwrap_err().code(), tonic::Code::Unimplemented);
+    assert!(answer.unwrap().into_inner().deliveries.is_empty());
 
     // The batch exporter sends what it holds on shutdown at the latest.
     Command::new("kill")

@@ -203,26 +203,49 @@ async fn starts_prints_addresses_and_every_service_is_healthy() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn rpcs_of_later_issues_answer_unimplemented_with_the_issue() {
-    use phone_proto_client::*;
+async fn the_embedded_mailer_writes_a_voicemails_email_to_the_data_folder() {
     let dir = tempfile::tempdir().unwrap();
     let phone = start(dir.path(), &[]);
     let (grpc, _) = phone.services["mailer"];
-    let err = mailer_list_pending(grpc).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("issue #7"), "{}", err.message());
-}
-
-mod phone_proto_client {
-    use std::net::SocketAddr;
-
-    pub async fn mailer_list_pending(addr: SocketAddr) -> Result<(), tonic::Status> {
-        let channel = service_runtime::grpc::client_channel(&format!("http://{addr}")).unwrap();
-        phone_proto::mailer::v1::mailer_client::MailerClient::new(channel)
-            .list_pending(phone_proto::mailer::v1::ListPendingRequest {})
-            .await
-            .map(|_| ())
+    // A recording where phone's voicemail service keeps it.
+    let id = "01795734309-0a1b2c3d4e5f";
+    let key = format!("voicemail/default/13235550100/INBOX/{id}.wav49");
+    let path = dir.path().join("voicemail/messages").join(&key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, phone_audio::Format::Wav49.encode(&[0i16; 8000])).unwrap();
+    let channel = service_runtime::grpc::client_channel(&format!("http://{grpc}")).unwrap();
+    let mut client = phone_proto::mailer::v1::mailer_client::MailerClient::new(channel);
+    client
+        .deliver(phone_proto::mailer::v1::DeliverRequest {
+            message_id: id.into(),
+            mailbox: "13235550100".into(),
+            context: "default".into(),
+            folder: "INBOX".into(),
+            message_number: 1,
+            caller_id_number: "2065550123".into(),
+            caller_id_name: String::new(),
+            origin_time: 1_795_734_309,
+            duration_secs: 1,
+            recordings: vec![phone_proto::mailer::v1::Recording {
+                format: "wav49".into(),
+                key,
+            }],
+        })
+        .await
+        .expect("the delivery is stored");
+    let eml = dir.path().join(format!("mailer/mail/{id}.email.eml"));
+    for _ in 0..100 {
+        if eml.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    let text = std::fs::read_to_string(&eml).expect("the email is written as a .eml file");
+    assert!(
+        text.contains("To: \"First Last\" <email@domain.com>"),
+        "{text}"
+    );
+    assert!(text.contains("msg0000.WAV"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
