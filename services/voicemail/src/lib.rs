@@ -22,6 +22,7 @@ pub mod store;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use asterisk_conf::voicemail::VoicemailConf;
 use phone_audio::Format;
@@ -172,6 +173,11 @@ impl Bound {
             inner.trigger();
         });
         tokio::spawn(self.shared.clone().spool_task(self.shutdown.clone()));
+        tokio::spawn(
+            self.shared
+                .clone()
+                .announce_task(Duration::from_secs(300), self.shutdown.clone()),
+        );
         self.server
             .serve_one(VoicemailServer::new(service::Api(self.shared)), shutdown)
             .await?;

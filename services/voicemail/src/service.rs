@@ -4,7 +4,7 @@
 //! PIN), then tells the mailer and the edge (MWI). A message that storage cannot take
 //! is spooled locally and uploaded by the spool task when storage is back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -89,6 +89,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     pub shutdown: Shutdown,
     sessions: Mutex<HashMap<String, Handle>>,
+    /// Messages whose delivery to the mailer is being retried here.
+    announcing: Mutex<HashSet<String>>,
 }
 
 struct Handle {
@@ -122,6 +124,7 @@ impl Shared {
             tracker,
             shutdown,
             sessions: Mutex::default(),
+            announcing: Mutex::default(),
         })
     }
 
@@ -218,17 +221,44 @@ impl Shared {
         }
     }
 
-    /// A message is in storage: the mailer is asked to email it (retried until it
-    /// accepts, for up to a day), and the edge gets the new counts.
+    /// A message is in storage: the edge gets the new counts (MWI), and the mailer is
+    /// asked to email it. That request is noted in storage first and retried in the
+    /// background until the mailer accepts it; a note left by a stop or a crash is
+    /// taken up again by [`Shared::announce_task`], here or on another replica.
     async fn announce(self: &Arc<Self>, envelope: Envelope) {
         self.update_mwi(&envelope.context, &envelope.mailbox).await;
-        let addressed = self
-            .conf
-            .mailbox(&envelope.context, &envelope.mailbox)
-            .is_some_and(|m| m.email.is_some() || m.pager.is_some());
-        if !addressed {
+        if !self.addressed(&envelope) {
             return;
         }
+        if let Err(e) = self.store.save_announcement(&envelope).await {
+            self.metrics.storage_errors.inc();
+            tracing::warn!(id = %envelope.id, error = %e, "cannot note the announcement; it is retried from memory only");
+        }
+        self.spawn_delivery(envelope);
+    }
+
+    fn addressed(&self, envelope: &Envelope) -> bool {
+        self.conf
+            .mailbox(&envelope.context, &envelope.mailbox)
+            .is_some_and(|m| m.email.is_some() || m.pager.is_some())
+    }
+
+    /// Starts the background requests to the mailer for `envelope`, unless they run.
+    fn spawn_delivery(self: &Arc<Self>, envelope: Envelope) {
+        if !self.announcing.lock().unwrap().insert(envelope.id.clone()) {
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let id = envelope.id.clone();
+            shared.deliver(envelope).await;
+            shared.announcing.lock().unwrap().remove(&id);
+        });
+    }
+
+    /// Asks the mailer until it accepts (backing off up to 5 minutes between tries) or
+    /// the service stops; then removes the note.
+    async fn deliver(&self, envelope: Envelope) {
         let number = self
             .store
             .number(
@@ -266,23 +296,59 @@ impl Shared {
                 .collect(),
         };
         let mut delay = Duration::from_secs(1);
-        let give_up = tokio::time::Instant::now() + Duration::from_secs(24 * 3600);
         loop {
             let mut client = mailer::mailer_client::MailerClient::new(self.mailer.clone());
             match client.deliver(request.clone()).await {
                 Ok(_) => {
                     tracing::info!(id = %envelope.id, "the mailer has the message");
+                    if let Err(e) = self.store.remove_announcement(&envelope.id).await {
+                        // Left behind, it is announced again later: the mailer's
+                        // Deliver is idempotent, so no second email.
+                        tracing::warn!(id = %envelope.id, error = %e, "cannot remove the announcement note");
+                    }
                     return;
                 }
-                Err(status) if tokio::time::Instant::now() < give_up => {
-                    tracing::warn!(%status, id = %envelope.id, retry_in = ?delay, "the mailer did not take the message");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(300));
+                Err(status)
+                    if status.code() == tonic::Code::InvalidArgument
+                        || status.code() == tonic::Code::NotFound
+                        || status.code() == tonic::Code::FailedPrecondition =>
+                {
+                    // Asking again would get the same answer.
+                    tracing::error!(%status, id = %envelope.id, "the mailer refused the message; no email");
+                    let _ = self.store.remove_announcement(&envelope.id).await;
+                    return;
                 }
                 Err(status) => {
-                    tracing::error!(%status, id = %envelope.id, "the mailer never took the message; no email");
-                    return;
+                    tracing::warn!(%status, id = %envelope.id, retry_in = ?delay, "the mailer did not take the message");
+                    tokio::select! {
+                        _ = self.shutdown.triggered() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(300));
                 }
+            }
+        }
+    }
+
+    /// Takes up the announcements not accepted yet (left by a stop, a crash, or another
+    /// replica): at start, then every `every`.
+    pub async fn announce_task(self: Arc<Self>, every: Duration, shutdown: Shutdown) {
+        loop {
+            match self.store.announcements().await {
+                Ok(pending) => {
+                    for envelope in pending {
+                        if self.addressed(&envelope) {
+                            self.spawn_delivery(envelope);
+                        } else {
+                            let _ = self.store.remove_announcement(&envelope.id).await;
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "announcements not read yet"),
+            }
+            tokio::select! {
+                _ = shutdown.triggered() => return,
+                _ = tokio::time::sleep(every) => {}
             }
         }
     }
@@ -296,9 +362,7 @@ impl Shared {
                 match self.store.drain_spool().await {
                     Ok(stored) => {
                         for envelope in stored {
-                            let shared = self.clone();
-                            self.tracker
-                                .spawn(async move { shared.announce(envelope).await });
+                            self.announce(envelope).await;
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "spool not uploaded yet"),

@@ -220,6 +220,41 @@ impl Store {
         Ok(stored)
     }
 
+    /// Notes that the mailer has yet to accept `envelope`'s message (see
+    /// [`Store::announcements`]).
+    pub async fn save_announcement(&self, envelope: &Envelope) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(envelope).unwrap_or_default();
+        self.blobs
+            .put(&announce_key(&envelope.id), body, "application/json")
+            .await?;
+        Ok(())
+    }
+
+    /// The mailer has the message.
+    pub async fn remove_announcement(&self, id: &str) -> Result<(), StoreError> {
+        self.blobs.delete(&announce_key(id)).await?;
+        Ok(())
+    }
+
+    /// Messages the mailer has not accepted yet, by any replica: what a restart (or
+    /// another replica) announces again. The mailer's Deliver is idempotent, so
+    /// announcing twice sends one email.
+    pub async fn announcements(&self) -> Result<Vec<Envelope>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.blobs.list(ANNOUNCE_PREFIX).await? {
+            let Some(bytes) = self.blobs.get(&key).await? else {
+                continue;
+            };
+            match serde_json::from_slice(&bytes) {
+                Ok(envelope) => out.push(envelope),
+                Err(e) => {
+                    tracing::error!(%key, error = %e, "unreadable announcement; left as it is")
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Messages waiting in the spool.
     pub fn spooled(&self) -> usize {
         std::fs::read_dir(&self.spool)
@@ -422,6 +457,12 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+const ANNOUNCE_PREFIX: &str = "voicemail-announce/";
+
+fn announce_key(id: &str) -> String {
+    format!("{ANNOUNCE_PREFIX}{id}.json")
 }
 
 /// A message id: sortable by time, unique across replicas.

@@ -66,3 +66,49 @@ async fn an_a_law_caller_who_hangs_up_leaves_the_message() {
         words.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_mailer_never_accepted_is_announced_after_a_restart() {
+    // What a stopped or crashed run leaves: the message's announcement note.
+    let data = tempfile::tempdir().unwrap();
+    let envelope = voicemail::store::Envelope {
+        id: "01795734309-feedfacecafe".into(),
+        mailbox: "13235550100".into(),
+        context: "default".into(),
+        folder: "INBOX".into(),
+        caller_id_number: "2065550123".into(),
+        caller_id_name: String::new(),
+        origtime: 1_795_734_309,
+        origdate: String::new(),
+        duration: 3,
+        channel: String::new(),
+        unique_id: String::new(),
+        formats: vec!["wav49".into(), "wav".into()],
+    };
+    let note = data
+        .path()
+        .join("messages/voicemail-announce/01795734309-feedfacecafe.json");
+    std::fs::create_dir_all(note.parent().unwrap()).unwrap();
+    std::fs::write(&note, serde_json::to_vec(&envelope).unwrap()).unwrap();
+
+    let service = Service::start_on(data, None).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while service.told.deliveries.lock().unwrap().is_empty() && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let delivered = service.told.deliveries.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].message_id, "01795734309-feedfacecafe");
+    assert_eq!(
+        delivered[0].recordings[0].key,
+        "voicemail/default/13235550100/INBOX/01795734309-feedfacecafe.wav49"
+    );
+    while note.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        !note.exists(),
+        "the note goes once the mailer has the message"
+    );
+}

@@ -99,6 +99,11 @@ pub struct Service {
 
 impl Service {
     pub async fn start(s3: Option<voicemail::store::S3Args>) -> Self {
+        Self::start_on(tempfile::tempdir().unwrap(), s3).await
+    }
+
+    /// With a data folder prepared by the test.
+    pub async fn start_on(data: tempfile::TempDir, s3: Option<voicemail::store::S3Args>) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -115,7 +120,6 @@ impl Service {
                 .add_routes(routes)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(peers)),
         );
-        let data = tempfile::tempdir().unwrap();
         let common = CommonArgs::loopback();
         let config = voicemail::Config {
             common,
