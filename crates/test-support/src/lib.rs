@@ -221,7 +221,8 @@ impl Mailpit {
     }
 
     /// With more of Mailpit's flags, such as `--smtp-allowed-recipients REGEX` (other
-    /// recipients are refused with 550).
+    /// recipients are refused with 550), `--smtp-tls-cert`/`--smtp-tls-key` (STARTTLS;
+    /// with `--smtp-require-tls`, TLS from the first byte) or `--smtp-auth-file`.
     pub async fn start_with(args: &[&str]) -> Self {
         let mut mailpit = Self::stopped();
         mailpit.args = args.iter().map(|a| (*a).to_owned()).collect();
@@ -250,11 +251,13 @@ impl Mailpit {
             .arg(format!("127.0.0.1:{}", self.http))
             .arg("--database")
             .arg(self.dir.path().join("mail.db"))
-            .args([
-                "--smtp-auth-accept-any",
-                "--smtp-auth-allow-insecure",
-                "--disable-version-check",
-            ])
+            .arg("--disable-version-check")
+            .args(if self.args.iter().any(|a| a == "--smtp-auth-file") {
+                &[][..]
+            } else {
+                // Any AUTH is accepted, also without TLS, unless the test gives users.
+                &["--smtp-auth-accept-any", "--smtp-auth-allow-insecure"][..]
+            })
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -262,7 +265,7 @@ impl Mailpit {
             .expect("mailpit starts");
         self.child = Some(child);
         for _ in 0..200 {
-            if let Some((200, _)) = http_get(self.http, "/api/v1/messages").await {
+            if let Some((200, _)) = http_get(self.http, "/api/v1/info").await {
                 if tokio::net::TcpStream::connect(("127.0.0.1", self.smtp))
                     .await
                     .is_ok()
@@ -323,4 +326,68 @@ impl Drop for Mailpit {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A private CA and a server certificate it signed for `127.0.0.1` and `localhost`,
+/// made with the `openssl` command: `ca.pem`, `cert.pem`, `key.pem` in `dir`.
+pub fn test_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl runs (scripts/install-deps installs it)");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=phone test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
 }

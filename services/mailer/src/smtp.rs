@@ -8,7 +8,7 @@ use std::time::Duration;
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment as Part, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::compose::Composed;
@@ -43,6 +43,10 @@ pub struct SmtpArgs {
     pub user: Option<String>,
     #[arg(skip = std::env::var("PHONE_SMTP_PASSWORD").ok().map(asterisk_conf::Secret::new))]
     pub password: Option<asterisk_conf::Secret>,
+    /// A PEM file of CA certificates to trust besides the public roots (a server with
+    /// a certificate from an internal CA).
+    #[arg(long = "smtp-ca-file", env = "PHONE_SMTP_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// How long one SMTP conversation may take.
     #[arg(
         id = "smtp_timeout_ms",
@@ -62,6 +66,7 @@ impl SmtpArgs {
             security: Security::Starttls,
             user: None,
             password: None,
+            ca_file: None,
             timeout_ms: 30_000,
         }
     }
@@ -120,8 +125,22 @@ pub struct Smtp {
 
 impl Smtp {
     pub fn new(args: &SmtpArgs, host: &str) -> Result<Self, SendError> {
-        let tls =
-            |h: &str| TlsParameters::new(h.to_owned()).map_err(|e| SendError::Build(e.to_string()));
+        let extra_roots = match &args.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| SendError::Build(format!("{}: {e}", path.display())))?;
+                vec![Certificate::from_pem(&pem)
+                    .map_err(|e| SendError::Build(format!("{}: {e}", path.display())))?]
+            }
+            None => Vec::new(),
+        };
+        let tls = |h: &str| {
+            let mut builder = TlsParameters::builder(h.to_owned());
+            for cert in &extra_roots {
+                builder = builder.add_root_certificate(cert.clone());
+            }
+            builder.build().map_err(|e| SendError::Build(e.to_string()))
+        };
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
             .port(args.port)
             .timeout(Some(Duration::from_millis(args.timeout_ms.max(100))));

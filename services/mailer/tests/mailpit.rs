@@ -16,6 +16,7 @@ fn args(port: u16) -> SmtpArgs {
         security: Security::None,
         user: Some("voicemail".into()),
         password: Some(asterisk_conf::Secret::new("not-logged")),
+        ca_file: None,
         timeout_ms: 5000,
     }
 }
@@ -124,5 +125,93 @@ async fn no_server_is_a_temporary_failure() {
     match client.send(smtp::message(&mail, None).unwrap()).await {
         Err(SendError::Temporary(_)) => {}
         other => panic!("{other:?}"),
+    }
+}
+
+/// A small email, for the transport tests.
+fn short_mail(message_id: &str) -> lettre::Message {
+    let conf = asterisk_conf::voicemail::load(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/examples/freelancer/voicemail.conf"),
+    )
+    .unwrap();
+    let mailbox = conf.mailbox("default", "13235550100").unwrap();
+    let notice = Notice {
+        message_id: message_id.into(),
+        mailbox: "13235550100".into(),
+        context: "default".into(),
+        message_number: 1,
+        caller_id_number: "2065550123".into(),
+        caller_id_name: String::new(),
+        origin_time: chrono::Utc::now(),
+        duration_secs: 1,
+        recordings: Vec::new(),
+    };
+    smtp::message(&compose::email(&conf, mailbox, &notice).unwrap(), None).unwrap()
+}
+
+#[tokio::test]
+async fn starttls_and_implicit_tls_with_auth_against_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    phone_test_support::test_certificates(dir.path());
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(dir.path().join("users"), "voicemail:right-password\n").unwrap();
+    let tls_args = |extra: &[&str]| {
+        let mut a = vec![
+            "--smtp-tls-cert".to_owned(),
+            path("cert.pem"),
+            "--smtp-tls-key".to_owned(),
+            path("key.pem"),
+            "--smtp-auth-file".to_owned(),
+            path("users"),
+        ];
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a
+    };
+    for (security, extra) in [
+        (Security::Starttls, &["--smtp-require-starttls"][..]),
+        (Security::Tls, &["--smtp-require-tls"][..]),
+    ] {
+        let flags = tls_args(extra);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mailpit = Mailpit::start_with(&flags).await;
+        let settings = SmtpArgs {
+            security,
+            password: Some(asterisk_conf::Secret::new("right-password")),
+            ca_file: Some(dir.path().join("ca.pem")),
+            ..args(mailpit.smtp)
+        };
+        let client = Smtp::new(&settings, "127.0.0.1").unwrap();
+        client
+            .send(short_mail("tls-1"))
+            .await
+            .unwrap_or_else(|e| panic!("{security:?}: {e}"));
+        assert_eq!(mailpit.messages().await.len(), 1, "{security:?}");
+
+        // A wrong password is refused for good (535).
+        let wrong = SmtpArgs {
+            password: Some(asterisk_conf::Secret::new("wrong-password")),
+            ..settings.clone()
+        };
+        match Smtp::new(&wrong, "127.0.0.1")
+            .unwrap()
+            .send(short_mail("tls-2"))
+            .await
+        {
+            Err(SendError::Permanent(e)) => assert!(e.contains("535"), "{e}"),
+            other => panic!("{security:?}: {other:?}"),
+        }
+        // Without the private CA the server's certificate is not trusted: no mail,
+        // and not the plain text either.
+        let untrusted = SmtpArgs {
+            ca_file: None,
+            ..settings.clone()
+        };
+        assert!(Smtp::new(&untrusted, "127.0.0.1")
+            .unwrap()
+            .send(short_mail("tls-3"))
+            .await
+            .is_err());
+        assert_eq!(mailpit.messages().await.len(), 1, "{security:?}");
     }
 }
