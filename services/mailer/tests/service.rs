@@ -91,6 +91,7 @@ fn smtp_to(mailpit: &Mailpit) -> mailer::smtp::SmtpArgs {
         security: mailer::smtp::Security::None,
         user: None,
         password: None,
+        ca_file: None,
         timeout_ms: 2000,
     }
 }
