@@ -5,8 +5,8 @@
 //!
 //! Keys are of our own making and checked: `/`-separated parts of letters, digits and
 //! `-_.@`, none empty or dot-led, so a folder store cannot be walked out of. A folder
-//! write goes to a `.partial` file renamed into place, so a reader never sees half an
-//! object.
+//! write goes to a `.partial` file, synced, renamed into place and the folder synced, so
+//! a reader never sees half an object and a stored object survives a power cut.
 
 #![forbid(unsafe_code)]
 
@@ -153,8 +153,18 @@ impl Blobs {
                 if let Some(parent) = path.parent() {
                     tokio::fs::create_dir_all(parent).await?;
                 }
-                tokio::fs::write(&tmp, body).await?;
+                // Durable before it counts: the data reaches the disk, then the name
+                // (a rename, so a reader never sees half an object), then the folder.
+                {
+                    use tokio::io::AsyncWriteExt;
+                    let mut file = tokio::fs::File::create(&tmp).await?;
+                    file.write_all(&body).await?;
+                    file.sync_all().await?;
+                }
                 tokio::fs::rename(&tmp, &path).await?;
+                if let Some(parent) = path.parent() {
+                    tokio::fs::File::open(parent).await?.sync_all().await?;
+                }
                 Ok(())
             }
             Blobs::S3 { client, bucket } => client
