@@ -634,4 +634,25 @@ async fn nobody_answers_and_the_caller_leaves_a_voicemail_through_the_relay() {
         "{toned} of {} chunks are the caller's tone",
         audio.len() / 800
     );
+
+    // The mailer emailed it to the mailbox's owner, with the recording attached.
+    let mut eml = None;
+    for _ in 0..100 {
+        eml = std::fs::read_dir(&system.mail).ok().and_then(|d| {
+            d.filter_map(Result::ok)
+                .find(|e| e.file_name().to_string_lossy().ends_with(".email.eml"))
+                .and_then(|e| std::fs::read_to_string(e.path()).ok())
+        });
+        if eml.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let eml = eml.expect("the email of the message");
+    assert!(
+        eml.contains("Subject: [PBX]: New message 1 in mailbox 13235550100"),
+        "{eml}"
+    );
+    assert!(eml.contains("email@domain.com"), "{eml}");
+    assert!(eml.contains("filename=\"msg0000.WAV\""), "{eml}");
 }

@@ -36,12 +36,14 @@ pub struct System {
     pub relay: String,
     /// Where the voicemail keeps messages (its folder store).
     pub voicemail_messages: PathBuf,
+    /// Where the mailer writes the emails (`<id>.email.eml`).
+    pub mail: PathBuf,
     stops: Vec<Shutdown>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
 impl System {
-    /// Relay, voicemail, router and edge, with `extensions` as extensions.conf (or the
+    /// Relay, mailer, voicemail, router and edge, with `extensions` as extensions.conf (or the
     /// seed's).
     pub async fn start(carrier: SocketAddr, extensions: Option<&str>) -> Self {
         Self::start_with(carrier, extensions, &[]).await
@@ -84,15 +86,27 @@ impl System {
         tokio::spawn(relay.run(stop.clone()));
         stops.push(stop);
 
-        // The voicemail, with messages in a folder; the mailer is not there (issue #7)
-        // and MWI updates are not needed here.
+        // The mailer, writing .eml files (no SMTP server here), and the voicemail, with
+        // messages in a folder; MWI updates are not needed here.
         let voicemail_data = tempfile::tempdir().unwrap();
+        let mailer_data = tempfile::tempdir().unwrap();
+        let mailer = mailer::bind(mailer::Config::loopback(
+            conf.path().to_owned(),
+            mailer_data.path().to_owned(),
+            voicemail_data.path().join("messages"),
+        ))
+        .await
+        .unwrap();
+        let mailer_url = format!("http://{}", mailer.info().grpc);
+        let stop = Shutdown::new();
+        tokio::spawn(mailer.run(stop.clone()));
+        stops.push(stop);
         let mut vm_config = voicemail::Config::try_parse_from([
             "voicemail",
             "--rtp-bind-ip",
             "127.0.0.1",
             "--mailer-url",
-            "http://127.0.0.1:9",
+            &mailer_url,
             "--edge-url",
             "http://127.0.0.1:9",
         ])
@@ -136,8 +150,9 @@ impl System {
             edge_grpc,
             relay: relay_url,
             voicemail_messages: voicemail_data.path().join("messages"),
+            mail: mailer_data.path().join("mail"),
             stops,
-            _dirs: vec![conf, data, voicemail_data],
+            _dirs: vec![conf, data, voicemail_data, mailer_data],
         };
         // The edge polls the relay every 2 s; the first poll is at start.
         tokio::time::sleep(Duration::from_millis(300)).await;
