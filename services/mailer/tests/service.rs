@@ -18,6 +18,9 @@ format=wav49|wav
 serveremail=voicemail@example.org
 attach=yes
 emaildateformat=%Y-%m-%d %H:%M
+fromstring=Voicemail of ${VM_NAME}
+emailsubject=[Voicemail] ${VM_MSGNUM} from ${VM_CALLERID}
+emailbody=Hi ${VM_NAME},\\n\\n\\t${VM_DUR} from ${VM_CIDNAME} (${VM_CIDNUM}) on ${VM_DATE}, box ${VM_MAILBOX}.\\n
 
 [zonemessages]
 central=America/Chicago|'vm-received' Q 'digits/at' IMp
@@ -220,14 +223,20 @@ async fn a_delivery_is_one_email_and_a_pager_mail_and_a_repeat_sends_nothing() {
         .iter()
         .find(|m| m["To"][0]["Address"] == "page@example.org")
         .expect("the pager mail");
-    assert_eq!(email["Subject"], "[PBX]: New message 1 in mailbox 100");
+    // emailsubject/emailbody/fromstring with the variables, and the escapes.
+    assert_eq!(
+        email["Subject"],
+        "[Voicemail] 1 from \"Pat Caller\" <2065550123>"
+    );
+    assert_eq!(email["From"]["Name"], "Voicemail of Pat Q");
     assert_eq!(page["Subject"], "New VM");
     let id = email["ID"].as_str().unwrap();
     let full = mailpit.message(id).await;
     let text = full["Text"].as_str().unwrap().replace("\r\n", "\n");
-    assert!(
-        text.contains("from Pat Caller, on 2026-11-26 17:05 so you might"),
-        "the date in the mailbox's zone: {text}"
+    assert_eq!(
+        text.trim_end(),
+        "Hi Pat Q,\n\n\t0:02 from Pat Caller (2065550123) on 2026-11-26 17:05, box 100.",
+        "the date in the mailbox's zone"
     );
     let attachment = &full["Attachments"][0];
     assert_eq!(attachment["FileName"], "msg0000.WAV");
@@ -437,7 +446,7 @@ async fn hostile_or_impossible_requests_are_refused_and_nothing_is_stored() {
     assert_eq!(done.state(), pb::DeliveryState::Sent);
     let eml =
         std::fs::read_to_string(files.data().join("mail/01764198309-eeee.email.eml")).unwrap();
-    assert!(eml.contains("Subject: [PBX]: New message 1 in mailbox 100"));
+    assert!(eml.contains("Subject: [Voicemail] 1 from"), "{eml}");
     assert!(eml.contains("msg0000.WAV"));
     assert!(files
         .data()
