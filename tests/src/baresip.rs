@@ -1,0 +1,244 @@
+//! A real phone: baresip (Debian's package) with one account, a WAV file as its
+//! microphone (`aufile`), what it hears written to WAV files (`sndfile`), RFC 4733 DTMF,
+//! and its control interface (`ctrl_tcp`) to dial, answer, send digits and hang up. Its
+//! console output (call events, MWI) is read through a pseudo-terminal (util-linux's
+//! `script`), since on a pipe baresip would hold it in a buffer until it exits.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How a phone is set up.
+pub struct PhoneConfig<'a> {
+    /// `user@host:port` of its account (the registrar).
+    pub aor: String,
+    pub password: &'a str,
+    /// Answers incoming calls at once.
+    pub auto_answer: bool,
+    /// Subscribes to message-summary (MWI).
+    pub mwi: bool,
+    /// What it says into the call: 8 kHz mono samples, repeated.
+    pub voice: Vec<i16>,
+}
+
+pub struct Phone {
+    child: Option<Child>,
+    pub control: SocketAddr,
+    dir: tempfile::TempDir,
+    lines: Arc<Mutex<Vec<String>>>,
+    _stdin: Option<std::process::ChildStdin>,
+}
+
+/// A 16-bit 8 kHz mono WAV.
+pub fn wav(samples: &[i16]) -> Vec<u8> {
+    phone_audio::Format::Wav.encode(samples)
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Phone {
+    pub fn start(config: PhoneConfig<'_>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let voice = dir.path().join("voice.wav");
+        // The file is played once; make it long enough for any call of a test.
+        let mut samples = Vec::with_capacity(8000 * 120);
+        while samples.len() < 8000 * 120 && !config.voice.is_empty() {
+            samples.extend_from_slice(&config.voice);
+        }
+        std::fs::write(&voice, wav(&samples)).unwrap();
+        let heard = dir.path().join("heard");
+        std::fs::create_dir_all(&heard).unwrap();
+        let control = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let mwi = if config.mwi {
+            "module_app\tmwi.so\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            dir.path().join("config"),
+            format!(
+                "poll_method\tepoll\n\
+                 net_interface\t127.0.0.1\n\
+                 sip_listen\t127.0.0.1:0\n\
+                 module_path\t/usr/lib/baresip/modules\n\
+                 module\tg711.so\n\
+                 module\taufile.so\n\
+                 module\tsndfile.so\n\
+                 module\taubridge.so\n\
+                 snd_path\t{heard}\n\
+                 audio_source\taufile,{voice}\n\
+                 audio_player\taubridge,spk\n\
+                 module_tmp\tuuid.so\n\
+                 module_tmp\taccount.so\n\
+                 module_app\tmenu.so\n\
+                 module_app\tctrl_tcp.so\n\
+                 ctrl_tcp_listen\t{control}\n{mwi}",
+                heard = heard.display(),
+                voice = voice.display(),
+            ),
+        )
+        .unwrap();
+        let answer = if config.auto_answer {
+            ";answermode=auto"
+        } else {
+            ";answermode=manual"
+        };
+        let mwi = if config.mwi { ";mwi=yes" } else { ";mwi=no" };
+        std::fs::write(
+            dir.path().join("accounts"),
+            format!(
+                "<sip:{}>;auth_pass={};regint=600{answer}{mwi};audio_codecs=PCMU\n",
+                config.aor, config.password
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new("script")
+            .args([
+                "-qfec",
+                &format!("baresip -f {}", dir.path().display()),
+                "/dev/null",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("baresip and script are installed (scripts/install-deps)");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let stdin = child.stdin.take();
+        Phone {
+            child: Some(child),
+            control,
+            dir,
+            lines,
+            _stdin: stdin,
+        }
+    }
+
+    /// What baresip printed so far.
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until the output contains `text`.
+    pub async fn wait_for_output(&self, text: &str, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if self.output().contains(text) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// A command over the control socket (netstring JSON); the answer's text.
+    pub async fn command(&self, command: &str, params: &str) -> String {
+        let mut stream = None;
+        for _ in 0..100 {
+            if let Ok(s) = tokio::net::TcpStream::connect(self.control).await {
+                stream = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut stream = stream.expect("baresip's control socket");
+        let body = format!(r#"{{"command":"{command}","params":"{params}","token":"t"}}"#);
+        stream
+            .write_all(format!("{}:{body},", body.len()).as_bytes())
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut answer))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    }
+
+    pub async fn dial(&self, uri: &str) {
+        self.command("dial", uri).await;
+    }
+
+    pub async fn answer(&self) {
+        self.command("accept", "").await;
+    }
+
+    pub async fn hangup(&self) {
+        self.command("hangup", "").await;
+    }
+
+    /// Sends DTMF digits (RFC 4733 in the call), one at a time with a pause.
+    pub async fn digits(&self, digits: &str) {
+        for d in digits.chars() {
+            self.command("sndcode", &d.to_string()).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Everything the phone heard in its calls so far (the decoded far end, in the
+    /// order of the calls).
+    pub fn heard(&self) -> Vec<Vec<i16>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("heard"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files.iter().filter_map(|p| read_wav(p)).collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A WAV file's samples (baresip's sndfile writes 16-bit PCM; a file still being
+/// written may have a header that does not count its data yet).
+fn read_wav(path: &Path) -> Option<Vec<i16>> {
+    let bytes = std::fs::read(path).ok()?;
+    let data = bytes.windows(4).position(|w| w == b"data")? + 8;
+    Some(
+        bytes[data.min(bytes.len())..]
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect(),
+    )
+}
+
+impl Drop for Phone {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // script's child (baresip) goes with the pseudo-terminal; make sure of it.
+        let _ = Command::new("pkill")
+            .args(["-f", &format!("baresip -f {}", self.dir.path().display())])
+            .status();
+    }
+}

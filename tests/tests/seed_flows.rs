@@ -1,0 +1,217 @@
+//! The seed's calls end to end (DESIGN.md, "The calls of the seed"), with real peers:
+//! baresip as the desk phone and as the PSTN, Kamailio as the carrier, MinIO for the
+//! messages, Mailpit for the email. Each flow runs against `phone` (one process) and
+//! against the five services as five processes. The systems are heavy, so the tests of
+//! this file take turns.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use phone_audio::analysis::tone_share;
+use phone_test_support::free_port;
+use phone_tests::baresip::{Phone, PhoneConfig};
+use phone_tests::carrier::{Carrier, TRUNK_USER};
+use phone_tests::system::{Mode, System};
+
+const DID: &str = "13235550100";
+/// What the desk phone says, and what the PSTN says.
+const DESK_HZ: f64 = 440.0;
+const PSTN_HZ: f64 = 700.0;
+
+static TURN: Mutex<()> = Mutex::new(());
+
+fn turn() -> MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn tone(hz: f64) -> Vec<i16> {
+    (0..8000)
+        .map(|n| (8000.0 * (std::f64::consts::TAU * hz * f64::from(n) / 8000.0).sin()) as i16)
+        .collect()
+}
+
+/// Seconds (in 100 ms steps) of `audio` that are mostly the tone `hz`.
+fn seconds_of(audio: &[i16], hz: f64) -> f64 {
+    audio
+        .chunks_exact(800)
+        .filter(|c| tone_share(c, hz) > 0.7)
+        .count() as f64
+        / 10.0
+}
+
+struct World {
+    carrier: Carrier,
+    system: System,
+    desk: Phone,
+    pstn: Phone,
+}
+
+impl World {
+    async fn start(mode: Mode, desk_answers: bool) -> Self {
+        let sip = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let carrier = Carrier::start(free_port(), sip);
+        let system = System::start(mode, sip, carrier.addr).await;
+        carrier.ready().await;
+        let pstn = Phone::start(PhoneConfig {
+            aor: format!("pstn@{}", carrier.addr),
+            password: "pstn",
+            auto_answer: true,
+            mwi: false,
+            voice: tone(PSTN_HZ),
+        });
+        let desk = Phone::start(PhoneConfig {
+            aor: format!("{DID}@{sip}"),
+            password: "password",
+            auto_answer: desk_answers,
+            mwi: false,
+            voice: tone(DESK_HZ),
+        });
+        for (name, phone) in [("desk", &desk), ("pstn", &pstn)] {
+            assert!(
+                phone
+                    .wait_for_output("200 OK", Duration::from_secs(20))
+                    .await,
+                "the {name} phone registers:\n{}",
+                phone.output()
+            );
+        }
+        World {
+            carrier,
+            system,
+            desk,
+            pstn,
+        }
+    }
+
+    fn did_uri(&self) -> String {
+        format!("sip:{DID}@{}", self.carrier.addr)
+    }
+}
+
+/// Flow 1: the carrier brings a call to the DID, the desk phone answers, and each side
+/// hears the other.
+async fn inbound_call_is_answered_with_audio_both_ways(mode: Mode) {
+    let _turn = turn();
+    let world = World::start(mode, true).await;
+    world.pstn.dial(&world.did_uri()).await;
+    assert!(
+        world
+            .desk
+            .wait_for_output("established", Duration::from_secs(15))
+            .await,
+        "{mode:?}: the desk phone answers:\n{}",
+        world.desk.output()
+    );
+    // Three seconds of conversation.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    world.pstn.hangup().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let desk_heard = world.desk.heard().concat();
+    let pstn_heard = world.pstn.heard().concat();
+    let (desk_got, pstn_got) = (
+        seconds_of(&desk_heard, PSTN_HZ),
+        seconds_of(&pstn_heard, DESK_HZ),
+    );
+    eprintln!(
+        "{mode:?}: desk heard {desk_got} s of the caller, the caller {pstn_got} s of the desk"
+    );
+    assert!(
+        desk_got >= 2.0,
+        "{mode:?}: the desk phone heard the caller for {desk_got} s"
+    );
+    assert!(
+        pstn_got >= 2.0,
+        "{mode:?}: the caller heard the desk phone for {pstn_got} s"
+    );
+    assert!(world
+        .carrier
+        .log()
+        .iter()
+        .any(|l| l.contains(&format!("CARRIER INBOUND number={DID}"))));
+    drop(world.system);
+}
+
+/// Flows 4 and 6: 10 digits, 11 digits, `+1...` and 911 reach the carrier as
+/// `1NXXNXXXXXX` (911 as is) with the line's caller ID, after the edge answers the
+/// carrier's digest challenge; the PSTN phone answers and hears the desk phone.
+async fn outbound_calls_reach_the_carrier_with_the_lines_caller_id(mode: Mode) {
+    let _turn = turn();
+    let world = World::start(mode, true).await;
+    let cases = [
+        ("3105550123", "13105550123"),
+        ("13105550124", "13105550124"),
+        ("+13105550125", "13105550125"),
+        ("911", "911"),
+    ];
+    for (i, (dialled, expected)) in cases.iter().enumerate() {
+        world
+            .desk
+            .dial(&format!("sip:{dialled}@{}", world.system.sip))
+            .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while world.carrier.outbound().len() <= i && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let seen = world.carrier.outbound();
+        assert!(
+            seen.len() > i,
+            "{mode:?}: the carrier got {dialled}:\n{:#?}",
+            world.carrier.log()
+        );
+        let call = &seen[i];
+        assert_eq!(&call.number, expected, "{mode:?}: {call:?}");
+        assert_eq!(call.auth_user, TRUNK_USER);
+        assert!(
+            call.from_user == DID || call.asserted.contains(DID),
+            "{mode:?}: the line's caller ID: {call:?}"
+        );
+        // The PSTN phone answers; a moment of audio; the desk phone hangs up.
+        assert!(
+            world
+                .pstn
+                .wait_for_output("established", Duration::from_secs(10))
+                .await,
+            "{mode:?}: the PSTN answers {dialled}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        world.desk.hangup().await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert!(
+        world.carrier.challenges() >= cases.len(),
+        "every INVITE was challenged first"
+    );
+    let pstn_heard = world.pstn.heard();
+    assert_eq!(
+        pstn_heard.len(),
+        cases.len(),
+        "{mode:?}: one recording per call"
+    );
+    for (call, audio) in pstn_heard.iter().enumerate() {
+        let got = seconds_of(audio, DESK_HZ);
+        assert!(
+            got >= 1.0,
+            "{mode:?}: call {call}: the PSTN heard the desk phone for {got} s"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow1_inbound_answered_one_process() {
+    inbound_call_is_answered_with_audio_both_ways(Mode::OneProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow1_inbound_answered_five_processes() {
+    inbound_call_is_answered_with_audio_both_ways(Mode::FiveProcesses).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows4_6_outbound_and_911_one_process() {
+    outbound_calls_reach_the_carrier_with_the_lines_caller_id(Mode::OneProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows4_6_outbound_and_911_five_processes() {
+    outbound_calls_reach_the_carrier_with_the_lines_caller_id(Mode::FiveProcesses).await;
+}
