@@ -4,7 +4,6 @@
 //! against the five services as five processes. The systems are heavy, so the tests of
 //! this file take turns.
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use phone_audio::analysis::tone_share;
@@ -18,11 +17,8 @@ const DID: &str = "13235550100";
 const DESK_HZ: f64 = 440.0;
 const PSTN_HZ: f64 = 700.0;
 
-static TURN: Mutex<()> = Mutex::new(());
-
-fn turn() -> MutexGuard<'static, ()> {
-    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+/// One system at a time (a test that fails does not stop the others' turns).
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn tone(hz: f64) -> Vec<i16> {
     (0..8000)
@@ -91,7 +87,7 @@ impl World {
 /// Flow 1: the carrier brings a call to the DID, the desk phone answers, and each side
 /// hears the other.
 async fn inbound_call_is_answered_with_audio_both_ways(mode: Mode) {
-    let _turn = turn();
+    let _turn = TURN.lock().await;
     let world = World::start(mode, true).await;
     world.pstn.dial(&world.did_uri()).await;
     assert!(
@@ -135,7 +131,7 @@ async fn inbound_call_is_answered_with_audio_both_ways(mode: Mode) {
 /// `1NXXNXXXXXX` (911 as is) with the line's caller ID, after the edge answers the
 /// carrier's digest challenge; the PSTN phone answers and hears the desk phone.
 async fn outbound_calls_reach_the_carrier_with_the_lines_caller_id(mode: Mode) {
-    let _turn = turn();
+    let _turn = TURN.lock().await;
     let world = World::start(mode, true).await;
     let cases = [
         ("3105550123", "13105550123"),
