@@ -20,7 +20,7 @@ pub struct PhoneConfig<'a> {
     pub password: &'a str,
     /// Answers incoming calls at once.
     pub auto_answer: bool,
-    /// Subscribes to message-summary (MWI).
+    /// Marks the account for message-summary (MWI); [`Phone::subscribe_mwi`] starts it.
     pub mwi: bool,
     /// What it says into the call: 8 kHz mono samples, repeated.
     pub voice: Vec<i16>,
@@ -31,6 +31,7 @@ pub struct Phone {
     pub control: SocketAddr,
     dir: tempfile::TempDir,
     lines: Arc<Mutex<Vec<String>>>,
+    account: String,
     _stdin: Option<std::process::ChildStdin>,
 }
 
@@ -60,11 +61,6 @@ impl Phone {
         let heard = dir.path().join("heard");
         std::fs::create_dir_all(&heard).unwrap();
         let control = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
-        let mwi = if config.mwi {
-            "module_app\tmwi.so\n"
-        } else {
-            ""
-        };
         std::fs::write(
             dir.path().join("config"),
             format!(
@@ -83,7 +79,7 @@ impl Phone {
                  module_tmp\taccount.so\n\
                  module_app\tmenu.so\n\
                  module_app\tctrl_tcp.so\n\
-                 ctrl_tcp_listen\t{control}\n{mwi}",
+                 ctrl_tcp_listen\t{control}\n",
                 heard = heard.display(),
                 voice = voice.display(),
             ),
@@ -95,12 +91,18 @@ impl Phone {
             ";answermode=manual"
         };
         let mwi = if config.mwi { ";mwi=yes" } else { ";mwi=no" };
+        let account = format!(
+            "<sip:{}>;auth_pass={};regint=600{answer}{mwi};audio_codecs=PCMU",
+            config.aor, config.password
+        );
+        // With MWI the account is added after the module (see Phone::subscribe_mwi).
         std::fs::write(
             dir.path().join("accounts"),
-            format!(
-                "<sip:{}>;auth_pass={};regint=600{answer}{mwi};audio_codecs=PCMU\n",
-                config.aor, config.password
-            ),
+            if config.mwi {
+                String::new()
+            } else {
+                format!("{account}\n")
+            },
         )
         .unwrap();
         let mut child = Command::new("script")
@@ -131,6 +133,7 @@ impl Phone {
             control,
             dir,
             lines,
+            account,
             _stdin: stdin,
         }
     }
@@ -175,6 +178,14 @@ impl Phone {
             .and_then(Result::ok)
             .unwrap_or(0);
         String::from_utf8_lossy(&answer[..n]).into_owned()
+    }
+
+    /// For a phone started with `mwi`: loads the MWI module, then adds the account,
+    /// whose registration starts the subscription. (baresip 1.0's module loaded from
+    /// the config races the first registration and may resubscribe forever.)
+    pub async fn subscribe_mwi(&self) {
+        self.command("insmod", "mwi.so").await;
+        self.command("uanew", &self.account).await;
     }
 
     pub async fn dial(&self, uri: &str) {

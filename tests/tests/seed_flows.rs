@@ -44,6 +44,15 @@ struct World {
 
 impl World {
     async fn start(mode: Mode, desk_answers: bool) -> Self {
+        Self::start_phones(mode, desk_answers, false).await
+    }
+
+    /// The desk phone does not answer and subscribes to its message lamp.
+    async fn start_with_lamp(mode: Mode) -> Self {
+        Self::start_phones(mode, false, true).await
+    }
+
+    async fn start_phones(mode: Mode, desk_answers: bool, lamp: bool) -> Self {
         let sip = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let carrier = Carrier::start(free_port(), sip);
         let system = System::start(mode, sip, carrier.addr).await;
@@ -59,9 +68,12 @@ impl World {
             aor: format!("{DID}@{sip}"),
             password: "password",
             auto_answer: desk_answers,
-            mwi: false,
+            mwi: lamp,
             voice: tone(DESK_HZ),
         });
+        if lamp {
+            desk.subscribe_mwi().await;
+        }
         for (name, phone) in [("desk", &desk), ("pstn", &pstn)] {
             assert!(
                 phone
@@ -210,4 +222,159 @@ async fn flows4_6_outbound_and_911_one_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows4_6_outbound_and_911_five_processes() {
     outbound_calls_reach_the_carrier_with_the_lines_caller_id(Mode::FiveProcesses).await;
+}
+
+/// Flows 2, 3 and 5: nobody answers in 20 s, so the caller gets the unavailable
+/// greeting and leaves a message; the message is in S3, it is emailed with its
+/// recording attached, and the desk phone's lamp lights. Then the desk phone dials `1`
+/// (VoiceMailMain, no PIN: option `s`), plays the message with `1`, deletes it with `7`:
+/// it is gone from S3 and the lamp goes off.
+async fn voicemail_email_lamp_and_voicemailmain(mode: Mode) {
+    let _turn = TURN.lock().await;
+    let world = World::start_with_lamp(mode).await;
+    world.pstn.dial(&world.did_uri()).await;
+    // 20 s of ringing, then the voicemail answers.
+    assert!(
+        world
+            .pstn
+            .wait_for_output("established", Duration::from_secs(40))
+            .await,
+        "{mode:?}: the voicemail answers:\n{}",
+        world.pstn.output()
+    );
+    // The greeting and the beep, then the caller's message.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    world.pstn.hangup().await;
+
+    let inbox = format!("voicemail/default/{DID}/INBOX/");
+    let mut keys = Vec::new();
+    for _ in 0..100 {
+        keys = world.system.keys(&inbox).await;
+        if keys.iter().any(|k| k.ends_with(".json")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wav_key = keys
+        .iter()
+        .find(|k| k.ends_with(".wav"))
+        .unwrap_or_else(|| panic!("{mode:?}: a message in S3: {keys:?}"))
+        .clone();
+    let recorded = phone_audio::wav::decode(&world.system.minio.get(&wav_key).await).unwrap();
+    let got = seconds_of(&recorded, PSTN_HZ);
+    assert!(
+        got >= 2.0,
+        "{mode:?}: the message holds the caller for {got} s"
+    );
+    // What the caller heard: the greeting (speech) before the beep.
+    let caller_heard = world.pstn.heard().concat();
+    assert!(
+        caller_heard.len() > 8000 * 3,
+        "{mode:?}: the caller heard the greeting"
+    );
+
+    // The email, with the recording attached.
+    let mails = world
+        .system
+        .mailpit
+        .wait_for(1, Duration::from_secs(15))
+        .await;
+    assert_eq!(mails.len(), 1, "{mode:?}: one email");
+    let id = mails[0]["ID"].as_str().unwrap().to_owned();
+    let mail = world.system.mailpit.message(&id).await;
+    assert_eq!(mail["To"][0]["Address"], "email@domain.com");
+    assert_eq!(
+        mail["Subject"],
+        format!("[PBX]: New message 1 in mailbox {DID}")
+    );
+    let attachment = &mail["Attachments"][0];
+    assert_eq!(attachment["FileName"], "msg0000.WAV");
+    let bytes = world
+        .system
+        .mailpit
+        .part(&id, attachment["PartID"].as_str().unwrap())
+        .await;
+    let attached = phone_audio::wav::decode(&bytes).unwrap();
+    let got = seconds_of(&attached, PSTN_HZ);
+    assert!(
+        got >= 2.0,
+        "{mode:?}: the attachment holds the caller for {got} s"
+    );
+
+    // The lamp.
+    assert!(
+        world
+            .desk
+            .wait_for_output("Messages-Waiting: yes", Duration::from_secs(15))
+            .await,
+        "{mode:?}: the desk phone's lamp lights:\n{}",
+        world.desk.output()
+    );
+
+    // VoiceMailMain from the desk phone: 1 plays the message, 7 deletes it.
+    world
+        .desk
+        .dial(&format!("sip:1@{}", world.system.sip))
+        .await;
+    assert!(
+        world
+            .desk
+            .wait_for_output("established", Duration::from_secs(15))
+            .await,
+        "{mode:?}: VoiceMailMain answers"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    world.desk.digits("1").await;
+    // The envelope, then the message itself: the caller's tone reaches the desk phone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut got = 0.0;
+    while got < 1.0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        got = seconds_of(&world.desk.heard().concat(), PSTN_HZ);
+    }
+    assert!(
+        got >= 1.0,
+        "{mode:?}: the desk phone hears the message ({got} s): files {:?}",
+        std::fs::read_dir(world.desk.dir().join("heard"))
+            .map(|d| d
+                .filter_map(Result::ok)
+                .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                .collect::<Vec<_>>())
+            .ok()
+    );
+    world.desk.digits("7").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while world
+        .system
+        .keys(&inbox)
+        .await
+        .iter()
+        .any(|k| k.ends_with(".json"))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        world.system.keys(&inbox).await.is_empty(),
+        "{mode:?}: 7 deleted the message from S3"
+    );
+    world.desk.hangup().await;
+    assert!(
+        world
+            .desk
+            .wait_for_output("Messages-Waiting: no", Duration::from_secs(15))
+            .await,
+        "{mode:?}: the lamp goes off:\n{}",
+        world.desk.output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows2_3_5_voicemail_email_lamp_one_process() {
+    voicemail_email_lamp_and_voicemailmain(Mode::OneProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows2_3_5_voicemail_email_lamp_five_processes() {
+    voicemail_email_lamp_and_voicemailmain(Mode::FiveProcesses).await;
 }
