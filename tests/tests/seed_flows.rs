@@ -378,3 +378,99 @@ async fn flows2_3_5_voicemail_email_lamp_one_process() {
 async fn flows2_3_5_voicemail_email_lamp_five_processes() {
     voicemail_email_lamp_and_voicemailmain(Mode::FiveProcesses).await;
 }
+
+/// The README's run command: `phone` with nothing but its data folder (the shipped
+/// example, no carrier, no S3, no SMTP). It prints how to register; a softphone that
+/// does so registers, and dialling `1` reaches the voicemail, whose prompts it hears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_default_registers_a_softphone_that_reaches_voicemail() {
+    use std::io::BufRead;
+    let _turn = TURN.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut phone = std::process::Command::new(phone_tests::system::binary("phone"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--sip-bind", &format!("127.0.0.1:{port}")])
+        .args(["--rtp-ports", "26200-26299", "--advertise-ip", "127.0.0.1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = phone.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    while !printed
+        .iter()
+        .any(|l: &String| l.starts_with("voicemail email:"))
+    {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some(line)) => printed.push(line),
+            _ => panic!("phone printed {printed:#?}"),
+        }
+    }
+    let text = printed.join("\n");
+    assert!(
+        text.contains(&format!(
+            "register a softphone: server 127.0.0.1:{port} (UDP or TCP), user {DID}"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("it can dial (context localexts): 911, 1,"),
+        "{text}"
+    );
+    assert!(
+        text.contains("voicemail email: written as .eml files to"),
+        "{text}"
+    );
+
+    let softphone = Phone::start(PhoneConfig {
+        aor: format!("{DID}@127.0.0.1:{port}"),
+        password: "password",
+        auto_answer: false,
+        mwi: false,
+        voice: tone(DESK_HZ),
+    });
+    assert!(
+        softphone
+            .wait_for_output("200 OK", Duration::from_secs(20))
+            .await,
+        "the softphone registers:\n{}",
+        softphone.output()
+    );
+    softphone.dial(&format!("sip:1@127.0.0.1:{port}")).await;
+    assert!(
+        softphone
+            .wait_for_output("established", Duration::from_secs(15))
+            .await,
+        "dialling 1 reaches the voicemail:\n{}",
+        softphone.output()
+    );
+    // The voicemail speaks: its prompts reach the softphone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut loud = 0;
+    while loud < 8000 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        loud = softphone
+            .heard()
+            .concat()
+            .iter()
+            .filter(|s| s.unsigned_abs() > 500)
+            .count();
+    }
+    assert!(loud >= 8000, "the softphone hears the voicemail's prompts");
+    softphone.hangup().await;
+    let _ = phone.kill();
+    let _ = phone.wait();
+}

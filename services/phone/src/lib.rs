@@ -10,6 +10,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod guide;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -155,6 +157,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         ..sip_edge::Config::loopback(config_dir.clone(), data_dir("sip-edge")?)
     })
     .await?;
+    let edge_sip = edge.sip_addr();
+    let config_dir_for_guide = config_dir.clone();
     let router = router::bind(router::Config {
         common: common(&listeners.router),
         config_dir: config_dir.clone(),
@@ -196,6 +200,29 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     })
     .await?;
 
+    let guide = {
+        let sip = asterisk_conf::sip::load(config_dir_for_guide.join("sip.conf"));
+        let dialplan =
+            asterisk_conf::extensions::load(config_dir_for_guide.join("extensions.conf"));
+        let mail_dir = config.data_dir.join("mailer").join("mail");
+        match (sip, dialplan) {
+            (Ok(sip), Ok(dialplan)) => guide::guide(
+                &sip,
+                &dialplan,
+                &config_dir_for_guide,
+                edge_sip.unwrap_or(config.sip_bind),
+                config.advertise_ip,
+                match &config.smtp.host {
+                    Some(host) => guide::Mail::Smtp {
+                        host,
+                        port: config.smtp.port,
+                    },
+                    None => guide::Mail::Folder(&mail_dir),
+                },
+            ),
+            _ => String::new(),
+        }
+    };
     let infos = [
         edge.info(),
         router.info(),
@@ -246,6 +273,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
             println!("{info}");
         }
         println!("ready");
+        print!("{guide}");
         Ok::<(), Error>(())
     };
 
