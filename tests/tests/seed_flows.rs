@@ -311,54 +311,16 @@ async fn voicemail_email_lamp_and_voicemailmain(mode: Mode) {
         world.desk.output()
     );
 
-    // VoiceMailMain from the desk phone: 1 plays the message, 7 deletes it.
-    world
-        .desk
-        .dial(&format!("sip:1@{}", world.system.sip))
-        .await;
-    assert!(
-        world
-            .desk
-            .wait_for_output("established", Duration::from_secs(15))
-            .await,
-        "{mode:?}: VoiceMailMain answers"
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    world.desk.digits("1").await;
-    // The envelope, then the message itself: the caller's tone reaches the desk phone.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut got = 0.0;
-    while got < 1.0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        got = seconds_of(&world.desk.heard().concat(), PSTN_HZ);
-    }
-    assert!(
-        got >= 1.0,
-        "{mode:?}: the desk phone hears the message ({got} s): files {:?}",
-        std::fs::read_dir(world.desk.dir().join("heard"))
-            .map(|d| d
-                .filter_map(Result::ok)
-                .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
-                .collect::<Vec<_>>())
-            .ok()
-    );
-    world.desk.digits("7").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while world
-        .system
-        .keys(&inbox)
-        .await
-        .iter()
-        .any(|k| k.ends_with(".json"))
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // VoiceMailMain from the desk phone. First: 1 plays the new message; hanging up
+    // after hearing it saves it (it moves to Old), and the lamp goes off.
+    let old = format!("voicemail/default/{DID}/Old/");
+    world.listen_in_voicemailmain(mode).await;
+    world.desk.hangup().await;
+    wait_for_keys(&world, &old, 1).await;
     assert!(
         world.system.keys(&inbox).await.is_empty(),
-        "{mode:?}: 7 deleted the message from S3"
+        "{mode:?}: heard, the message left INBOX"
     );
-    world.desk.hangup().await;
     assert!(
         world
             .desk
@@ -367,6 +329,64 @@ async fn voicemail_email_lamp_and_voicemailmain(mode: Mode) {
         "{mode:?}: the lamp goes off:\n{}",
         world.desk.output()
     );
+    // Then: 1 plays the saved message, 7 deletes it.
+    world.listen_in_voicemailmain(mode).await;
+    world.desk.digits("7").await;
+    wait_for_keys(&world, &old, 0).await;
+    world.desk.hangup().await;
+    assert!(
+        world.system.keys(&old).await.is_empty(),
+        "{mode:?}: 7 deleted the message from S3"
+    );
+}
+
+/// Waits until `prefix` holds `n` envelopes.
+async fn wait_for_keys(world: &World, prefix: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let keys = world.system.keys(prefix).await;
+        let envelopes = keys.iter().filter(|k| k.ends_with(".json")).count();
+        if envelopes == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{prefix} holds {envelopes} messages, not {n}: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl World {
+    /// The desk phone dials `1` (VoiceMailMain), presses `1`, and hears the envelope
+    /// and then the message: the caller's tone.
+    async fn listen_in_voicemailmain(&self, mode: Mode) {
+        let calls_before = self.desk.heard().len();
+        let established = self.desk.output().matches("established").count();
+        self.desk.dial(&format!("sip:1@{}", self.system.sip)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while self.desk.output().matches("established").count() <= established {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{mode:?}: VoiceMailMain answers:\n{}",
+                self.desk.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        self.desk.digits("1").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut got = 0.0;
+        while got < 1.0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let heard = self.desk.heard();
+            got = seconds_of(&heard[calls_before.min(heard.len())..].concat(), PSTN_HZ);
+        }
+        assert!(
+            got >= 1.0,
+            "{mode:?}: the desk phone hears the message ({got} s)"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
