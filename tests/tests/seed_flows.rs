@@ -189,6 +189,20 @@ async fn outbound_calls_reach_the_carrier_with_the_lines_caller_id(mode: Mode) {
         world.carrier.challenges() >= cases.len(),
         "every INVITE was challenged first"
     );
+    // Each hang-up reached the far end through the carrier (the edge's BYE follows the
+    // route set Kamailio recorded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while world.pstn.output().matches(" terminated (duration").count() < cases.len()
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        world.pstn.output().matches(" terminated (duration").count(),
+        cases.len(),
+        "{mode:?}: every call ended at the PSTN phone:\n{}",
+        world.pstn.output()
+    );
     let pstn_heard = world.pstn.heard();
     assert_eq!(
         pstn_heard.len(),

@@ -8,8 +8,11 @@
 //!
 //! Deliberate simplifications, for now: a re-INVITE (hold, resume) is answered by the
 //! edge itself with the relay's address and the mirrored direction, as Asterisk with
-//! `canreinvite=no` does, and not passed to the other leg; Record-Route is not kept, so
-//! in-dialog requests go straight to the remote target.
+//! `canreinvite=no` does, and not passed to the other leg. Record-Route is honoured
+//! (RFC 3261 §12.1): the caller's Record-Route is echoed in the edge's responses, and
+//! each leg's route set goes as Route headers on the edge's requests in the dialog
+//! (ACK, BYE), which are sent to the leg's first hop, so a carrier's proxy that
+//! record-routes sees them.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -147,6 +150,8 @@ struct Branch {
     /// The To with the callee's tag, once it answered.
     remote_to: Option<String>,
     remote_target: Option<String>,
+    /// The callee's route set: its answer's Record-Route, reversed.
+    route: Vec<String>,
     /// The ACK for the 2xx, kept to answer its retransmissions.
     ack: Option<Vec<u8>>,
     /// A CANCEL waiting for a provisional response (RFC 3261 §9.1).
@@ -171,6 +176,8 @@ pub struct Call {
     a_call_id: String,
     a_state: AState,
     a_remote_target: String,
+    /// The caller's route set: its INVITE's Record-Route, in order.
+    a_route: Vec<String>,
     a_cseq: u32,
     a_offer: Option<sdp::Session>,
     /// The 200 the edge retransmits until the ACK (§13.3.1.4).
@@ -354,6 +361,7 @@ impl SipCore {
             .contact_header()
             .map(|c| uri_of(c.value()))
             .unwrap_or_else(|_| format!("sip:{}", path.peer()));
+        let a_route = record_route(&request.headers);
         let (events, receiver) = mpsc::unbounded_channel();
         let new_call = NewCall {
             id,
@@ -392,6 +400,7 @@ impl SipCore {
                 a_call_id: call_id,
                 a_state: AState::Early,
                 a_remote_target: remote_target,
+                a_route,
                 a_cseq: 0,
                 a_offer: offer,
                 a_ok: None,
@@ -469,10 +478,13 @@ impl SipCore {
                 200,
                 "OK",
                 &call.a_tag,
-                vec![
-                    rsip::Header::Other("Contact".into(), contact),
-                    rsip::Header::Other("Allow".into(), super::ALLOW.into()),
-                ],
+                echo_record_route(
+                    &call.a_invite,
+                    vec![
+                        rsip::Header::Other("Contact".into(), contact),
+                        rsip::Header::Other("Allow".into(), super::ALLOW.into()),
+                    ],
+                ),
             ),
             &sdp,
         );
@@ -493,7 +505,13 @@ impl SipCore {
             return Ok(());
         }
         let response = match status {
-            180 => crate::registrar::response(&call.a_invite, 180, "Ringing", &call.a_tag, vec![]),
+            180 => crate::registrar::response(
+                &call.a_invite,
+                180,
+                "Ringing",
+                &call.a_tag,
+                echo_record_route(&call.a_invite, vec![]),
+            ),
             183 => {
                 let sdp = self.a_answer_sdp(id).ok_or("no media for the caller")?;
                 let call = self.calls.get(&id).ok_or("the call is gone")?;
@@ -504,7 +522,10 @@ impl SipCore {
                         183,
                         "Session Progress",
                         &call.a_tag,
-                        vec![rsip::Header::Other("Contact".into(), contact)],
+                        echo_record_route(
+                            &call.a_invite,
+                            vec![rsip::Header::Other("Contact".into(), contact)],
+                        ),
                     ),
                     &sdp,
                 )
@@ -596,21 +617,24 @@ impl SipCore {
         } else {
             format!("{from};tag={}", call.a_tag)
         };
-        let (target, call_id, cseq, path) = (
+        let (target, call_id, cseq, path, route) = (
             call.a_remote_target.clone(),
             call.a_call_id.clone(),
             call.a_cseq,
             call.a_path.clone(),
+            call.a_route.clone(),
         );
-        self.send_in_dialog("BYE", &target, &from, &to, &call_id, cseq, path);
+        self.send_in_dialog("BYE", &target, &route, &from, &to, &call_id, cseq, path);
     }
 
-    /// A request inside a dialog (BYE), in its own client transaction.
+    /// A request inside a dialog (BYE), in its own client transaction, with the
+    /// dialog's route set.
     #[allow(clippy::too_many_arguments)]
     fn send_in_dialog(
         &mut self,
         method: &str,
         target: &str,
+        route: &[String],
         from: &str,
         to: &str,
         call_id: &str,
@@ -623,7 +647,8 @@ impl SipCore {
         let branch = format!("z9hG4bK{}", self.tag());
         let transport = if path.reliable() { "TCP" } else { "UDP" };
         let request = format!(
-            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nUser-Agent: phone-sip-edge\r\nContent-Length: 0\r\n\r\n"
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\nMax-Forwards: 70\r\n{}From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nUser-Agent: phone-sip-edge\r\nContent-Length: 0\r\n\r\n",
+            route_headers(route)
         );
         self.start_client(branch, request.into_bytes(), path, Instant::now());
     }
@@ -727,6 +752,7 @@ impl SipCore {
                     path,
                     remote_to: None,
                     remote_target: None,
+                    route: Vec::new(),
                     ack: None,
                     cancel_pending: false,
                     provisional: false,
@@ -926,6 +952,11 @@ impl SipCore {
             if let Ok(contact) = response.contact_header() {
                 branch.remote_target = Some(uri_of(contact.value()));
             }
+            let mut route = record_route(&response.headers);
+            if !route.is_empty() {
+                route.reverse();
+                branch.route = route;
+            }
             if !response.body.is_empty() {
                 if let Ok(session) = std::str::from_utf8(&response.body)
                     .map_err(|_| ())
@@ -1109,13 +1140,14 @@ impl SipCore {
         else {
             return;
         };
-        let (from, call_id, cseq, path) = (
+        let (from, call_id, cseq, path, route) = (
             branch.from.clone(),
             branch.call_id.clone(),
             branch.cseq,
             branch.path.clone(),
+            branch.route.clone(),
         );
-        self.send_in_dialog("BYE", &target, &from, &to, &call_id, cseq, path);
+        self.send_in_dialog("BYE", &target, &route, &from, &to, &call_id, cseq, path);
     }
 
     /// BYE, CANCEL, ACK and re-INVITE inside a call; false if the request is not for a
@@ -1379,8 +1411,82 @@ fn build_ack(branch: &Branch, local: Option<SocketAddr>, seed: &str) -> Vec<u8> 
         .clone()
         .unwrap_or_else(|| branch.to.clone());
     format!(
-        "ACK {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch=z9hG4bK{seed}a{};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
-        branch.cseq, branch.from, branch.call_id, branch.cseq
+        "ACK {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch=z9hG4bK{seed}a{};rport\r\nMax-Forwards: 70\r\n{}From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+        branch.cseq,
+        route_headers(&branch.route),
+        branch.from,
+        branch.call_id,
+        branch.cseq
     )
     .into_bytes()
+}
+
+/// The entries of a message's Record-Route headers, in order (a header may hold several,
+/// comma-separated).
+fn record_route(headers: &rsip::Headers) -> Vec<String> {
+    let mut out = Vec::new();
+    for header in headers.iter() {
+        if let rsip::Header::RecordRoute(rr) = header {
+            let value = rr.value();
+            let (mut depth, mut start) = (0i32, 0usize);
+            for (i, c) in value.char_indices() {
+                match c {
+                    '<' => depth += 1,
+                    '>' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.push(value[start..i].trim().to_owned());
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+            out.push(value[start..].trim().to_owned());
+        }
+    }
+    out.retain(|r| !r.is_empty());
+    out
+}
+
+/// `extra` with the request's Record-Route headers after it (§12.1.1: the UAS copies
+/// them into every response that makes a dialog).
+fn echo_record_route(request: &rsip::Request, mut extra: Vec<rsip::Header>) -> Vec<rsip::Header> {
+    extra.extend(
+        request
+            .headers
+            .iter()
+            .filter(|h| matches!(h, rsip::Header::RecordRoute(_)))
+            .cloned(),
+    );
+    extra
+}
+
+/// Route headers for a route set.
+fn route_headers(route: &[String]) -> String {
+    route.iter().map(|r| format!("Route: {r}\r\n")).collect()
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn record_route_entries_keep_their_order_across_headers_and_commas() {
+        let request = rsip::Request::try_from(
+            "INVITE sip:1@a SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5;branch=z9hG4bKx\r\nRecord-Route: <sip:p1.example;lr>, <sip:p2.example;lr;x=\"a,b\">\r\nRecord-Route: <sip:p3.example;lr>\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:1@a>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+                .as_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        let route = record_route(&request.headers);
+        assert_eq!(
+            route,
+            vec![
+                "<sip:p1.example;lr>",
+                "<sip:p2.example;lr;x=\"a,b\">",
+                "<sip:p3.example;lr>"
+            ]
+        );
+        assert_eq!(route_headers(&route[..1]), "Route: <sip:p1.example;lr>\r\n");
+        assert_eq!(echo_record_route(&request, vec![]).len(), 2);
+    }
 }
