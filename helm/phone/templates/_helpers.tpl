@@ -71,7 +71,7 @@ securityContext:
     type: RuntimeDefault
 {{- end -}}
 
-{{/* Environment every service shares: (dict "root" $ "grpcPort" 50051 "adminPort" 9090 "drainDeadline" "30s") */}}
+{{/* Environment every service shares: (dict "root" $ "grpcPort" 50051 "adminPort" 9090 "drainDeadline" "30s" "config" true "data" true) */}}
 {{- define "phone.commonEnv" -}}
 - name: PHONE_GRPC_BIND
   value: "0.0.0.0:{{ .grpcPort }}"
@@ -81,10 +81,14 @@ securityContext:
   value: "5s"
 - name: PHONE_DRAIN_DEADLINE
   value: {{ .drainDeadline | default "30s" | quote }}
+{{- if .config }}
 - name: PHONE_CONFIG_DIR
   value: /etc/phone
+{{- end }}
+{{- if .data }}
 - name: PHONE_DATA_DIR
   value: /var/lib/phone
+{{- end }}
 {{- if .root.Values.otel.endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .root.Values.otel.endpoint | quote }}
