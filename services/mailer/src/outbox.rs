@@ -193,6 +193,10 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
+        // Every reason from the start, so that the series exist at zero.
+        for reason in ["permanent", "expired", "broken"] {
+            let _ = m.failed.get_or_create(&ReasonLabel { reason });
+        }
         registry.register(
             "mailer_queue_depth",
             "Deliveries waiting to be sent",

@@ -62,6 +62,10 @@ impl Metrics {
             received: Counter::default(),
             jitter: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0]),
         };
+        // Every reason from the start, so that a dashboard's series exist at zero.
+        for reason in ["ports_exhausted", "draining"] {
+            let _ = m.sessions_refused.get_or_create(&ReasonLabel { reason });
+        }
         let r = registry.sub_registry_with_prefix("media");
         r.register(
             "packets_forwarded",

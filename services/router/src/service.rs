@@ -55,6 +55,23 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
+        // Every DIALSTATUS and reload result from the start, so that the series exist at
+        // zero before the first call.
+        for status in [
+            "ANSWER",
+            "BUSY",
+            "NOANSWER",
+            "CANCEL",
+            "CONGESTION",
+            "CHANUNAVAIL",
+        ] {
+            let _ = m.dial_status.get_or_create(&StatusLabel {
+                status: status.to_owned(),
+            });
+        }
+        for result in ["loaded", "failed"] {
+            let _ = m.reloads.get_or_create(&ResultLabel { result });
+        }
         let r = registry.sub_registry_with_prefix("router");
         r.register("calls", "Calls that entered the dialplan", m.calls.clone());
         r.register(

@@ -69,6 +69,11 @@ impl Metrics {
             m.storage_errors.clone(),
         );
         registry.register(
+            "voicemail_rtp_late_samples",
+            "Received audio samples that came too late to be recorded",
+            m.late_samples.clone(),
+        );
+        registry.register(
             "voicemail_spool_depth",
             "Messages waiting in the local spool",
             m.spool_depth.clone(),
@@ -694,10 +699,13 @@ impl Runner {
                     session::Status::UserExit => pb::VmStatus::Userexit,
                     session::Status::Failed => pb::VmStatus::Failed,
                 };
+                let late_samples = inbound.jitter.late;
+                self.shared.metrics.late_samples.inc_by(late_samples);
                 tracing::info!(
                     ?status,
                     exit = exit.unwrap_or(""),
                     message = message_id.as_deref().unwrap_or(""),
+                    late_samples,
                     "voicemail session finished"
                 );
                 let _ = self.events.send(pb::SessionEvent {
