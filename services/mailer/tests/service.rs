@@ -140,6 +140,11 @@ impl Running {
             .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
     }
 
+    /// Deliver, which must be accepted.
+    async fn deliver(&mut self, request: pb::DeliverRequest) -> pb::Delivery {
+        self.client.deliver(request).await.unwrap().into_inner()
+    }
+
     async fn state(&mut self, id: &str) -> pb::Delivery {
         self.client
             .get_delivery(pb::GetDeliveryRequest {
@@ -190,11 +195,8 @@ async fn a_delivery_is_one_email_and_a_pager_mail_and_a_repeat_sends_nothing() {
     .await;
 
     let accepted = mailer
-        .client
         .deliver(request("100", "01764198309-aaaa", &key))
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     assert_eq!(
         accepted.email_message_id,
         "<voicemail-01764198309-aaaa@example.org>"
@@ -249,11 +251,8 @@ async fn a_delivery_is_one_email_and_a_pager_mail_and_a_repeat_sends_nothing() {
 
     // The same request again (a voicemail retry): the same delivery, nothing sent.
     let again = mailer
-        .client
         .deliver(request("100", "01764198309-aaaa", &key))
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     assert_eq!(again.state(), pb::DeliveryState::Sent);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(mailpit.messages().await.len(), 2);
@@ -278,11 +277,8 @@ async fn an_smtp_outage_delays_the_email_but_it_arrives_once() {
     })
     .await;
     let accepted = mailer
-        .client
         .deliver(request("100", "01764198309-bbbb", &key))
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     assert_eq!(accepted.state(), pb::DeliveryState::Pending);
 
     // Failing: pending, with the error and a next attempt.
@@ -331,10 +327,8 @@ async fn a_5xx_is_not_retried_and_retries_run_out() {
     })
     .await;
     mailer
-        .client
         .deliver(request("200", "01764198309-cccc", &key))
-        .await
-        .unwrap();
+        .await;
     let done = mailer
         .settled("01764198309-cccc", Duration::from_secs(10))
         .await;
@@ -365,10 +359,8 @@ async fn a_5xx_is_not_retried_and_retries_run_out() {
     })
     .await;
     mailer
-        .client
         .deliver(request("100", "01764198309-dddd", &key))
-        .await
-        .unwrap();
+        .await;
     let done = mailer
         .settled("01764198309-dddd", Duration::from_secs(10))
         .await;
@@ -436,10 +428,8 @@ async fn hostile_or_impossible_requests_are_refused_and_nothing_is_stored() {
 
     // Without SMTP (the embedded default) the mail is a .eml file.
     mailer
-        .client
         .deliver(request("100", "01764198309-eeee", &key))
-        .await
-        .unwrap();
+        .await;
     let done = mailer
         .settled("01764198309-eeee", Duration::from_secs(10))
         .await;

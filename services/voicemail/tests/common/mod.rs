@@ -130,15 +130,7 @@ impl Service {
             advertise_ip: None,
             mailer_url: format!("http://{peers_addr}"),
             edge_url: format!("http://{peers_addr}"),
-            s3: s3.unwrap_or(voicemail::store::S3Args {
-                bucket: None,
-                endpoint: None,
-                region: "us-east-1".into(),
-                path_style: false,
-                access_key_id: None,
-                secret_access_key: None,
-                timeout_ms: 1000,
-            }),
+            s3: s3.unwrap_or_else(voicemail::store::S3Args::none),
         };
         let bound = voicemail::bind(config).await.expect("voicemail binds");
         let grpc = bound.info().grpc;
