@@ -53,6 +53,8 @@ pub fn seed_config(dir: &Path, carrier: SocketAddr) {
 
 pub struct System {
     children: Vec<(String, Child)>,
+    /// Each service's admin address (`/metrics`).
+    pub admins: std::collections::HashMap<String, SocketAddr>,
     pub sip: SocketAddr,
     pub mode: Mode,
     pub minio: Minio,
@@ -95,6 +97,7 @@ impl System {
         ];
         let rtp = "26000-26199".to_owned();
         let mut children = Vec::new();
+        let mut admins = std::collections::HashMap::new();
         let spawn = |name: &str, args: Vec<String>| -> (String, Child) {
             let child = Command::new(binary(name))
                 .args(&args)
@@ -107,7 +110,11 @@ impl System {
                     std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
                 )
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                .stdout(if name == "phone" {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
                 .stderr(Stdio::inherit())
                 .spawn()
                 .unwrap_or_else(|e| panic!("{name} starts: {e}"));
@@ -129,17 +136,47 @@ impl System {
                 args.extend(prompts);
                 args.extend(s3);
                 args.extend(smtp);
-                children.push(spawn("phone", args));
+                let (name, mut child) = spawn("phone", args);
+                // phone prints each service's addresses, then `ready`.
+                use std::io::BufRead;
+                let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+                let mut lines = stdout.lines();
+                for line in lines.by_ref().map_while(Result::ok) {
+                    if line == "ready" {
+                        break;
+                    }
+                    let service = line.split_whitespace().next().unwrap_or("").to_owned();
+                    if let Some(admin) = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("admin="))
+                        .and_then(|a| a.parse().ok())
+                    {
+                        admins.insert(service, admin);
+                    }
+                }
+                // Keep reading, so that phone never blocks on a full pipe.
+                std::thread::spawn(move || for _ in lines {});
+                children.push((name, child));
             }
             Mode::FiveProcesses => {
                 let grpc: Vec<u16> = (0..5).map(|_| free_port()).collect();
                 let url = |i: usize| format!("http://127.0.0.1:{}", grpc[i]);
+                let admin: Vec<u16> = (0..5).map(|_| free_port()).collect();
+                for (i, name) in ["sip-edge", "router", "media-relay", "voicemail", "mailer"]
+                    .iter()
+                    .enumerate()
+                {
+                    admins.insert(
+                        (*name).to_owned(),
+                        SocketAddr::from(([127, 0, 0, 1], admin[i])),
+                    );
+                }
                 let common = |i: usize| {
                     vec![
                         "--grpc-bind".to_owned(),
                         format!("127.0.0.1:{}", grpc[i]),
                         "--admin-bind".to_owned(),
-                        "127.0.0.1:0".to_owned(),
+                        format!("127.0.0.1:{}", admin[i]),
                     ]
                 };
                 let data = |name: &str| {
@@ -207,6 +244,7 @@ impl System {
         }
         let system = System {
             children,
+            admins,
             sip,
             mode,
             minio,
@@ -239,6 +277,18 @@ impl System {
             }
         }
         panic!("the system did not answer OPTIONS on {}", self.sip);
+    }
+
+    /// One sample of a service's `/metrics` (the first line that starts with `sample`).
+    pub async fn metric(&self, service: &str, sample: &str) -> Option<f64> {
+        let text = service_runtime::server::scrape_metrics(self.admins[service])
+            .await
+            .ok()?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(sample)
+                .filter(|rest| rest.starts_with(' '))
+                .and_then(|rest| rest.trim().parse().ok())
+        })
     }
 
     /// The keys under `prefix` in the bucket.

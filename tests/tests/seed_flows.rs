@@ -256,8 +256,22 @@ async fn voicemail_email_lamp_and_voicemailmain(mode: Mode) {
         "{mode:?}: the voicemail answers:\n{}",
         world.pstn.output()
     );
+    // Each service's metrics count the call while it is up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (service, sample) in [
+        ("sip-edge", "phone_sip_calls_active"),
+        ("router", "phone_router_active_calls"),
+        ("media-relay", "phone_media_sessions_active"),
+        ("voicemail", "phone_voicemail_sessions_active"),
+    ] {
+        assert_eq!(
+            world.system.metric(service, sample).await,
+            Some(1.0),
+            "{mode:?}: {service} counts the call in {sample}"
+        );
+    }
     // The greeting and the beep, then the caller's message.
-    tokio::time::sleep(Duration::from_secs(16)).await;
+    tokio::time::sleep(Duration::from_secs(13)).await;
     world.pstn.hangup().await;
 
     let inbox = format!("voicemail/default/{DID}/INBOX/");
@@ -313,6 +327,23 @@ async fn voicemail_email_lamp_and_voicemailmain(mode: Mode) {
     assert!(
         got >= 2.0,
         "{mode:?}: the attachment holds the caller for {got} s"
+    );
+
+    assert_eq!(
+        world
+            .system
+            .metric("mailer", "phone_mailer_sent_total")
+            .await,
+        Some(1.0),
+        "{mode:?}: the mailer counts the email"
+    );
+    assert!(
+        world
+            .system
+            .metric("sip-edge", "phone_sip_calls_total")
+            .await
+            >= Some(1.0),
+        "{mode:?}: the edge counted the call"
     );
 
     // The lamp.

@@ -433,6 +433,11 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
             "Sources banned after repeated authentication failures",
             &counters.bans,
         ),
+        (
+            "calls",
+            "Calls admitted (INVITEs that started a call)",
+            &counters.calls,
+        ),
     ] {
         registry.register(name, help, counter.clone());
     }
@@ -440,6 +445,11 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         "registrations",
         "Registered contacts",
         counters.registrations.clone(),
+    );
+    registry.register(
+        "calls_active",
+        "Calls up now (from admission to the last BYE)",
+        counters.calls_active.clone(),
     );
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
         path: config.data_dir.clone(),

@@ -133,6 +133,9 @@ pub struct Counters {
     pub rate_limited: prometheus_client::metrics::counter::Counter,
     pub banned_drops: prometheus_client::metrics::counter::Counter,
     pub bans: prometheus_client::metrics::counter::Counter,
+    /// Calls admitted, and calls up now.
+    pub calls: prometheus_client::metrics::counter::Counter,
+    pub calls_active: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// The shared state of the SIP side of the edge.

@@ -384,6 +384,7 @@ impl SipCore {
             return Err(Box::new((tx, response)));
         }
         tracing::info!(%channel, %call_id, "call admitted");
+        self.counters.calls.inc();
         super::flush(&mut tx, &path);
         self.transactions.insert(key.clone(), (tx, path.clone()));
         self.call_ids.insert(call_id.clone(), (id, None));
@@ -412,6 +413,7 @@ impl SipCore {
                 bridged: None,
             },
         );
+        self.counters.calls_active.set(self.calls.len() as i64);
         Ok(())
     }
 
@@ -588,6 +590,7 @@ impl SipCore {
                 self.branch_owner.remove(&branch.via_branch);
             }
             tracing::info!(channel = %call.channel, "call ended");
+            self.counters.calls_active.set(self.calls.len() as i64);
         }
     }
 
