@@ -4,7 +4,6 @@
 //! console output (call events, MWI) is read through a pseudo-terminal (util-linux's
 //! `script`), since on a pipe baresip would hold it in a buffer until it exits.
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -116,17 +115,7 @@ impl Phone {
             .stderr(Stdio::null())
             .spawn()
             .expect("baresip and script are installed (scripts/install-deps)");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let lines = crate::collect_lines(child.stdout.take().unwrap());
         let stdin = child.stdin.take();
         Phone {
             child: Some(child),

@@ -5,7 +5,6 @@
 //! the carrier saw, and routed to the PSTN: a phone registered at the carrier as
 //! `pstn`.
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -149,17 +148,7 @@ impl Carrier {
             .stderr(Stdio::piped())
             .spawn()
             .expect("kamailio is installed (scripts/install-deps)");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let lines = crate::collect_lines(child.stderr.take().unwrap());
         Carrier {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),

@@ -12,6 +12,24 @@ pub mod system;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Collects a child's output lines as they come, on a thread of their own.
+pub fn collect_lines(
+    output: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(output)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
 /// The shipped example configuration (the seed's three files).
 pub fn example_config_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/freelancer")

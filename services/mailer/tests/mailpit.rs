@@ -103,32 +103,14 @@ async fn the_seeds_email_arrives_with_its_recording() {
 #[tokio::test]
 async fn no_server_is_a_temporary_failure() {
     let port = free_port();
-    let conf = asterisk_conf::voicemail::load(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../deploy/examples/freelancer/voicemail.conf"),
-    )
-    .unwrap();
-    let mailbox = conf.mailbox("default", "13235550100").unwrap();
-    let notice = Notice {
-        message_id: "x".into(),
-        mailbox: "13235550100".into(),
-        context: "default".into(),
-        message_number: 1,
-        caller_id_number: String::new(),
-        caller_id_name: String::new(),
-        origin_time: chrono::Utc::now(),
-        duration_secs: 1,
-        recordings: Vec::new(),
-    };
-    let mail = compose::email(&conf, mailbox, &notice).unwrap();
     let client = Smtp::new(&args(port), "127.0.0.1").unwrap();
-    match client.send(smtp::message(&mail, None).unwrap()).await {
+    match client.send(short_mail("x")).await {
         Err(SendError::Temporary(_)) => {}
         other => panic!("{other:?}"),
     }
 }
 
-/// A small email, for the transport tests.
+/// A small email of the seed's mailbox, for the transport tests.
 fn short_mail(message_id: &str) -> lettre::Message {
     let conf = asterisk_conf::voicemail::load(
         Path::new(env!("CARGO_MANIFEST_DIR"))
