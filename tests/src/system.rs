@@ -67,6 +67,16 @@ pub const BUCKET: &str = "phone";
 impl System {
     /// Starts the system on `sip` (a free UDP+TCP port) with the trunk at `carrier`.
     pub async fn start(mode: Mode, sip: SocketAddr, carrier: SocketAddr) -> Self {
+        Self::start_with_env(mode, sip, carrier, &[]).await
+    }
+
+    /// [`System::start`] with more environment for every process (the OTLP exporter's).
+    pub async fn start_with_env(
+        mode: Mode,
+        sip: SocketAddr,
+        carrier: SocketAddr,
+        env: &[(&str, String)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("conf");
         std::fs::create_dir_all(&conf).unwrap();
@@ -101,6 +111,7 @@ impl System {
         let spawn = |name: &str, args: Vec<String>| -> (String, Child) {
             let child = Command::new(binary(name))
                 .args(&args)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
                 .env(
                     "PHONE_S3_SECRET_ACCESS_KEY",
                     phone_test_support::MINIO_PASSWORD,

@@ -10,6 +10,7 @@ use chrono::{TimeZone, Utc};
 use phone_blobs::{check_key, BlobError, Blobs};
 use phone_proto::mailer::v1 as pb;
 use phone_proto::mailer::v1::mailer_server::Mailer;
+use service_runtime::telemetry;
 use tonic::{Request, Response, Status};
 
 use crate::compose::{self, Composed, Notice};
@@ -187,6 +188,7 @@ impl Mailer for Api {
             next_attempt_ms: now,
             last_error: String::new(),
             mails: mails.iter().map(|(m, _)| m.clone()).collect(),
+            trace: telemetry::traceparent(&tracing::Span::current()),
         };
         let emls = mails
             .into_iter()

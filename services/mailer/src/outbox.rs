@@ -37,9 +37,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
-use service_runtime::Shutdown;
+use service_runtime::{telemetry, Shutdown};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::smtp::{SendError, Smtp};
 
@@ -111,6 +112,10 @@ pub struct Record {
     #[serde(default)]
     pub last_error: String,
     pub mails: Vec<Mail>,
+    /// The W3C `traceparent` of the request that made the delivery (in the call's
+    /// trace): the first attempt is its child, later ones link to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 pub fn pending_key(id: &str) -> String {
@@ -142,6 +147,13 @@ pub enum Transport {
 }
 
 impl Transport {
+    fn name(&self) -> &'static str {
+        match self {
+            Transport::Smtp(_) => "smtp",
+            Transport::Folder(_) => "folder",
+        }
+    }
+
     async fn send(&self, id: &str, mail: &Mail, eml: &[u8]) -> Result<(), SendError> {
         match self {
             Transport::Smtp(smtp) => {
@@ -489,8 +501,30 @@ impl Outbox {
         );
     }
 
-    /// One attempt at a delivery: each mail not sent yet, in order.
-    async fn attempt(&self, mut record: Record, transport: &Transport) {
+    /// One attempt at a delivery, in its span: the first in the call's trace, a retry
+    /// (minutes or hours later) in a trace of its own that links to the call's.
+    async fn attempt(&self, record: Record, transport: &Transport) {
+        let span = tracing::info_span!(
+            "mailer.attempt",
+            id = %record.id,
+            mailbox = %record.mailbox,
+            attempt = record.attempts + 1,
+            outcome = tracing::field::Empty,
+        );
+        if let Some(trace) = &record.trace {
+            if record.attempts == 0 {
+                telemetry::set_stored_parent(&span, trace);
+            } else {
+                telemetry::link_stored(&span, trace);
+            }
+        }
+        self.attempt_in_span(record, transport)
+            .instrument(span)
+            .await;
+    }
+
+    /// Each mail not sent yet, in order.
+    async fn attempt_in_span(&self, mut record: Record, transport: &Transport) {
         record.attempts += 1;
         let mut outcome = Outcome::Sent;
         for i in 0..record.mails.len() {
@@ -512,7 +546,23 @@ impl Outbox {
                     break;
                 }
             };
-            match transport.send(&record.id, &mail, &eml).await {
+            let send = tracing::info_span!(
+                "mailer.send",
+                kind = %mail.kind,
+                transport = transport.name(),
+                recipients = mail.to.len(),
+                bytes = eml.len(),
+                error = tracing::field::Empty,
+            );
+            let sent = transport
+                .send(&record.id, &mail, &eml)
+                .instrument(send.clone())
+                .await;
+            if let Err(e) = &sent {
+                send.record("error", tracing::field::display(e));
+            }
+            drop(send);
+            match sent {
                 Ok(()) => {
                     tracing::info!(id = %record.id, kind = %mail.kind, to = ?mail.to, attempt = record.attempts, "mail sent");
                     record.mails[i].sent = true;
@@ -532,6 +582,14 @@ impl Outbox {
             }
         }
         let now = now_ms();
+        tracing::Span::current().record(
+            "outcome",
+            match &outcome {
+                Outcome::Sent => "sent",
+                Outcome::Permanent(..) => "failed",
+                Outcome::Temporary(_) => "temporary failure",
+            },
+        );
         match outcome {
             Outcome::Sent => {
                 record.state = State::Sent;

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::session::{Direction, Latching, LegId, LegUpdate, Session, Timeouts};
-use crate::worker::{Bound, Command, Handle, Shared};
+use crate::worker::{Bound, Command, Ended, Handle, Shared};
 
 /// The gRPC service; cheap to clone.
 #[derive(Clone)]
@@ -184,6 +184,43 @@ fn remote_from_pb(endpoint: Option<&pb::Endpoint>) -> Result<Option<SocketAddr>,
     Ok(Some(SocketAddr::new(ip, port)))
 }
 
+fn session_span(id: &str, call_id: &str, worker: usize) -> tracing::Span {
+    use tracing::field::Empty;
+    tracing::info_span!(
+        "media-relay.session",
+        session = %id,
+        call_id = %call_id,
+        worker,
+        ended_by = Empty,
+        duration_ms = Empty,
+        a.packets_received = Empty,
+        a.packets_sent = Empty,
+        a.packets_lost = Empty,
+        a.jitter_ms = Empty,
+        a.packets_foreign = Empty,
+        b.packets_received = Empty,
+        b.packets_sent = Empty,
+        b.packets_lost = Empty,
+        b.jitter_ms = Empty,
+        b.packets_foreign = Empty,
+    )
+}
+
+/// The session's final stats on its span, per leg.
+fn record_end(span: &tracing::Span, ended: &Ended) {
+    span.record("ended_by", ended.how);
+    span.record("duration_ms", ended.stats.duration_ms);
+    for (name, leg) in [("a", ended.stats.a), ("b", ended.stats.b)] {
+        let leg = leg.unwrap_or_default();
+        let field = |what: &str| format!("{name}.{what}");
+        span.record(field("packets_received").as_str(), leg.packets_received);
+        span.record(field("packets_sent").as_str(), leg.packets_sent);
+        span.record(field("packets_lost").as_str(), leg.packets_lost);
+        span.record(field("jitter_ms").as_str(), leg.jitter_ms);
+        span.record(field("packets_foreign").as_str(), leg.packets_foreign);
+    }
+}
+
 #[tonic::async_trait]
 impl MediaRelay for Control {
     type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, Status>> + Send>>;
@@ -253,10 +290,15 @@ impl MediaRelay for Control {
                 },
             );
         }
-        let (done, finished) = oneshot::channel::<()>();
-        // The drain waits for every session to end (or for its deadline).
+        let (done, finished) = oneshot::channel::<Ended>();
+        // The session's span (in the call's trace, below this request's) lasts as long as
+        // the session and ends with its final stats. The drain waits for every session to
+        // end (or for its deadline).
+        let span = session_span(&id, &request.call_id, worker);
         self.in_flight.spawn(async move {
-            let _ = finished.await;
+            if let Ok(ended) = finished.await {
+                record_end(&span, &ended);
+            }
         });
         let view = self
             .ask(worker, |reply| Command::Add {

@@ -103,8 +103,9 @@ pub enum Command {
         call_id: String,
         session: Box<Session>,
         bound: Bound,
-        /// Dropped when the session ends: the drain waits for it.
-        done: oneshot::Sender<()>,
+        /// Gets the final stats and how the session ended (or is dropped with the
+        /// worker): the drain waits for it, and the session's span records it.
+        done: oneshot::Sender<Ended>,
         reply: oneshot::Sender<pb::Session>,
     },
     View {
@@ -214,7 +215,15 @@ struct Slot {
     session: Session,
     sockets: [UdpSocket; 4],
     ports: [u16; 2],
-    _done: oneshot::Sender<()>,
+    done: oneshot::Sender<Ended>,
+}
+
+/// A session's end, for whoever created it: its final stats and why it ended
+/// (`deleted`, `media timeout`, `relay stopped`).
+#[derive(Debug)]
+pub struct Ended {
+    pub stats: pb::SessionStats,
+    pub how: &'static str,
 }
 
 /// How a session ended.
@@ -361,7 +370,7 @@ impl Worker {
                         session: *session,
                         sockets,
                         ports: bound.ports,
-                        _done: done,
+                        done,
                     });
                     let view = view(slot, self.shared.advertise_ip);
                     self.by_id.insert(id, key);
@@ -467,6 +476,14 @@ impl Worker {
                 })),
             });
         }
+        let _ = slot.done.send(Ended {
+            stats: final_stats.clone(),
+            how: match how {
+                End::Deleted => "deleted",
+                End::TimedOut(_) => "media timeout",
+                End::Stopped => "relay stopped",
+            },
+        });
         if !matches!(how, End::Stopped) {
             let _ = self.shared.events.send(pb::SessionEvent {
                 session_id: id,

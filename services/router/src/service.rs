@@ -238,6 +238,9 @@ async fn drive(
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(16);
     let mut inbound_open = true;
     let mut edge_gone = false;
+    // The application running now, as a span (a child of the call's): it ends when the
+    // next step starts, so its length is the application's.
+    let mut app = tracing::Span::none();
     loop {
         while let Some(action) = call.poll_action() {
             match action {
@@ -259,7 +262,7 @@ async fn drive(
                             codec,
                             events_tx.clone(),
                         )
-                        .in_current_span(),
+                        .instrument(app.clone()),
                     );
                 }
                 Action::StopVoicemail { session_id } => {
@@ -284,6 +287,15 @@ async fn drive(
                 },
                 Action::Step(step) => {
                     metrics.steps.inc();
+                    app = tracing::info_span!(
+                        "router.app",
+                        otel.name = %format_args!("router.app {}", step.app),
+                        app = %step.app,
+                        args = %step.args,
+                        context = %step.context,
+                        exten = %step.exten,
+                        priority = step.priority,
+                    );
                     tracing::info!(
                         context = %step.context,
                         exten = %step.exten,
@@ -323,6 +335,7 @@ async fn drive(
             _ = sleep_until(deadline), if deadline.is_some() => call.handle_timeout(Instant::now()),
         }
     }
+    drop(app);
     metrics.active.dec();
 }
 

@@ -120,8 +120,19 @@ pub fn spawner(
                 epoch,
                 watch: watch.clone(),
             };
-            let span =
-                tracing::info_span!("call", channel = %call.channel, call_id = %call.call_id);
+            // The call's span, the root of its trace: every service's work for it is
+            // below (trace context goes out in the gRPC metadata).
+            let span = tracing::info_span!(
+                "sip-edge.call",
+                channel = %call.channel,
+                call_id = %call.call_id,
+                peer = %call.peer,
+                from = %call.caller_number,
+                to = %call.exten,
+                sip.status = tracing::field::Empty,
+                hangup.cause = tracing::field::Empty,
+                ended_by = tracing::field::Empty,
+            );
             in_flight.spawn(tracing::Instrument::instrument(task.run(call), span));
         }
     });
@@ -134,6 +145,17 @@ struct Call {
     router: TracedChannel,
     epoch: u64,
     watch: MediaWatch,
+}
+
+/// Notes on the call's span how it ended: the caller's final status, the Q.850 cause
+/// and what ended it.
+fn ended(status: Option<u16>, cause: u32, by: &str) {
+    let span = tracing::Span::current();
+    if let Some(status) = status {
+        span.record("sip.status", status);
+    }
+    span.record("hangup.cause", cause);
+    span.record("ended_by", by);
 }
 
 fn endpoint(addr: SocketAddr) -> media::Endpoint {
@@ -189,12 +211,12 @@ impl Call {
             Err(e) => {
                 // No relay: the caller gets 503, as Asterisk without RTP ports would.
                 tracing::warn!(channel = %call.channel, error = %e, "no media relay for the call");
-                self.core().call_hangup(id, 34);
+                ended(self.core().call_hangup(id, 34), 34, "no media relay");
                 return;
             }
         };
         let (Some(relay_a), Some(relay_b)) = (local_of(&session.a), local_of(&session.b)) else {
-            self.core().call_hangup(id, 34);
+            ended(self.core().call_hangup(id, 34), 34, "no media relay");
             return;
         };
         self.watch
@@ -228,7 +250,7 @@ impl Call {
             Ok(stream) => stream.into_inner(),
             Err(e) => {
                 tracing::warn!(channel = %call.channel, error = %e, "the router is unreachable");
-                self.core().call_hangup(id, 34);
+                ended(self.core().call_hangup(id, 34), 34, "router unreachable");
                 self.watch.unregister(&session_id);
                 self.delete(&relay, &session_id).await;
                 return;
@@ -237,6 +259,8 @@ impl Call {
         let send = |event: channel_event::Event| {
             let _ = to_router.send(Box::new(router::ChannelEvent { event: Some(event) }));
         };
+        // Whether the span already says how the call ended.
+        let mut noted = false;
         loop {
             tokio::select! {
                 command = commands.message() => {
@@ -262,13 +286,16 @@ impl Call {
                 event = call.events.recv() => {
                     let Some(event) = event else { break };
                     let leg_b = media::LegId::B;
-                    let ended = match event {
+                    let gone = match event {
                         CallEvent::MediaTimeout => {
                             // Asterisk's rtptimeout: both legs end, the dialplan hears it.
-                            self.core().call_hangup(id, 16);
+                            ended(self.core().call_hangup(id, 16), 16, "media timeout");
                             Some((16, "media timeout"))
                         }
-                        CallEvent::CallerGone { cause } => Some((cause, "caller hung up")),
+                        CallEvent::CallerGone { cause, status } => {
+                            ended(status, cause, "caller hung up");
+                            Some((cause, "caller hung up"))
+                        }
                         CallEvent::Bridged { channel, remote, event_payload_types, nat, .. } => {
                             tracing::info!(%channel, "bridged");
                             self.update_leg(&relay, &session_id, leg_b, remote, event_payload_types, nat, media::Direction::Sendrecv).await;
@@ -306,7 +333,8 @@ impl Call {
                             None
                         }
                     };
-                    if let Some((cause, reason)) = ended {
+                    if let Some((cause, reason)) = gone {
+                        noted = true;
                         send(channel_event::Event::HangUp(router::HangUp {
                             cause,
                             reason: reason.into(),
@@ -321,7 +349,11 @@ impl Call {
                 }
             }
         }
-        self.core().call_hangup(id, 16);
+        // Still up when the dialplan ends: Asterisk hangs up (cause 16) as well.
+        let status = self.core().call_hangup(id, 16);
+        if status.is_some() && !noted {
+            ended(status, 16, "dialplan");
+        }
         self.watch.unregister(&session_id);
         self.delete(&relay, &session_id).await;
     }
@@ -434,7 +466,7 @@ impl Call {
             }
             Command::Hangup(hangup) => {
                 let cause = if hangup.cause == 0 { 16 } else { hangup.cause };
-                self.core().call_hangup(id, cause);
+                ended(self.core().call_hangup(id, cause), cause, "Hangup");
                 Step::HungUp
             }
             Command::Playback(_) => Step::Done(

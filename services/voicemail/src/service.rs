@@ -19,6 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use service_runtime::grpc::TracedChannel;
+use service_runtime::telemetry;
 use service_runtime::Shutdown;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -300,6 +301,16 @@ impl Shared {
                 })
                 .collect(),
         };
+        // The request to the mailer is part of the call's trace, even when it is made
+        // from a note taken up after a restart.
+        let span = tracing::info_span!("voicemail.deliver", id = %envelope.id);
+        if let Some(trace) = &envelope.trace {
+            telemetry::set_stored_parent(&span, trace);
+        }
+        self.ask_mailer(&envelope, request).instrument(span).await;
+    }
+
+    async fn ask_mailer(&self, envelope: &Envelope, request: mailer::DeliverRequest) {
         let mut delay = Duration::from_secs(1);
         loop {
             let mut client = mailer::mailer_client::MailerClient::new(self.mailer.clone());
@@ -489,7 +500,12 @@ impl pb::voicemail_server::Voicemail for Api {
             law,
             events: events_tx,
         };
-        let span = tracing::info_span!("voicemail session", session = %id, mode = if main { "main" } else { "leave" });
+        let span = tracing::info_span!(
+            "voicemail.session",
+            session = %id,
+            mode = if main { "main" } else { "leave" },
+            mailbox = %runner.request.mailbox,
+        );
         shared.tracker.spawn(runner.run(stop_rx).instrument(span));
         Ok(Response::new(pb::StartSessionResponse {
             session_id: id,
@@ -654,7 +670,17 @@ impl Runner {
         let mut mailbox = self.request.mailbox.clone();
         let mut hung_up = false;
         let mut finished = None;
+        // A span for each recording (a message, a greeting), below the session's.
+        let mut recording: Option<tracing::Span> = None;
         loop {
+            match (self.session.is_recording(), recording.is_some()) {
+                (true, false) => {
+                    recording =
+                        Some(tracing::info_span!("voicemail.recording", mailbox = %mailbox));
+                }
+                (false, true) => recording = None,
+                _ => {}
+            }
             // Carry out what the session asked for.
             while let Some(action) = self.session.poll_action() {
                 match action {
@@ -882,8 +908,27 @@ async fn changes(
                         .iter()
                         .map(|f| f.name().to_owned())
                         .collect(),
+                    trace: telemetry::traceparent(&tracing::Span::current()),
                 };
-                match store.save_message(&envelope, audio).await {
+                let upload = tracing::info_span!(
+                    "voicemail.upload",
+                    id = %envelope.id,
+                    mailbox,
+                    formats = %envelope.formats.join("|"),
+                    samples = audio.len(),
+                    kept = tracing::field::Empty,
+                );
+                let saved = store
+                    .save_message(&envelope, audio)
+                    .instrument(upload.clone())
+                    .await;
+                match &saved {
+                    Ok(Kept::Stored) => upload.record("kept", "stored"),
+                    Ok(Kept::Spooled) => upload.record("kept", "spooled"),
+                    Err(_) => upload.record("kept", "failed"),
+                };
+                drop(upload);
+                match saved {
                     Ok(Kept::Stored) => {
                         shared.metrics.messages.inc();
                         tracing::info!(id = %envelope.id, duration_secs, "message stored");

@@ -54,6 +54,10 @@ pub struct Envelope {
     pub unique_id: String,
     /// The formats stored, in `format=` order.
     pub formats: Vec<String>,
+    /// The W3C `traceparent` of the call that left the message: the mailer's work for
+    /// it joins the call's trace, however much later it happens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -84,6 +84,7 @@ async fn a_message_the_mailer_never_accepted_is_announced_after_a_restart() {
         channel: String::new(),
         unique_id: String::new(),
         formats: vec!["wav49".into(), "wav".into()],
+        trace: None,
     };
     let note = data
         .path()

@@ -180,6 +180,7 @@ async fn voicemailmain_logs_in_plays_deletes_and_saves_by_dtmf() {
             channel: String::new(),
             unique_id: String::new(),
             formats: vec!["wav49".into(), "wav".into()],
+            trace: None,
         };
         let kept = store
             .save_message(&envelope, tone(freq, 2).into())

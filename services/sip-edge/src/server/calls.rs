@@ -34,8 +34,9 @@ const T2: Duration = Duration::from_secs(4);
 /// What the SIP side tells a call's task.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallEvent {
-    /// The caller hung up (BYE, CANCEL) or its leg failed; Q.850 cause.
-    CallerGone { cause: u32 },
+    /// The caller hung up (BYE, CANCEL) or its leg failed; Q.850 cause, and the final
+    /// status the caller's INVITE got (200 when it had been answered, 487 on CANCEL).
+    CallerGone { cause: u32, status: Option<u16> },
     /// A B leg answered and is bridged to the caller; `remote` is its media from SDP.
     Bridged {
         command_id: u64,
@@ -175,6 +176,8 @@ pub struct Call {
     a_tag: String,
     a_call_id: String,
     a_state: AState,
+    /// The final status the caller's INVITE got, once it has one.
+    a_final: Option<u16>,
     a_remote_target: String,
     /// The caller's route set: its INVITE's Record-Route, in order.
     a_route: Vec<String>,
@@ -400,6 +403,7 @@ impl SipCore {
                 a_tag: tag,
                 a_call_id: call_id,
                 a_state: AState::Early,
+                a_final: None,
                 a_remote_target: remote_target,
                 a_route,
                 a_cseq: 0,
@@ -424,6 +428,11 @@ impl SipCore {
         };
         let key = call.a_key.clone();
         let status = response.status_code.code();
+        if status >= 200 {
+            if let Some(call) = self.calls.get_mut(&id) {
+                call.a_final.get_or_insert(status);
+            }
+        }
         let now = Instant::now();
         if let Some((tx, path)) = self.transactions.get_mut(&key) {
             tx.respond(now, status, response.to_string().into_bytes());
@@ -556,10 +565,10 @@ impl SipCore {
     /// Ends the call on the SIP side: the caller gets a final response (not answered
     /// yet) or a BYE, ringing B legs a CANCEL, a bridged one a BYE; the call is
     /// forgotten.
-    pub fn call_hangup(&mut self, id: u64, cause: u32) {
-        let Some(call) = self.calls.get(&id) else {
-            return;
-        };
+    /// The final status the caller's INVITE got is returned (`None` when the call had
+    /// already gone).
+    pub fn call_hangup(&mut self, id: u64, cause: u32) -> Option<u16> {
+        let call = self.calls.get(&id)?;
         match call.a_state {
             AState::Early => {
                 let status = match cause {
@@ -575,8 +584,10 @@ impl SipCore {
             AState::Answered | AState::Confirmed => self.bye_a(id),
             AState::Ended => {}
         }
+        let status = self.calls.get(&id).and_then(|call| call.a_final);
         self.end_branches(id, None);
         self.forget_call(id);
+        status
     }
 
     fn forget_call(&mut self, id: u64) {
@@ -1185,7 +1196,10 @@ impl SipCore {
                     call.a_state = AState::Ended;
                 }
                 self.end_branches(id, None);
-                let _ = events.send(CallEvent::CallerGone { cause: 16 });
+                let _ = events.send(CallEvent::CallerGone {
+                    cause: 16,
+                    status: Some(487),
+                });
                 self.forget_call(id);
                 Some(crate::registrar::response(request, 200, "OK", tag, vec![]))
             }
@@ -1206,13 +1220,14 @@ impl SipCore {
                 let ok = crate::registrar::response(request, 200, "OK", tag, vec![]);
                 match leg {
                     None => {
-                        let events = self.calls.get(&id)?.events.clone();
+                        let call = self.calls.get(&id)?;
+                        let (events, status) = (call.events.clone(), call.a_final);
                         if let Some(call) = self.calls.get_mut(&id) {
                             call.a_state = AState::Ended;
                             call.a_ok = None;
                         }
                         self.end_branches(id, None);
-                        let _ = events.send(CallEvent::CallerGone { cause: 16 });
+                        let _ = events.send(CallEvent::CallerGone { cause: 16, status });
                         self.forget_call(id);
                     }
                     Some(index) => {
@@ -1316,7 +1331,10 @@ impl SipCore {
         for id in no_ack {
             tracing::warn!(call = id, "no ACK for the 200: hanging up");
             if let Some(call) = self.calls.get(&id) {
-                let _ = call.events.send(CallEvent::CallerGone { cause: 41 });
+                let _ = call.events.send(CallEvent::CallerGone {
+                    cause: 41,
+                    status: call.a_final,
+                });
             }
             self.call_hangup(id, 41);
         }
