@@ -346,3 +346,40 @@ fn every_setting_the_chart_gives_is_one_the_binary_reads() {
         }
     }
 }
+
+/// The chart's `crds/` folder holds exactly the CRDs derived from the resource types
+/// (`phone-kube`), so `helm install` creates what the services watch. Regenerate with
+/// `UPDATE_GOLDEN=1`.
+#[test]
+fn the_charts_crds_are_the_ones_the_resource_types_derive() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let dir = chart().join("crds");
+    let crds = phone_kube::crds();
+    if update {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
+    for (file, crd) in &crds {
+        let text = phone_kube::manifest(crd);
+        let path = dir.join(file);
+        if update {
+            std::fs::write(&path, &text).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| panic!("{} is missing: run with UPDATE_GOLDEN=1", path.display()));
+        assert!(
+            want == text,
+            "{} differs from the {} the types derive; run with UPDATE_GOLDEN=1",
+            path.display(),
+            file
+        );
+    }
+    let mut shipped: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    shipped.sort();
+    let mut derived: Vec<String> = crds.iter().map(|(f, _)| (*f).to_owned()).collect();
+    derived.sort();
+    assert_eq!(shipped, derived, "no stray file in crds/");
+}

@@ -1,9 +1,12 @@
 //! What the services' tests share: the real external servers they run against, started
 //! on loopback ports from the binaries `scripts/install-deps` builds with `go install`
 //! (MinIO for S3, Mailpit for SMTP), each with its data in a temporary folder, stoppable
-//! and restartable on the same port to stage outages.
+//! and restartable on the same port to stage outages. [`kube`] starts a real Kubernetes
+//! API server (etcd and kube-apiserver).
 
 #![forbid(unsafe_code)]
+
+pub mod kube;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,369 @@
+//! The phone system's Kubernetes resources, so that `kubectl` can run it: a `Line` is a
+//! phone's account (a `sip.conf` peer of `type=friend`), a `Trunk` the carrier (a peer
+//! with `host=`), a `Mailbox` a `voicemail.conf` box, and a `Dialplan` an
+//! `extensions.conf`. Each is a namespaced custom resource of the `phone.dev` group;
+//! secrets (SIP passwords, PINs) stay in Kubernetes Secrets and are named by reference.
+//!
+//! The CRDs are derived from these types (`kube`'s `CustomResource`). [`crds`] gives
+//! them to the chart's `crds/` folder, and a test keeps that folder in step with them.
+//! Status is written by the services: registration for lines and trunks, message counts
+//! for mailboxes.
+
+#![forbid(unsafe_code)]
+// Several `printcolumn(type_ = "string", ...)` in one `#[kube]` are columns, not repeats.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of every phone resource.
+pub const GROUP: &str = "phone.dev";
+
+/// A key of a Secret in the resource's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    pub name: String,
+    /// The key in it.
+    pub key: String,
+}
+
+/// A phone's line: what a `sip.conf` peer with `type=friend` and `host=dynamic` says.
+/// The resource's name is the peer's name unless `peerName` says otherwise.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "phone.dev",
+    version = "v1alpha1",
+    kind = "Line",
+    namespaced,
+    status = "LineStatus",
+    shortname = "ln",
+    category = "phone",
+    printcolumn(name = "NUMBER", type_ = "string", json_path = ".spec.number"),
+    printcolumn(
+        name = "REGISTERED",
+        type_ = "boolean",
+        json_path = ".status.registered"
+    ),
+    printcolumn(
+        name = "CONTACT",
+        type_ = "string",
+        json_path = ".status.contacts[0].uri"
+    ),
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LineSpec {
+    /// The number (and SIP user name) of the line, as the phone registers it.
+    pub number: String,
+    /// The SIP peer's name, when it differs from the resource's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_name: Option<String>,
+    /// The digest password (`secret=`).
+    pub secret_ref: SecretKeyRef,
+    /// The dialplan context of the line's calls (`context=`).
+    pub context: String,
+    /// Codecs in order of preference (`allow=`), `ulaw` when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codecs: Vec<String>,
+    /// The phone is behind NAT (`nat=yes`): answer to the source address and latch its
+    /// media.
+    #[serde(default)]
+    pub nat: bool,
+    /// The caller ID of the line's calls (`callerid=`), `"Name" <number>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_id: Option<String>,
+    /// The mailbox whose lamp the phone shows (`mailbox=`), `box@context`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<String>,
+    /// Where the phone is, for emergency calls (the civic address told to the carrier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emergency_location: Option<String>,
+}
+
+/// What the edge knows of a line's registration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LineStatus {
+    /// At least one contact is bound.
+    #[serde(default)]
+    pub registered: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contacts: Vec<Contact>,
+    /// The last REGISTER or request from the phone (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    /// The phone answered the edge's last qualify (`qualify=yes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachable: Option<bool>,
+    /// The generation of the spec the edge applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Why the line is not in use (a missing Secret, a clash with sip.conf), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// A registered contact.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Contact {
+    pub uri: String,
+    /// When the binding expires (RFC 3339).
+    pub expires: String,
+    /// The address the REGISTER came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+/// The carrier: a `sip.conf` peer with a host, and the `register =>` line if the
+/// carrier wants registration.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "phone.dev",
+    version = "v1alpha1",
+    kind = "Trunk",
+    namespaced,
+    status = "TrunkStatus",
+    category = "phone",
+    printcolumn(name = "HOST", type_ = "string", json_path = ".spec.host"),
+    printcolumn(name = "STATE", type_ = "string", json_path = ".status.registration"),
+    printcolumn(name = "OWNER", type_ = "string", json_path = ".status.owner"),
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TrunkSpec {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The digest user name (`username=`, `defaultuser=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The user part of From on outbound calls (`fromuser=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_user: Option<String>,
+    /// The digest password (`secret=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// Addresses (or CIDRs) whose calls are the carrier's without authentication.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_addresses: Vec<String>,
+    /// Register with the carrier (`register =>`); one edge replica does, by Lease.
+    #[serde(default)]
+    pub register: bool,
+    /// The dialplan context of the carrier's calls.
+    pub context: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codecs: Vec<String>,
+    /// `insecure=` (`port`, `invite`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insecure: Vec<String>,
+}
+
+/// The trunk's registration, as the edge replica that owns it reports.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrunkStatus {
+    /// `Registered`, `Unregistered`, `Rejected`, `NotRegistering`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<String>,
+    /// The edge replica (pod) that holds the trunk's Lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_registered: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// A voicemail box: a `voicemail.conf` line
+/// (`box => pin,full name,email,pager,options`).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "phone.dev",
+    version = "v1alpha1",
+    kind = "Mailbox",
+    namespaced,
+    status = "MailboxStatus",
+    shortname = "mbx",
+    category = "phone",
+    printcolumn(name = "BOX", type_ = "string", json_path = ".spec.box"),
+    printcolumn(name = "NEW", type_ = "integer", json_path = ".status.new"),
+    printcolumn(name = "OLD", type_ = "integer", json_path = ".status.old"),
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxSpec {
+    /// The box number.
+    #[serde(rename = "box")]
+    pub mailbox: String,
+    /// The voicemail context, `default` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// The PIN.
+    pub pin_ref: SecretKeyRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pager: Option<String>,
+    /// The box's options (`attach`, `tz`, `saycid`, `delete`...), as in voicemail.conf.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+/// The box's message counts, as the voicemail service reports them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxStatus {
+    #[serde(default)]
+    pub new: u32,
+    #[serde(default)]
+    pub old: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// The dialplan: an `extensions.conf`, inline or in a ConfigMap.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "phone.dev",
+    version = "v1alpha1",
+    kind = "Dialplan",
+    namespaced,
+    status = "DialplanStatus",
+    category = "phone",
+    printcolumn(name = "LOADED", type_ = "boolean", json_path = ".status.loaded"),
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DialplanSpec {
+    /// The `extensions.conf` text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extensions_conf: Option<String>,
+    /// Or a ConfigMap key that holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapKeyRef>,
+}
+
+/// A key of a ConfigMap in the resource's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ConfigMapKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// Whether the router runs the dialplan, and why not.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DialplanStatus {
+    #[serde(default)]
+    pub loaded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Every CRD, in the order the chart installs them, with the file name each has in the
+/// chart's `crds/` folder.
+pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
+    use kube::CustomResourceExt;
+    vec![
+        ("lines.yaml", Line::crd()),
+        ("trunks.yaml", Trunk::crd()),
+        ("mailboxes.yaml", Mailbox::crd()),
+        ("dialplans.yaml", Dialplan::crd()),
+    ]
+}
+
+/// A CRD as the chart ships it: JSON (which is YAML), pretty and with a final newline.
+pub fn manifest(crd: &CustomResourceDefinition) -> String {
+    let mut text = serde_json::to_string_pretty(crd).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_crds_name_the_group_kinds_and_printer_columns() {
+        let crds = crds();
+        let names: Vec<String> = crds
+            .iter()
+            .map(|(_, c)| c.metadata.name.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "lines.phone.dev",
+                "trunks.phone.dev",
+                "mailboxes.phone.dev",
+                "dialplans.phone.dev"
+            ]
+        );
+        let line = &crds[0].1;
+        let columns: Vec<&str> = line.spec.versions[0]
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["NUMBER", "REGISTERED", "CONTACT", "AGE"]);
+        assert!(line.spec.versions[0]
+            .subresources
+            .as_ref()
+            .unwrap()
+            .status
+            .is_some());
+        assert_eq!(line.spec.group, GROUP);
+    }
+
+    #[test]
+    fn a_line_reads_as_an_operator_writes_it() {
+        let line: LineSpec = serde_json::from_value(serde_json::json!({
+            "number": "13235550100",
+            "secretRef": {"name": "desk-phone", "key": "password"},
+            "context": "outbound",
+            "nat": true,
+            "callerId": "\"Desk\" <13235550100>",
+            "mailbox": "13235550100@default"
+        }))
+        .unwrap();
+        assert_eq!(line.secret_ref.key, "password");
+        assert!(line.nat && line.codecs.is_empty());
+        let mailbox: MailboxSpec = serde_json::from_value(serde_json::json!({
+            "box": "13235550100",
+            "pinRef": {"name": "desk-phone", "key": "pin"},
+            "email": "email@domain.com",
+            "options": {"attach": "yes", "tz": "central"}
+        }))
+        .unwrap();
+        assert_eq!(mailbox.mailbox, "13235550100");
+        assert_eq!(mailbox.options["tz"], "central");
+    }
+}

@@ -1,0 +1,222 @@
+//! A real Kubernetes API server for tests, started the way controller-runtime's envtest
+//! starts one: Debian's etcd and the kube-apiserver `scripts/install-deps` builds, on
+//! loopback ports, with their data in a temporary folder. There are no controllers,
+//! kubelets or scheduler: objects are stored, validated, watched and authorised
+//! (RBAC) as in a cluster, and nothing runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{free_port, go_binary};
+
+/// The bearer token of the harness's administrator (`system:masters`).
+pub const ADMIN_TOKEN: &str = "phone-test-admin";
+
+pub struct KubeApi {
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+    /// A kubeconfig for the administrator (namespace `default`).
+    pub kubeconfig: PathBuf,
+    etcd: Child,
+    apiserver: Child,
+    dir: tempfile::TempDir,
+}
+
+impl KubeApi {
+    /// Starts etcd and kube-apiserver and waits until the API server is ready.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let (client, peer, secure) = (free_port(), free_port(), free_port());
+        let etcd_url = format!("http://127.0.0.1:{client}");
+        let etcd = Command::new("etcd")
+            .args([
+                "--data-dir",
+                &path("etcd"),
+                "--listen-client-urls",
+                &etcd_url,
+                "--advertise-client-urls",
+                &etcd_url,
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log_file(dir.path(), "etcd.log"))
+            .spawn()
+            .expect("etcd starts (Debian's etcd-server; run scripts/install-deps)");
+
+        // The service-account signing key, and the administrator's token.
+        let key = path("sa.key");
+        let status = Command::new("openssl")
+            .args(["genrsa", "-out", &key, "2048"])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl genrsa");
+        let status = Command::new("openssl")
+            .args(["rsa", "-in", &key, "-pubout", "-out", &path("sa.pub")])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl rsa -pubout");
+        std::fs::write(
+            dir.path().join("tokens.csv"),
+            format!("{ADMIN_TOKEN},admin,admin,system:masters\n"),
+        )
+        .unwrap();
+
+        let url = format!("https://127.0.0.1:{secure}");
+        let apiserver = Command::new(go_binary("kube-apiserver"))
+            .args([
+                &format!("--etcd-servers={etcd_url}"),
+                &format!("--cert-dir={}", path("certs")),
+                &format!("--secure-port={secure}"),
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                &format!("--service-account-issuer={url}"),
+                &format!("--service-account-key-file={}", path("sa.pub")),
+                &format!("--service-account-signing-key-file={key}"),
+                "--service-cluster-ip-range=10.96.0.0/24",
+                "--authorization-mode=RBAC",
+                &format!("--token-auth-file={}", path("tokens.csv")),
+                "--allow-privileged=true",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log_file(dir.path(), "kube-apiserver.log"))
+            .spawn()
+            .expect("kube-apiserver starts (run scripts/install-deps)");
+
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_text(&url, ADMIN_TOKEN)).unwrap();
+        let api = KubeApi {
+            url,
+            kubeconfig,
+            etcd,
+            apiserver,
+            dir,
+        };
+        api.wait_ready().await;
+        api
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..600 {
+            let (ok, out) = self.kubectl(&["get", "--raw", "/readyz"]);
+            if ok && out.trim() == "ok" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "kube-apiserver was not ready in 60 s:\n{}",
+            std::fs::read_to_string(self.dir.path().join("kube-apiserver.log")).unwrap_or_default()
+        );
+    }
+
+    /// Runs `kubectl` (the machine's) as the administrator: success, and stdout (or
+    /// stderr when it failed).
+    pub fn kubectl(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .expect("kubectl runs");
+        let text = if out.status.success() {
+            out.stdout
+        } else {
+            out.stderr
+        };
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&text).into_owned(),
+        )
+    }
+
+    /// `kubectl apply -f -` of `manifest` (YAML or JSON); panics when refused.
+    pub fn apply(&self, manifest: &str) -> String {
+        let (ok, out) = self.try_apply(manifest, &[]);
+        assert!(ok, "kubectl apply refused:\n{out}\n{manifest}");
+        out
+    }
+
+    /// `kubectl apply -f - <extra>` of `manifest`: success, and stdout (or stderr when
+    /// refused).
+    pub fn try_apply(&self, manifest: &str, extra: &[&str]) -> (bool, String) {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .args(["apply", "-f", "-"])
+            .args(extra)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(manifest.as_bytes());
+        }
+        let out = child.wait_with_output().expect("kubectl ends");
+        let text = if out.status.success() {
+            out.stdout
+        } else {
+            out.stderr
+        };
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&text).into_owned(),
+        )
+    }
+
+    /// A kubeconfig for another user's bearer token (to test RBAC as a service account).
+    pub fn kubeconfig_for(&self, name: &str, token: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("kubeconfig-{name}"));
+        std::fs::write(&path, kubeconfig_text(&self.url, token)).unwrap();
+        path
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        for child in [&mut self.apiserver, &mut self.etcd] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn log_file(dir: &Path, name: &str) -> Stdio {
+    std::fs::File::create(dir.join(name))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
+}
+
+/// The API server's certificate is its own self-signed one, so the test clients skip
+/// its verification (loopback only).
+fn kubeconfig_text(url: &str, token: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: {url}
+    insecure-skip-tls-verify: true
+users:
+- name: user
+  user:
+    token: {token}
+contexts:
+- name: test
+  context:
+    cluster: test
+    user: user
+    namespace: default
+current-context: test
+"
+    )
+}

@@ -1,0 +1,223 @@
+//! The phone system's Kubernetes side against a real API server (etcd and
+//! kube-apiserver, started by the harness as envtest does): the chart's CRDs install,
+//! `kubectl get` shows their printer columns with the status the services write, and
+//! `helm install` of the chart with its default values succeeds.
+
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use phone_kube::{Line, Mailbox};
+use phone_test_support::kube::KubeApi;
+
+fn chart() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/phone")
+}
+
+async fn client(api: &KubeApi) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&api.kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+fn install_crds(api: &KubeApi) {
+    let (ok, out) = api.kubectl(&["apply", "-f", chart().join("crds").to_str().unwrap()]);
+    assert!(ok, "the CRDs apply: {out}");
+    let (ok, out) = api.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/lines.phone.dev",
+        "crd/trunks.phone.dev",
+        "crd/mailboxes.phone.dev",
+        "crd/dialplans.phone.dev",
+    ]);
+    assert!(ok, "the CRDs are established: {out}");
+}
+
+/// The columns of `kubectl get` as a table: the header's names, then each row's cells
+/// (a blank cell stays a cell: the columns are cut at the header's positions).
+fn table(text: &str) -> Vec<Vec<String>> {
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let mut starts = Vec::new();
+    let mut previous = ' ';
+    for (i, c) in header.char_indices() {
+        if c != ' ' && previous == ' ' {
+            starts.push(i);
+        }
+        previous = c;
+    }
+    let cut = |line: &str| -> Vec<String> {
+        starts
+            .iter()
+            .enumerate()
+            .map(|(n, &start)| {
+                let end = starts
+                    .get(n + 1)
+                    .copied()
+                    .unwrap_or(line.len())
+                    .min(line.len());
+                line.get(start.min(line.len())..end)
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned()
+            })
+            .collect()
+    };
+    std::iter::once(header).chain(lines).map(cut).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crds_install_and_kubectl_shows_their_printer_columns_with_status() {
+    let api = KubeApi::start().await;
+    install_crds(&api);
+    api.apply(
+        r#"
+apiVersion: phone.dev/v1alpha1
+kind: Line
+metadata: {name: desk}
+spec:
+  number: "13235550100"
+  secretRef: {name: desk-phone, key: password}
+  context: outbound
+  nat: true
+  callerId: '"Desk" <13235550100>'
+  mailbox: 13235550100@default
+---
+apiVersion: phone.dev/v1alpha1
+kind: Mailbox
+metadata: {name: desk}
+spec:
+  box: "13235550100"
+  pinRef: {name: desk-phone, key: pin}
+  email: email@domain.com
+  options: {attach: "yes", tz: central}
+"#,
+    );
+
+    // A resource the schema refuses: a line without its number or password.
+    let (ok, why) = api.try_apply(
+        "apiVersion: phone.dev/v1alpha1\nkind: Line\nmetadata: {name: broken}\nspec: {context: outbound}\n",
+        &["--dry-run=server"],
+    );
+    assert!(!ok, "a line without number is refused");
+    assert!(why.contains("number") && why.contains("secretRef"), "{why}");
+
+    // The status the edge and the voicemail write, through the status subresource.
+    let client = client(&api).await;
+    let lines: Api<Line> = Api::namespaced(client.clone(), "default");
+    let status = serde_json::json!({"status": {
+        "registered": true,
+        "contacts": [{"uri": "sip:13235550100@192.0.2.10:5060", "expires": "2026-11-26T23:00:00Z"}],
+        "reachable": true,
+    }});
+    lines
+        .patch_status("desk", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    let mailboxes: Api<Mailbox> = Api::namespaced(client, "default");
+    mailboxes
+        .patch_status(
+            "desk",
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"status": {"new": 2, "old": 5}})),
+        )
+        .await
+        .unwrap();
+    let line = lines.get("desk").await.unwrap();
+    assert_eq!(line.spec.number, "13235550100");
+    assert!(line.status.unwrap().registered);
+
+    let (ok, out) = api.kubectl(&["get", "lines"]);
+    assert!(ok, "{out}");
+    let rows = table(&out);
+    assert_eq!(
+        rows[0],
+        ["NAME", "NUMBER", "REGISTERED", "CONTACT", "AGE"],
+        "{out}"
+    );
+    assert_eq!(
+        rows[1][..4],
+        [
+            "desk",
+            "13235550100",
+            "true",
+            "sip:13235550100@192.0.2.10:5060"
+        ],
+        "{out}"
+    );
+    let (ok, out) = api.kubectl(&["get", "mailboxes"]);
+    assert!(ok, "{out}");
+    let rows = table(&out);
+    assert_eq!(rows[0], ["NAME", "BOX", "NEW", "OLD", "AGE"], "{out}");
+    assert_eq!(rows[1][..4], ["desk", "13235550100", "2", "5"], "{out}");
+    // The short names and the category work as kubectl users expect.
+    let (ok, out) = api.kubectl(&["get", "phone"]);
+    assert!(
+        ok && out.contains("line.phone.dev/desk") && out.contains("mailbox.phone.dev/desk"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_with_default_values_succeeds_and_installs_the_crds() {
+    let api = KubeApi::start().await;
+    let helm = phone_test_support::go_binary("helm");
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(helm)
+        .args(["install", "phone"])
+        .arg(chart())
+        .args(["--namespace", "phone", "--create-namespace", "--wait=false"])
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        // helm's caches and config, not the user's
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm install:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let notes = String::from_utf8_lossy(&out.stdout);
+    assert!(notes.contains("STATUS: deployed"), "{notes}");
+
+    let (ok, out) = api.kubectl(&[
+        "get",
+        "deployments,daemonsets,services",
+        "-n",
+        "phone",
+        "-o",
+        "name",
+    ]);
+    assert!(ok, "{out}");
+    for object in [
+        "deployment.apps/phone-router",
+        "deployment.apps/phone-voicemail",
+        "deployment.apps/phone-mailer",
+    ] {
+        assert!(out.contains(object), "{object} in:\n{out}");
+    }
+    // The chart's crds/ came with it: lines can be listed (none yet).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = api.kubectl(&["get", "lines", "-n", "phone"]);
+        if ok {
+            assert!(out.is_empty() || out.contains("No resources"), "{out}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lines are not served: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
