@@ -221,3 +221,162 @@ async fn helm_install_with_default_values_succeeds_and_installs_the_crds() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The sip-edge binary with the seed's sip.conf, using the `Line`s of `default`.
+struct Edge {
+    child: std::process::Child,
+    sip: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Edge {
+    fn start(api: &KubeApi) -> Self {
+        use phone_test_support::free_port;
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("conf");
+        std::fs::create_dir_all(&conf).unwrap();
+        phone_tests::system::seed_config(&conf, "127.0.0.1:9".parse().unwrap());
+        let sip = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = std::process::Command::new(phone_tests::system::binary("sip-edge"))
+            .args(["--config-dir", conf.to_str().unwrap()])
+            .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
+            .args(["--sip-bind", &sip.to_string()])
+            .args(["--grpc-bind", &format!("127.0.0.1:{}", free_port())])
+            .args(["--admin-bind", &admin.to_string()])
+            .args(["--media-relays", "http://127.0.0.1:9"])
+            .args(["--kube-namespace", "default"])
+            .env("KUBECONFIG", &api.kubeconfig)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .spawn()
+            .expect("sip-edge starts");
+        Edge {
+            child,
+            sip,
+            admin,
+            _dir: dir,
+        }
+    }
+
+    async fn registrations(&self) -> Option<f64> {
+        let text = service_runtime::server::scrape_metrics(self.admin)
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("phone_sip_registrations "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `kubectl get <what>` until its output holds every one of `wanted`.
+async fn kubectl_until(api: &KubeApi, args: &[&str], wanted: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = api.kubectl(args);
+        if ok && wanted.iter().all(|w| out.contains(w)) {
+            return out;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "kubectl {args:?} never showed {wanted:?}:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_resource_lets_a_phone_register_shows_it_and_deleting_it_ends_it() {
+    use phone_tests::baresip::{Phone, PhoneConfig};
+    let api = KubeApi::start().await;
+    install_crds(&api);
+    api.apply(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: kitchen-phone}
+stringData: {password: "k1tchen-secret"}
+---
+apiVersion: phone.dev/v1alpha1
+kind: Line
+metadata: {name: kitchen}
+spec:
+  number: "13235550111"
+  secretRef: {name: kitchen-phone, key: password}
+  context: outbound
+---
+apiVersion: phone.dev/v1alpha1
+kind: Line
+metadata: {name: desk-again}
+spec:
+  number: "13235550100"
+  secretRef: {name: kitchen-phone, key: password}
+  context: outbound
+"#,
+    );
+    let edge = Edge::start(&api);
+
+    // A Line that clashes with a sip.conf peer is reported, not merged.
+    let clash = kubectl_until(
+        &api,
+        &[
+            "get",
+            "line",
+            "desk-again",
+            "-o",
+            "jsonpath={.status.problem}",
+        ],
+        &["sip.conf"],
+    )
+    .await;
+    assert!(clash.contains("13235550100"), "{clash}");
+
+    // The phone registers with the Line's number and the Secret's password.
+    let phone = Phone::start(PhoneConfig {
+        aor: format!("13235550111@{}", edge.sip),
+        password: "k1tchen-secret",
+        auto_answer: false,
+        mwi: false,
+        voice: vec![0; 160],
+    });
+    assert!(
+        phone
+            .wait_for_output("200 OK", Duration::from_secs(20))
+            .await,
+        "the phone registers with the Line's credentials:\n{}",
+        phone.output()
+    );
+    let out = kubectl_until(
+        &api,
+        &["get", "lines"],
+        &["kitchen", "true", "sip:13235550111"],
+    )
+    .await;
+    let rows = table(&out);
+    let kitchen = rows.iter().find(|r| r[0] == "kitchen").unwrap();
+    assert_eq!(kitchen[1..3], ["13235550111", "true"], "{out}");
+    assert!(kitchen[3].starts_with("sip:13235550111"), "{out}");
+    assert_eq!(edge.registrations().await, Some(1.0));
+
+    // Deleting the Line ends the registration.
+    let (ok, out) = api.kubectl(&["delete", "line", "kitchen"]);
+    assert!(ok, "{out}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while edge.registrations().await != Some(0.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the registration outlives its Line"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

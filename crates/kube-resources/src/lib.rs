@@ -33,7 +33,8 @@ pub struct SecretKeyRef {
 }
 
 /// A phone's line: what a `sip.conf` peer with `type=friend` and `host=dynamic` says.
-/// The resource's name is the peer's name unless `peerName` says otherwise.
+/// The phone registers with the number as its user name unless `peerName` says
+/// otherwise.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "phone.dev",
@@ -64,7 +65,8 @@ pub struct SecretKeyRef {
 pub struct LineSpec {
     /// The number (and SIP user name) of the line, as the phone registers it.
     pub number: String,
-    /// The SIP peer's name, when it differs from the resource's name.
+    /// The SIP peer's name (the user name the phone registers with), when it is not
+    /// the number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_name: Option<String>,
     /// The digest password (`secret=`).

@@ -25,6 +25,7 @@ pub mod outbound;
 pub mod qualify;
 pub mod registrar;
 pub mod relays;
+pub mod resources;
 pub mod sdp;
 pub mod server;
 pub mod transaction;
@@ -110,6 +111,11 @@ pub struct Config {
         default_value = "http://voicemail:50051"
     )]
     pub voicemail_url: String,
+    /// Watch `Line` resources in this Kubernetes namespace and use them beside sip.conf
+    /// (the chart sets the pod's own). The API server and credentials come from the
+    /// pod's service account, or from KUBECONFIG.
+    #[arg(long, env = "PHONE_KUBE_NAMESPACE")]
+    pub kube_namespace: Option<String>,
 }
 
 impl Config {
@@ -132,6 +138,7 @@ impl Config {
             router_url: "http://127.0.0.1:9".into(),
             media_relays: Vec::new(),
             voicemail_url: "http://127.0.0.1:9".into(),
+            kube_namespace: None,
         }
     }
 }
@@ -150,6 +157,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Relays(#[from] relays::RelayError),
+    #[error("cannot reach the Kubernetes API server (in-cluster or KUBECONFIG): {0}")]
+    Kube(#[from] kube::Error),
     #[error("cannot listen for SIP on {transport}/{addr}: {source}")]
     SipBind {
         transport: &'static str,
@@ -167,6 +176,8 @@ pub struct Bound {
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
     core: Arc<Mutex<server::SipCore>>,
+    /// The namespace whose `Line`s the edge uses, and its API client.
+    kube: Option<(kube::Client, String)>,
     /// Clients of the services the edge drives; used by the call path (issue #4).
     #[allow(dead_code)]
     peers: Peers,
@@ -315,10 +326,9 @@ fn qualifier_for(sip: &SipConf) -> qualify::Qualifier {
     qualify::Qualifier::new(policies)
 }
 
-/// The registrar's lines: the `host=dynamic` peers of sip.conf.
-fn registrar_for(sip: &SipConf, algorithms: &[digest::Algorithm]) -> Registrar {
-    let lines = sip
-        .peers
+/// The lines of sip.conf: its `host=dynamic` peers.
+fn file_lines(sip: &SipConf) -> Vec<Line> {
+    sip.peers
         .iter()
         .filter(|p| p.host == Host::Dynamic)
         .map(|p| Line {
@@ -326,7 +336,12 @@ fn registrar_for(sip: &SipConf, algorithms: &[digest::Algorithm]) -> Registrar {
             secret: p.secret.as_ref().map(|s| s.expose().to_owned()),
             nat: p.nat.is_on(),
         })
-        .collect();
+        .collect()
+}
+
+/// The registrar, with the lines of sip.conf.
+fn registrar_for(sip: &SipConf, algorithms: &[digest::Algorithm]) -> Registrar {
+    let lines = file_lines(sip);
     let config = RegistrarConfig {
         realm: sip
             .general
@@ -478,15 +493,20 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         Some(config.data_dir.join("registrations.json")),
         counters,
     );
-    core.set_peers(peer_infos(&sip, &trunks));
+    core.set_file_config(file_lines(&sip), peer_infos(&sip, &trunks), mwi_lines(&sip));
     core.set_trunks(trunks);
     let peers = Peers {
         router: client_channel(&config.router_url)?,
         media_relays: relays::RelayPool::new(&config.media_relays)?,
         voicemail: client_channel(&config.voicemail_url)?,
     };
+    let kube = match config.kube_namespace {
+        Some(namespace) => Some((kube::Client::try_default().await?, namespace)),
+        None => None,
+    };
     Ok(Bound {
         server,
+        kube,
         advertise_ip: config.advertise_ip,
         sip,
         udp: Arc::new(udp),
@@ -513,17 +533,27 @@ impl Bound {
     }
 
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
-        let mwi = mwi_lines(&self.sip);
         let outbound = outbound_registrations(&self.sip).await;
         let advertise = self.advertise_ip;
+        let file_peers = self.sip.peers.iter().map(|p| p.name.clone()).collect();
         let Bound {
             server,
             udp,
             tcp,
             core,
             peers,
+            kube,
             ..
         } = self;
+        if let Some((client, namespace)) = kube {
+            tokio::spawn(resources::run(
+                client,
+                namespace,
+                core.clone(),
+                file_peers,
+                shutdown.clone(),
+            ));
+        }
         peers
             .media_relays
             .spawn_refresher(std::time::Duration::from_secs(2), shutdown.clone());
@@ -539,7 +569,6 @@ impl Bound {
         {
             let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
             core.set_udp(udp.clone());
-            core.set_mwi_lines(mwi);
             core.set_outbound(outbound);
             core.set_advertise(advertise);
         }

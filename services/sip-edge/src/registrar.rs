@@ -153,6 +153,22 @@ impl Registrar {
             .map(|(l, b)| (l.as_str(), b.as_slice()))
     }
 
+    /// Replaces the lines that may register (the file's and the resources' after a
+    /// change). The bindings of lines that are gone end; their names are returned.
+    pub fn set_lines(&mut self, lines: Vec<Line>) -> Vec<String> {
+        self.lines = lines.into_iter().map(|l| (l.name.clone(), l)).collect();
+        let gone: Vec<String> = self
+            .bindings
+            .keys()
+            .filter(|line| !self.lines.contains_key(*line))
+            .cloned()
+            .collect();
+        for line in &gone {
+            self.bindings.remove(line);
+        }
+        gone
+    }
+
     /// Whether `name` is a line that may register.
     pub fn has_line(&self, name: &str) -> bool {
         self.lines.contains_key(name)

@@ -154,6 +154,10 @@ pub struct SipCore {
     clients: HashMap<String, (ClientTransaction<Vec<u8>>, Path)>,
     client_deadlines: BinaryHeap<Reverse<(Instant, String)>>,
     qualifier: Qualifier,
+    file: FileConfig,
+    /// Persisted bindings of lines sip.conf does not define, until the resource lines
+    /// are first known.
+    saved_bindings: Option<HashMap<String, Vec<Binding>>>,
     /// The UDP socket requests leave from, and the address in their Via.
     udp: Option<Arc<UdpSocket>>,
     /// Open TCP connections by peer, to reach phones registered over TCP.
@@ -227,6 +231,23 @@ pub fn load_bindings(path: &std::path::Path) -> HashMap<String, Vec<Binding>> {
     }
 }
 
+/// What sip.conf defines, which resource lines are added to.
+#[derive(Debug, Default)]
+pub(crate) struct FileConfig {
+    lines: Vec<crate::registrar::Line>,
+    peers: Vec<PeerInfo>,
+    mwi: HashMap<String, Vec<String>>,
+}
+
+/// A line defined by a resource: what the registrar, calls and MWI need of it.
+#[derive(Debug, Clone)]
+pub struct ResourceLine {
+    pub line: crate::registrar::Line,
+    pub peer: PeerInfo,
+    /// `mailbox=` of the line (`box` or `box@context`).
+    pub mailboxes: Vec<String>,
+}
+
 impl SipCore {
     pub fn new(
         mut registrar: Registrar,
@@ -236,8 +257,13 @@ impl SipCore {
         persist: Option<PathBuf>,
         counters: Counters,
     ) -> Self {
+        // Bindings of lines the file does not define may belong to resource lines that
+        // arrive later: they are kept for the first set of resource lines.
+        let mut saved_bindings = HashMap::new();
         if let Some(path) = &persist {
-            registrar.restore(load_bindings(path), unix_now());
+            saved_bindings = load_bindings(path);
+            registrar.restore(saved_bindings.clone(), unix_now());
+            saved_bindings.retain(|line, _| !registrar.has_line(line));
         }
         let core = Self {
             registrar,
@@ -249,6 +275,8 @@ impl SipCore {
             clients: HashMap::new(),
             client_deadlines: BinaryHeap::new(),
             qualifier,
+            file: FileConfig::default(),
+            saved_bindings: Some(saved_bindings),
             udp: None,
             connections: HashMap::new(),
             mwi_lines: HashMap::new(),

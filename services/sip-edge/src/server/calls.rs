@@ -253,6 +253,60 @@ impl SipCore {
         self.peers = peers.into_iter().map(|p| (p.name.clone(), p)).collect();
     }
 
+    /// What sip.conf defines (its lines, peers and MWI lines), kept apart from the lines
+    /// that come from resources so that those can change without touching it.
+    pub fn set_file_config(
+        &mut self,
+        lines: Vec<crate::registrar::Line>,
+        peers: Vec<PeerInfo>,
+        mwi: std::collections::HashMap<String, Vec<String>>,
+    ) {
+        self.file = super::FileConfig { lines, peers, mwi };
+        self.apply_lines(Vec::new());
+    }
+
+    /// The lines defined by resources (Kubernetes `Line`s), replacing the previous set.
+    /// A line that is gone loses its registrations, whose names are returned.
+    pub fn set_resource_lines(&mut self, resources: Vec<super::ResourceLine>) -> Vec<String> {
+        let gone = self.apply_lines(resources);
+        // The first set: the registrations persisted before a restart come back.
+        if let Some(saved) = self.saved_bindings.take() {
+            if !saved.is_empty() {
+                self.registrar.restore(saved, super::unix_now());
+                self.persist();
+                self.update_gauge();
+            }
+        }
+        gone
+    }
+
+    fn apply_lines(&mut self, resources: Vec<super::ResourceLine>) -> Vec<String> {
+        let mut lines = self.file.lines.clone();
+        let mut peers = self.file.peers.clone();
+        let mut mwi = self.file.mwi.clone();
+        for resource in resources {
+            for mailbox in &resource.mailboxes {
+                let key = if mailbox.contains('@') {
+                    mailbox.clone()
+                } else {
+                    format!("{mailbox}@default")
+                };
+                mwi.entry(key).or_default().push(resource.line.name.clone());
+            }
+            lines.push(resource.line);
+            peers.push(resource.peer);
+        }
+        let gone = self.registrar.set_lines(lines);
+        self.set_peers(peers);
+        self.mwi_lines = mwi;
+        if !gone.is_empty() {
+            tracing::info!(lines = ?gone, "lines removed; their registrations end");
+            self.persist();
+            self.update_gauge();
+        }
+        gone
+    }
+
     /// Where new calls go to get a task; without one, INVITEs get 503.
     pub fn set_call_spawner(&mut self, spawner: mpsc::UnboundedSender<NewCall>) {
         self.call_spawner = Some(spawner);
