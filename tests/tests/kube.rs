@@ -164,12 +164,11 @@ spec:
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn helm_install_with_default_values_succeeds_and_installs_the_crds() {
-    let api = KubeApi::start().await;
+/// `helm install phone` of the chart with its default values into namespace `phone`.
+fn helm_install(api: &KubeApi) -> std::process::Output {
     let helm = phone_test_support::go_binary("helm");
     let home = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(helm)
+    std::process::Command::new(helm)
         .args(["install", "phone"])
         .arg(chart())
         .args(["--namespace", "phone", "--create-namespace", "--wait=false"])
@@ -180,7 +179,13 @@ async fn helm_install_with_default_values_succeeds_and_installs_the_crds() {
         .env("HELM_CONFIG_HOME", home.path().join("config"))
         .env("HELM_DATA_HOME", home.path().join("data"))
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_with_default_values_succeeds_and_installs_the_crds() {
+    let api = KubeApi::start().await;
+    let out = helm_install(&api);
     assert!(
         out.status.success(),
         "helm install:\n{}\n{}",
@@ -222,7 +227,8 @@ async fn helm_install_with_default_values_succeeds_and_installs_the_crds() {
     }
 }
 
-/// The sip-edge binary with the seed's sip.conf, using the `Line`s of `default`.
+/// The sip-edge binary with the seed's sip.conf, using the `Line`s of `namespace` with
+/// the credentials of `kubeconfig`.
 struct Edge {
     child: std::process::Child,
     sip: std::net::SocketAddr,
@@ -231,7 +237,7 @@ struct Edge {
 }
 
 impl Edge {
-    fn start(api: &KubeApi) -> Self {
+    fn start(kubeconfig: &std::path::Path, namespace: &str) -> Self {
         use phone_test_support::free_port;
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("conf");
@@ -246,8 +252,8 @@ impl Edge {
             .args(["--grpc-bind", &format!("127.0.0.1:{}", free_port())])
             .args(["--admin-bind", &admin.to_string()])
             .args(["--media-relays", "http://127.0.0.1:9"])
-            .args(["--kube-namespace", "default"])
-            .env("KUBECONFIG", &api.kubeconfig)
+            .args(["--kube-namespace", namespace])
+            .env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -324,7 +330,7 @@ spec:
   context: outbound
 "#,
     );
-    let edge = Edge::start(&api);
+    let edge = Edge::start(&api.kubeconfig, "default");
 
     // A Line that clashes with a sip.conf peer is reported, not merged.
     let clash = kubectl_until(
@@ -379,4 +385,102 @@ spec:
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_role_is_what_the_edge_needs_and_no_more() {
+    use phone_tests::baresip::{Phone, PhoneConfig};
+    let api = KubeApi::start().await;
+    let out = helm_install(&api);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let account = "system:serviceaccount:phone:phone-sip-edge";
+    for (verb, resource, allowed) in [
+        ("watch", "lines.phone.dev", "yes"),
+        ("patch", "lines.phone.dev --subresource=status", "yes"),
+        ("patch", "lines.phone.dev", "no"),
+        ("get", "secrets", "yes"),
+        ("list", "secrets", "no"),
+        ("update", "lines.phone.dev", "no"),
+        ("delete", "lines.phone.dev", "no"),
+        ("get", "mailboxes.phone.dev", "no"),
+        ("create", "pods", "no"),
+    ] {
+        // `can-i` says yes or no on stdout, and fails for no.
+        let out = std::process::Command::new("kubectl")
+            .args(["auth", "can-i", verb])
+            .args(resource.split(' '))
+            .args(["-n", "phone", "--as", account])
+            .env("KUBECONFIG", &api.kubeconfig)
+            .output()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            answer.trim(),
+            allowed,
+            "{verb} {resource}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The edge with the account's own token: it reads the Line and its Secret and
+    // writes the Line's status, so the Role is enough.
+    let (ok, token) = api.kubectl(&["create", "token", "phone-sip-edge", "-n", "phone"]);
+    assert!(ok, "{token}");
+    let kubeconfig = api.kubeconfig_for("sip-edge", token.trim());
+    api.apply(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: hall-phone, namespace: phone}
+stringData: {password: "h4ll"}
+---
+apiVersion: phone.dev/v1alpha1
+kind: Line
+metadata: {name: hall, namespace: phone}
+spec:
+  number: "13235550122"
+  secretRef: {name: hall-phone, key: password}
+  context: outbound
+"#,
+    );
+    let edge = Edge::start(&kubeconfig, "phone");
+    // The edge has the line once it reports on it.
+    kubectl_until(
+        &api,
+        &[
+            "get",
+            "line",
+            "hall",
+            "-n",
+            "phone",
+            "-o",
+            "jsonpath={.status.observedGeneration}",
+        ],
+        &["1"],
+    )
+    .await;
+    let phone = Phone::start(PhoneConfig {
+        aor: format!("13235550122@{}", edge.sip),
+        password: "h4ll",
+        auto_answer: false,
+        mwi: false,
+        voice: vec![0; 160],
+    });
+    assert!(
+        phone
+            .wait_for_output("200 OK", Duration::from_secs(20))
+            .await,
+        "the phone registers:\n{}",
+        phone.output()
+    );
+    kubectl_until(
+        &api,
+        &["get", "lines", "-n", "phone"],
+        &["hall", "true", "sip:13235550122"],
+    )
+    .await;
 }
