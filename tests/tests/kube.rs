@@ -194,6 +194,10 @@ async fn helm_install_with_default_values_succeeds_and_installs_the_crds() {
     );
     let notes = String::from_utf8_lossy(&out.stdout);
     assert!(notes.contains("STATUS: deployed"), "{notes}");
+    assert!(
+        notes.contains("kind: Line") && notes.contains("kubectl get lines -n phone"),
+        "NOTES tell how to add a Line: {notes}"
+    );
 
     let (ok, out) = api.kubectl(&[
         "get",
