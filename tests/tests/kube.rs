@@ -242,11 +242,29 @@ struct Edge {
 
 impl Edge {
     fn start(kubeconfig: &std::path::Path, namespace: &str) -> Self {
+        Self::start_with(kubeconfig, namespace, None, &[])
+    }
+
+    /// With `register_to`, sip.conf gets a `register =>` line to that registrar.
+    fn start_with(
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        register_to: Option<std::net::SocketAddr>,
+        extra: &[&str],
+    ) -> Self {
         use phone_test_support::free_port;
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("conf");
         std::fs::create_dir_all(&conf).unwrap();
         phone_tests::system::seed_config(&conf, "127.0.0.1:9".parse().unwrap());
+        if let Some(registrar) = register_to {
+            let path = conf.join("sip.conf");
+            let text = format!(
+                "[general]\nregister => 13235550100:trunk-secret@{registrar}\n\n{}",
+                std::fs::read_to_string(&path).unwrap()
+            );
+            std::fs::write(&path, text).unwrap();
+        }
         let sip = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = std::process::Command::new(phone_tests::system::binary("sip-edge"))
@@ -257,6 +275,7 @@ impl Edge {
             .args(["--admin-bind", &admin.to_string()])
             .args(["--media-relays", "http://127.0.0.1:9"])
             .args(["--kube-namespace", namespace])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",
@@ -411,6 +430,9 @@ async fn the_charts_role_is_what_the_edge_needs_and_no_more() {
         ("update", "lines.phone.dev", "no"),
         ("delete", "lines.phone.dev", "no"),
         ("get", "mailboxes.phone.dev", "no"),
+        ("update", "leases/phone-sip-edge-trunk-registration", "yes"),
+        ("update", "leases/another", "no"),
+        ("create", "leases", "yes"),
         ("create", "pods", "no"),
     ] {
         // `can-i` says yes or no on stdout, and fails for no.
@@ -451,7 +473,17 @@ spec:
   context: outbound
 "#,
     );
-    let edge = Edge::start(&kubeconfig, "phone");
+    let edge = Edge::start_with(
+        &kubeconfig,
+        "phone",
+        None,
+        &[
+            "--trunk-lease",
+            "phone-sip-edge-trunk-registration",
+            "--identity",
+            "phone-sip-edge-0",
+        ],
+    );
     // The edge has the line once it reports on it.
     kubectl_until(
         &api,
@@ -481,10 +513,171 @@ spec:
         "the phone registers:\n{}",
         phone.output()
     );
+    // and holds the trunk's Lease.
+    kubectl_until(
+        &api,
+        &[
+            "get",
+            "lease",
+            "phone-sip-edge-trunk-registration",
+            "-n",
+            "phone",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        &["phone-sip-edge-0"],
+    )
+    .await;
     kubectl_until(
         &api,
         &["get", "lines", "-n", "phone"],
         &["hall", "true", "sip:13235550122"],
     )
     .await;
+}
+
+/// A carrier's registrar that accepts every REGISTER and notes where it came from.
+struct Registrar {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Registrar {
+    async fn start() -> Self {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let notes = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65535];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if !request.starts_with("REGISTER ") {
+                    continue;
+                }
+                notes.lock().unwrap().push(from);
+                let copy = |name: &str| {
+                    request
+                        .lines()
+                        .filter(|l| {
+                            l.split(':')
+                                .next()
+                                .is_some_and(|h| h.trim().eq_ignore_ascii_case(name))
+                        })
+                        .map(|l| format!("{l}\r\n"))
+                        .collect::<String>()
+                };
+                let response = format!(
+                    "SIP/2.0 200 OK\r\n{}{}{};tag=reg\r\n{}{}{};expires=60\r\nContent-Length: 0\r\n\r\n",
+                    copy("Via"),
+                    copy("From"),
+                    copy("To").trim_end(),
+                    copy("Call-ID"),
+                    copy("CSeq"),
+                    copy("Contact").trim_end(),
+                );
+                let _ = socket.send_to(response.as_bytes(), from).await;
+            }
+        });
+        Registrar { addr, seen, task }
+    }
+
+    fn sources(&self) -> Vec<std::net::SocketAddr> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Registrar {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_edges_register_the_trunk_once_and_the_lease_moves_when_the_owner_dies() {
+    let api = KubeApi::start().await;
+    install_crds(&api);
+    let registrar = Registrar::start().await;
+    let lease = |identity: &'static str| {
+        [
+            "--trunk-lease",
+            "trunk-registration",
+            "--trunk-lease-duration",
+            "3s",
+            "--identity",
+            identity,
+        ]
+    };
+    let mut a = Edge::start_with(
+        &api.kubeconfig,
+        "default",
+        Some(registrar.addr),
+        &lease("edge-a"),
+    );
+    let b = Edge::start_with(
+        &api.kubeconfig,
+        "default",
+        Some(registrar.addr),
+        &lease("edge-b"),
+    );
+
+    // One edge registers the trunk, and it is the Lease's holder.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while registrar.sources().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nobody registers the trunk"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut sources = registrar.sources();
+    sources.sort();
+    sources.dedup();
+    assert_eq!(sources.len(), 1, "one edge registers: {sources:?}");
+    let (owner, other, other_name) = if sources[0] == a.sip {
+        ("edge-a", &b, "edge-b")
+    } else {
+        assert_eq!(sources[0], b.sip);
+        ("edge-b", &a, "edge-a")
+    };
+    let holder = |api: &KubeApi| {
+        api.kubectl(&[
+            "get",
+            "lease",
+            "trunk-registration",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .1
+    };
+    assert_eq!(holder(&api), owner);
+
+    // The owner dies without a word; the other edge takes the Lease and registers.
+    let other_sip = other.sip;
+    if owner == "edge-a" {
+        let _ = a.child.kill();
+        let _ = a.child.wait();
+    } else {
+        drop(b);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !registrar.sources().contains(&other_sip) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the Lease did not move to {other_name}: holder {}",
+            holder(&api)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(holder(&api), other_name);
+    let (_, transitions) = api.kubectl(&[
+        "get",
+        "lease",
+        "trunk-registration",
+        "-o",
+        "jsonpath={.spec.leaseTransitions}",
+    ]);
+    assert_eq!(transitions, "1");
 }

@@ -21,6 +21,7 @@ pub mod digest;
 pub mod fork;
 pub mod fuzzing;
 pub mod guard;
+pub mod lease;
 pub mod outbound;
 pub mod qualify;
 pub mod registrar;
@@ -116,6 +117,16 @@ pub struct Config {
     /// pod's service account, or from KUBECONFIG.
     #[arg(long, env = "PHONE_KUBE_NAMESPACE")]
     pub kube_namespace: Option<String>,
+    /// Register the `register =>` lines only while holding this Lease (in
+    /// --kube-namespace), so that of several edges exactly one registers the trunk.
+    #[arg(long, env = "PHONE_TRUNK_LEASE", requires = "kube_namespace")]
+    pub trunk_lease: Option<String>,
+    /// How long the trunk's Lease lasts without renewal: the failover time.
+    #[arg(long, env = "PHONE_TRUNK_LEASE_DURATION", default_value = "15s", value_parser = service_runtime::settings::parse_duration)]
+    pub trunk_lease_duration: std::time::Duration,
+    /// This replica's name in the Lease (the pod's name).
+    #[arg(long, env = "PHONE_POD_NAME")]
+    pub identity: Option<String>,
 }
 
 impl Config {
@@ -139,6 +150,9 @@ impl Config {
             media_relays: Vec::new(),
             voicemail_url: "http://127.0.0.1:9".into(),
             kube_namespace: None,
+            trunk_lease: None,
+            trunk_lease_duration: std::time::Duration::from_secs(15),
+            identity: None,
         }
     }
 }
@@ -178,6 +192,8 @@ pub struct Bound {
     core: Arc<Mutex<server::SipCore>>,
     /// The namespace whose `Line`s the edge uses, and its API client.
     kube: Option<(kube::Client, String)>,
+    /// The trunk's Lease: its name, this replica's identity, its timing.
+    lease: Option<(String, String, lease::Timing)>,
     /// Clients of the services the edge drives; used by the call path (issue #4).
     #[allow(dead_code)]
     peers: Peers,
@@ -504,9 +520,20 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         Some(namespace) => Some((kube::Client::try_default().await?, namespace)),
         None => None,
     };
+    let identity = config.identity.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("sip-edge-{}", std::process::id()))
+    });
+    let lease = config.trunk_lease.map(|name| {
+        (
+            name,
+            identity,
+            lease::Timing::new(config.trunk_lease_duration),
+        )
+    });
     Ok(Bound {
         server,
         kube,
+        lease,
         advertise_ip: config.advertise_ip,
         sip,
         udp: Arc::new(udp),
@@ -543,8 +570,23 @@ impl Bound {
             core,
             peers,
             kube,
+            lease,
             ..
         } = self;
+        if let (Some((client, namespace)), Some((name, identity, timing))) = (&kube, lease) {
+            // Registering waits for the Lease (set before the first tick).
+            core.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_registering(false);
+            tokio::spawn(lease::hold(
+                kube::Api::namespaced(client.clone(), namespace),
+                name,
+                identity,
+                timing,
+                core.clone(),
+                shutdown.clone(),
+            ));
+        }
         if let Some((client, namespace)) = kube {
             tokio::spawn(resources::run(
                 client,

@@ -110,6 +110,15 @@ impl OutboundRegistration {
         &self.status
     }
 
+    /// Starts over: the next REGISTER is due at `now` (this edge has just become the
+    /// one that registers, or has stopped being it).
+    pub fn restart(&mut self, now: Instant) {
+        self.state = State::Idle { next: now };
+        self.status = Status::Unregistered;
+        self.credentials = None;
+        self.answered_nonce = None;
+    }
+
     /// When something is due next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {

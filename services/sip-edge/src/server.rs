@@ -166,6 +166,8 @@ pub struct SipCore {
     mwi_lines: HashMap<String, Vec<String>>,
     /// Registrations to providers (`register =>`), with the address they go to.
     outbound: Vec<(OutboundRegistration, SocketAddr)>,
+    /// Whether the outbound registrations run here (see `set_registering`).
+    registering: bool,
     /// Branch of a request in flight -> the outbound registration it belongs to.
     outbound_branches: HashMap<String, usize>,
     /// The address put in Via and Contact (`--advertise-ip`), if not the bound one.
@@ -281,6 +283,7 @@ impl SipCore {
             connections: HashMap::new(),
             mwi_lines: HashMap::new(),
             outbound: Vec::new(),
+            registering: true,
             outbound_branches: HashMap::new(),
             advertise: None,
             trunks: Vec::new(),
@@ -318,6 +321,22 @@ impl SipCore {
     /// The provider registrations to keep up, with their resolved addresses.
     pub fn set_outbound(&mut self, registrations: Vec<(OutboundRegistration, SocketAddr)>) {
         self.outbound = registrations;
+    }
+
+    /// Whether this edge sends the `register =>` lines' REGISTERs: always without a
+    /// Lease; with one, only while it holds it (one registration per trunk, whatever the
+    /// number of edges). A change starts the registrations over.
+    pub fn set_registering(&mut self, registering: bool) {
+        if self.registering == registering {
+            return;
+        }
+        self.registering = registering;
+        let now = Instant::now();
+        for (registration, _) in &mut self.outbound {
+            registration.restart(now);
+        }
+        self.outbound_branches.clear();
+        tracing::info!(registering, "trunk registration ownership changed");
     }
 
     /// The trunks, by address.
@@ -1131,7 +1150,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         for key in self.qualifier.due(now) {
             self.probe(&key, now);
         }
-        if let Some(local) = self.local_addr() {
+        if let Some(local) = self.local_addr().filter(|_| self.registering) {
             for index in 0..self.outbound.len() {
                 let branch = format!("z9hG4bK{}", self.tag());
                 if let Some(request) = self.outbound[index].0.poll_request(now, local, branch) {
