@@ -14,6 +14,7 @@ fn chart() -> std::path::PathBuf {
 }
 
 async fn client(api: &KubeApi) -> kube::Client {
+    service_runtime::install_tls_provider();
     let kubeconfig = kube::config::Kubeconfig::read_from(&api.kubeconfig).unwrap();
     let config = kube::Config::from_custom_kubeconfig(
         kubeconfig,
@@ -433,6 +434,8 @@ async fn the_charts_role_is_what_the_edge_needs_and_no_more() {
         ("update", "leases/phone-sip-edge-trunk-registration", "yes"),
         ("update", "leases/another", "no"),
         ("create", "leases", "yes"),
+        ("watch", "endpointslices.discovery.k8s.io", "yes"),
+        ("create", "endpointslices.discovery.k8s.io", "no"),
         ("create", "pods", "no"),
     ] {
         // `can-i` says yes or no on stdout, and fails for no.
@@ -680,4 +683,125 @@ async fn two_edges_register_the_trunk_once_and_the_lease_moves_when_the_owner_di
         "jsonpath={.spec.leaseTransitions}",
     ]);
     assert_eq!(transitions, "1");
+}
+
+/// A media relay in this process, on loopback.
+async fn relay(ports: &str) -> (std::net::SocketAddr, service_runtime::Shutdown) {
+    let mut config = media_relay::Config::loopback(ports.parse().unwrap());
+    config.workers = 1;
+    let bound = media_relay::bind(config).await.unwrap();
+    let grpc = bound.info().grpc;
+    let shutdown = service_runtime::Shutdown::new();
+    tokio::spawn(bound.run(shutdown.clone()));
+    (grpc, shutdown)
+}
+
+/// An EndpointSlice of `service`, as the EndpointSlice controller
+/// writes it: `ready` and `terminating` per relay pod.
+fn relay_slice(service: &str, port: u16, endpoints: &[(&str, bool, bool)]) -> String {
+    let endpoints: Vec<serde_json::Value> = endpoints
+        .iter()
+        .map(|(ip, ready, terminating)| {
+            serde_json::json!({
+                "addresses": [ip],
+                "conditions": {"ready": ready, "serving": true, "terminating": terminating},
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("{service}-abcde"),
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "grpc", "port": port, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_finds_relays_in_endpointslices_and_skips_a_terminating_one() {
+    let api = KubeApi::start().await;
+    // What the watch finds. The addresses are documentation ones (the API server
+    // refuses loopback in EndpointSlices): the test never sends to them.
+    let (found_tx, mut found) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(sip_edge::discovery::watch_ready(
+        Api::namespaced(client(&api).await, "default"),
+        "media-relay".into(),
+        "grpc".into(),
+        service_runtime::Shutdown::new(),
+        move |addrs| {
+            let _ = found_tx.send(addrs);
+            std::future::ready(())
+        },
+    ));
+    let until = |want: Vec<&'static str>| {
+        let want: Vec<std::net::SocketAddr> = want.iter().map(|a| a.parse().unwrap()).collect();
+        want
+    };
+    let mut wait_for = async |want: Vec<std::net::SocketAddr>| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = tokio::time::timeout_at(deadline, found.recv())
+                .await
+                .unwrap_or_else(|_| panic!("the relays never became {want:?}"))
+                .unwrap();
+            if got == want {
+                return;
+            }
+        }
+    };
+    let (a, b) = ("192.0.2.10", "192.0.2.11");
+    api.apply(&relay_slice(
+        "media-relay",
+        50061,
+        &[(a, true, false), (b, true, false)],
+    ));
+    wait_for(until(vec!["192.0.2.10:50061", "192.0.2.11:50061"])).await;
+    // The second pod is terminating (draining its calls): it is no longer a relay for
+    // new calls.
+    api.apply(&relay_slice(
+        "media-relay",
+        50061,
+        &[(a, true, false), (b, false, true)],
+    ));
+    wait_for(until(vec!["192.0.2.10:50061"])).await;
+    // An endpoint not ready yet (starting) is not one either; a slice of another
+    // Service is not read.
+    api.apply(&relay_slice(
+        "router",
+        50051,
+        &[("192.0.2.20", true, false)],
+    ));
+    api.apply(&relay_slice(
+        "media-relay",
+        50061,
+        &[(a, false, false), (b, false, true)],
+    ));
+    wait_for(vec![]).await;
+
+    // The pool takes the set it is given: sessions go only to the relays in it.
+    let (first, _stop_first) = relay("26400-26419").await;
+    let (second, _stop_second) = relay("26420-26439").await;
+    let pool = sip_edge::relays::RelayPool::new(&[]).unwrap();
+    pool.set_discovered(vec![first, second]);
+    pool.refresh().await;
+    assert_eq!(pool.candidates().len(), 2);
+    pool.set_discovered(vec![first]);
+    pool.refresh().await;
+    for i in 0..4 {
+        let (relay, _) = pool
+            .create_session(phone_proto::media::v1::CreateSessionRequest {
+                session_id: format!("call-{i}"),
+                call_id: format!("call-{i}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(relay.addr, first, "session {i}");
+    }
 }

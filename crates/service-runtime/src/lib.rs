@@ -57,6 +57,14 @@ pub fn log_config_warnings<W: std::fmt::Display>(warnings: &[W]) {
     }
 }
 
+/// Chooses aws-lc-rs as the process's TLS provider. rustls picks one by itself only
+/// when a single provider is built in; with the AWS SDK (aws-lc-rs) and kube (ring) in
+/// one workspace build, a client that relies on the default (kube's) would panic.
+/// Idempotent; tests that make such clients call it too.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// The `main` of a service binary: parses flags (and their environment variables),
 /// sets up telemetry, runs `run` until SIGTERM/SIGINT and its drain end, and turns an
 /// error into a one-line message on stderr and exit code 1.
@@ -68,6 +76,7 @@ where
     E: std::fmt::Display,
 {
     let config = C::parse();
+    install_tls_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

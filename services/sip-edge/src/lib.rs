@@ -17,6 +17,7 @@
 
 pub mod b2bua;
 pub mod digest;
+pub mod discovery;
 #[doc(hidden)]
 pub mod fork;
 pub mod fuzzing;
@@ -124,6 +125,10 @@ pub struct Config {
     /// How long the trunk's Lease lasts without renewal: the failover time.
     #[arg(long, env = "PHONE_TRUNK_LEASE_DURATION", default_value = "15s", value_parser = service_runtime::settings::parse_duration)]
     pub trunk_lease_duration: std::time::Duration,
+    /// Find the media relays through the EndpointSlices of this Service (in
+    /// --kube-namespace; ready endpoints only) instead of --media-relays.
+    #[arg(long, env = "PHONE_MEDIA_RELAY_SERVICE", requires = "kube_namespace")]
+    pub media_relay_service: Option<String>,
     /// This replica's name in the Lease (the pod's name).
     #[arg(long, env = "PHONE_POD_NAME")]
     pub identity: Option<String>,
@@ -153,6 +158,7 @@ impl Config {
             trunk_lease: None,
             trunk_lease_duration: std::time::Duration::from_secs(15),
             identity: None,
+            media_relay_service: None,
         }
     }
 }
@@ -194,6 +200,8 @@ pub struct Bound {
     kube: Option<(kube::Client, String)>,
     /// The trunk's Lease: its name, this replica's identity, its timing.
     lease: Option<(String, String, lease::Timing)>,
+    /// The Service whose EndpointSlices list the relays.
+    relay_service: Option<String>,
     /// Clients of the services the edge drives; used by the call path (issue #4).
     #[allow(dead_code)]
     peers: Peers,
@@ -534,6 +542,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         server,
         kube,
         lease,
+        relay_service: config.media_relay_service,
         advertise_ip: config.advertise_ip,
         sip,
         udp: Arc::new(udp),
@@ -571,8 +580,18 @@ impl Bound {
             peers,
             kube,
             lease,
+            relay_service,
             ..
         } = self;
+        if let (Some((client, namespace)), Some(service)) = (&kube, relay_service) {
+            tokio::spawn(discovery::watch_relays(
+                kube::Api::namespaced(client.clone(), namespace),
+                service,
+                "grpc".into(),
+                peers.media_relays.clone(),
+                shutdown.clone(),
+            ));
+        }
         if let (Some((client, namespace)), Some((name, identity, timing))) = (&kube, lease) {
             // Registering waits for the Lease (set before the first tick).
             core.lock()

@@ -172,6 +172,9 @@ impl Relay {
 pub struct RelayPool {
     targets: Arc<Vec<Target>>,
     relays: Arc<Mutex<HashMap<SocketAddr, Arc<Relay>>>>,
+    /// The ready relays of a Service's EndpointSlices (see `discover`), which replace
+    /// the DNS targets once set.
+    discovered: Arc<Mutex<Option<Vec<SocketAddr>>>>,
 }
 
 impl RelayPool {
@@ -184,13 +187,26 @@ impl RelayPool {
         Ok(Self {
             targets: Arc::new(targets),
             relays: Arc::new(Mutex::new(HashMap::new())),
+            discovered: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// The relays are these addresses from now on (the ready endpoints of their
+    /// Service), not the names given at start. A relay that leaves the set takes no new
+    /// session; its calls keep it until they end.
+    pub fn set_discovered(&self, addrs: Vec<SocketAddr>) {
+        *self.discovered.lock().unwrap_or_else(|e| e.into_inner()) = Some(addrs);
     }
 
     /// Resolves every name again (relays come and go behind it) and polls every relay.
     pub async fn refresh(&self) {
-        let mut addrs = Vec::new();
-        for target in self.targets.iter() {
+        let discovered = self
+            .discovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut addrs = discovered.clone().unwrap_or_default();
+        for target in self.targets.iter().filter(|_| discovered.is_none()) {
             match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
                 Ok(found) => addrs.extend(found),
                 Err(e) => {
