@@ -805,3 +805,41 @@ async fn the_edge_finds_relays_in_endpointslices_and_skips_a_terminating_one() {
         assert_eq!(relay.addr, first, "session {i}");
     }
 }
+
+/// Sends a REGISTER for `user` from a new socket and returns the answer's first lines.
+async fn register_once(edge: std::net::SocketAddr, user: &str) -> String {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    let request = format!(
+        "REGISTER sip:{edge} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-{user}\r\nMax-Forwards: 70\r\nFrom: <sip:{user}@{edge}>;tag=f{user}\r\nTo: <sip:{user}@{edge}>\r\nCall-ID: {user}@test\r\nCSeq: 1 REGISTER\r\nContact: <sip:{user}@{local}>\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n"
+    );
+    for _ in 0..50 {
+        socket.send_to(request.as_bytes(), edge).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(200), socket.recv_from(&mut buf)).await
+        {
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    }
+    panic!("no answer to REGISTER from {edge}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_the_lines_are_read_an_unknown_user_is_told_to_retry_not_refused() {
+    // An API server that does not answer: the Lines are never read.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: down\n  cluster: {server: 'https://127.0.0.1:9', insecure-skip-tls-verify: true}\nusers:\n- name: u\n  user: {token: t}\ncontexts:\n- name: down\n  context: {cluster: down, user: u}\ncurrent-context: down\n",
+    )
+    .unwrap();
+    let edge = Edge::start(&kubeconfig, "default");
+    let unknown = register_once(edge.sip, "13235550199").await;
+    assert!(unknown.starts_with("SIP/2.0 503"), "{unknown}");
+    assert!(unknown.contains("Retry-After: 5"), "{unknown}");
+    // A sip.conf line is served as ever: challenged.
+    let known = register_once(edge.sip, "13235550100").await;
+    assert!(known.starts_with("SIP/2.0 401"), "{known}");
+}

@@ -607,6 +607,9 @@ impl Bound {
             ));
         }
         if let Some((client, namespace)) = kube {
+            core.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect_resource_lines();
             tokio::spawn(resources::run(
                 client,
                 namespace,

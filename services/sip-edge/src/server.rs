@@ -168,6 +168,8 @@ pub struct SipCore {
     outbound: Vec<(OutboundRegistration, SocketAddr)>,
     /// Whether the outbound registrations run here (see `set_registering`).
     registering: bool,
+    /// Lines come from resources too, and have not been read yet.
+    lines_pending: bool,
     /// Branch of a request in flight -> the outbound registration it belongs to.
     outbound_branches: HashMap<String, usize>,
     /// The address put in Via and Contact (`--advertise-ip`), if not the bound one.
@@ -284,6 +286,7 @@ impl SipCore {
             mwi_lines: HashMap::new(),
             outbound: Vec::new(),
             registering: true,
+            lines_pending: false,
             outbound_branches: HashMap::new(),
             advertise: None,
             trunks: Vec::new(),
@@ -1015,15 +1018,28 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                     addr: path.peer(),
                     reliable: path.reliable(),
                 };
-                let outcome = self.registrar.handle(unix_now(), &request, source, &tag);
-                if outcome.auth_failed {
-                    self.auth_failed(path.peer().ip());
+                let user = request
+                    .to_header()
+                    .ok()
+                    .and_then(|t| t.typed().ok())
+                    .and_then(|to| to.uri.user().map(str::to_owned));
+                if self.lines_pending && user.is_some_and(|u| !self.registrar.has_line(&u)) {
+                    // The line may be a resource not read yet (the edge has just
+                    // started): come back shortly, rather than a 403 that phones take
+                    // as final.
+                    let retry = vec![rsip::Header::Other("Retry-After".into(), "5".into())];
+                    crate::registrar::response(&request, 503, "Service Unavailable", &tag, retry)
+                } else {
+                    let outcome = self.registrar.handle(unix_now(), &request, source, &tag);
+                    if outcome.auth_failed {
+                        self.auth_failed(path.peer().ip());
+                    }
+                    if let Some(line) = &outcome.changed {
+                        tracing::debug!(line = %line, "registration changed");
+                        self.persist();
+                    }
+                    outcome.response
                 }
-                if let Some(line) = &outcome.changed {
-                    tracing::debug!(line = %line, "registration changed");
-                    self.persist();
-                }
-                outcome.response
             }
             rsip::Method::Options => {
                 let allow = vec![rsip::Header::Other("Allow".into(), ALLOW.into())];

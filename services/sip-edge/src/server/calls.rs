@@ -269,6 +269,7 @@ impl SipCore {
     /// A line that is gone loses its registrations, whose names are returned.
     pub fn set_resource_lines(&mut self, resources: Vec<super::ResourceLine>) -> Vec<String> {
         let gone = self.apply_lines(resources);
+        self.lines_pending = false;
         // The first set: the registrations persisted before a restart come back.
         if let Some(saved) = self.saved_bindings.take() {
             if !saved.is_empty() {
@@ -278,6 +279,12 @@ impl SipCore {
             }
         }
         gone
+    }
+
+    /// Resource lines are coming: until the first set, a REGISTER for a line nobody
+    /// knows gets 503 with Retry-After, not 403.
+    pub fn expect_resource_lines(&mut self) {
+        self.lines_pending = true;
     }
 
     fn apply_lines(&mut self, resources: Vec<super::ResourceLine>) -> Vec<String> {
