@@ -421,23 +421,42 @@ async fn the_charts_role_is_what_the_edge_needs_and_no_more() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let account = "system:serviceaccount:phone:phone-sip-edge";
-    for (verb, resource, allowed) in [
-        ("watch", "lines.phone.dev", "yes"),
-        ("patch", "lines.phone.dev --subresource=status", "yes"),
-        ("patch", "lines.phone.dev", "no"),
-        ("get", "secrets", "yes"),
-        ("list", "secrets", "no"),
-        ("update", "lines.phone.dev", "no"),
-        ("delete", "lines.phone.dev", "no"),
-        ("get", "mailboxes.phone.dev", "no"),
-        ("update", "leases/phone-sip-edge-trunk-registration", "yes"),
-        ("update", "leases/another", "no"),
-        ("create", "leases", "yes"),
-        ("watch", "endpointslices.discovery.k8s.io", "yes"),
-        ("create", "endpointslices.discovery.k8s.io", "no"),
-        ("create", "pods", "no"),
-    ] {
+    let edge_account = "system:serviceaccount:phone:phone-sip-edge";
+    let voicemail_account = "system:serviceaccount:phone:phone-voicemail";
+    for (account, verb, resource, allowed) in [
+        (voicemail_account, "watch", "mailboxes.phone.dev", "yes"),
+        (
+            voicemail_account,
+            "patch",
+            "mailboxes.phone.dev --subresource=status",
+            "yes",
+        ),
+        (voicemail_account, "get", "secrets", "yes"),
+        (voicemail_account, "list", "secrets", "no"),
+        (voicemail_account, "watch", "lines.phone.dev", "no"),
+        (voicemail_account, "update", "mailboxes.phone.dev", "no"),
+        (edge_account, "watch", "mailboxes.phone.dev", "no"),
+    ]
+    .into_iter()
+    .chain(
+        [
+            ("watch", "lines.phone.dev", "yes"),
+            ("patch", "lines.phone.dev --subresource=status", "yes"),
+            ("patch", "lines.phone.dev", "no"),
+            ("get", "secrets", "yes"),
+            ("list", "secrets", "no"),
+            ("update", "lines.phone.dev", "no"),
+            ("delete", "lines.phone.dev", "no"),
+            ("get", "mailboxes.phone.dev", "no"),
+            ("update", "leases/phone-sip-edge-trunk-registration", "yes"),
+            ("update", "leases/another", "no"),
+            ("create", "leases", "yes"),
+            ("watch", "endpointslices.discovery.k8s.io", "yes"),
+            ("create", "endpointslices.discovery.k8s.io", "no"),
+            ("create", "pods", "no"),
+        ]
+        .map(|(verb, resource, allowed)| (edge_account, verb, resource, allowed)),
+    ) {
         // `can-i` says yes or no on stdout, and fails for no.
         let out = std::process::Command::new("kubectl")
             .args(["auth", "can-i", verb])

@@ -288,6 +288,33 @@ pub struct DialplanStatus {
     pub problem: Option<String>,
 }
 
+/// The text a [`SecretKeyRef`] names, or why there is none (for a resource's
+/// `status.problem`).
+pub async fn read_secret(
+    secrets: &kube::Api<k8s_openapi::api::core::v1::Secret>,
+    key: &SecretKeyRef,
+) -> Result<String, String> {
+    let secret = secrets
+        .get_opt(&key.name)
+        .await
+        .map_err(|e| format!("cannot read Secret {}: {e}", key.name))?
+        .ok_or_else(|| format!("Secret {} does not exist", key.name))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&key.key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(&key.key))
+                .map(|s| s.clone().into_bytes())
+        })
+        .ok_or_else(|| format!("Secret {} has no key {}", key.name, key.key))?;
+    String::from_utf8(bytes).map_err(|_| format!("Secret {} key {} is not text", key.name, key.key))
+}
+
 /// Every CRD, in the order the chart installs them, with the file name each has in the
 /// chart's `crds/` folder.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {

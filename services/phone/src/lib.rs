@@ -186,6 +186,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         mailer_url: url(&listeners.mailer),
         edge_url: url(&listeners.edge),
         s3: config.s3.clone(),
+        kube_namespace: None,
+        kube_resync: std::time::Duration::from_secs(30),
     })
     .await?;
     let mailer = mailer::bind(mailer::Config {

@@ -135,7 +135,7 @@ async fn resolve(
         } else if !seen.insert(peer.clone()) {
             Err(format!("another Line defines the peer {peer}"))
         } else {
-            secret(secrets, &line.spec.secret_ref)
+            phone_kube::read_secret(secrets, &line.spec.secret_ref)
                 .await
                 .map(|password| resource_line(&line, &peer, password))
         };
@@ -149,28 +149,6 @@ async fn resolve(
         });
     }
     out
-}
-
-async fn secret(secrets: &Api<Secret>, key: &phone_kube::SecretKeyRef) -> Result<String, String> {
-    let secret = secrets
-        .get_opt(&key.name)
-        .await
-        .map_err(|e| format!("cannot read Secret {}: {e}", key.name))?
-        .ok_or_else(|| format!("Secret {} does not exist", key.name))?;
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&key.key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(&key.key))
-                .map(|s| s.clone().into_bytes())
-        })
-        .ok_or_else(|| format!("Secret {} has no key {}", key.name, key.key))?;
-    String::from_utf8(bytes).map_err(|_| format!("Secret {} key {} is not text", key.name, key.key))
 }
 
 fn resource_line(line: &Line, peer: &str, password: String) -> ResourceLine {

@@ -13,6 +13,7 @@
 
 pub mod audio;
 pub mod recorder;
+pub mod resources;
 pub mod rtp;
 pub mod saydate;
 pub mod service;
@@ -59,6 +60,13 @@ pub struct Config {
     pub edge_url: String,
     #[command(flatten)]
     pub s3: store::S3Args,
+    /// Use the `Mailbox` resources of this Kubernetes namespace beside voicemail.conf
+    /// (the API server from the pod's service account, or KUBECONFIG).
+    #[arg(long, env = "PHONE_KUBE_NAMESPACE")]
+    pub kube_namespace: Option<String>,
+    /// How often the Mailboxes' Secrets (PINs) are read again.
+    #[arg(long, env = "PHONE_KUBE_RESYNC", default_value = "30s", value_parser = service_runtime::settings::parse_duration)]
+    pub kube_resync: Duration,
 }
 
 /// Where `scripts/install-deps` (and the image) put the prompts.
@@ -70,6 +78,8 @@ pub enum Error {
     Config(#[from] asterisk_conf::Error),
     #[error(transparent)]
     Runtime(#[from] service_runtime::Error),
+    #[error("cannot reach the Kubernetes API server (in-cluster or KUBECONFIG): {0}")]
+    Kube(#[from] kube::Error),
     #[error("prompts: {0}")]
     Prompts(String),
     #[error("cannot prepare {}: {source}", path.display())]
@@ -85,6 +95,8 @@ pub struct Bound {
     shared: Arc<service::Shared>,
     shutdown: Shutdown,
     backend: &'static str,
+    /// The namespace whose `Mailbox`es are used, its client, and the resync period.
+    kube: Option<(kube::Client, String, Duration)>,
 }
 
 /// The formats of `format=`, those this service writes; wav when none is left.
@@ -141,11 +153,20 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         server.in_flight(),
         shutdown.clone(),
     );
+    let kube = match config.kube_namespace {
+        Some(namespace) => Some((
+            kube::Client::try_default().await?,
+            namespace,
+            config.kube_resync,
+        )),
+        None => None,
+    };
     Ok(Bound {
         server,
         shared,
         shutdown,
         backend,
+        kube,
     })
 }
 
@@ -173,6 +194,15 @@ impl Bound {
             inner.trigger();
         });
         tokio::spawn(self.shared.clone().spool_task(self.shutdown.clone()));
+        if let Some((client, namespace, resync)) = self.kube.clone() {
+            tokio::spawn(resources::run(
+                client,
+                namespace,
+                resync,
+                self.shared.clone(),
+                self.shutdown.clone(),
+            ));
+        }
         tokio::spawn(
             self.shared
                 .clone()

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use asterisk_conf::voicemail::VoicemailConf;
+use asterisk_conf::voicemail::{Mailbox, VoicemailConf};
 use chrono::Utc;
 use phone_audio::Law;
 use phone_proto::edge::v1 as edge;
@@ -97,6 +97,8 @@ pub struct Shared {
     sessions: Mutex<HashMap<String, Handle>>,
     /// Messages whose delivery to the mailer is being retried here.
     announcing: Mutex<HashSet<String>>,
+    /// Mailboxes defined by resources (Kubernetes `Mailbox`), by (context, box).
+    resource_mailboxes: std::sync::RwLock<HashMap<(String, String), Mailbox>>,
 }
 
 struct Handle {
@@ -131,7 +133,40 @@ impl Shared {
             shutdown,
             sessions: Mutex::default(),
             announcing: Mutex::default(),
+            resource_mailboxes: std::sync::RwLock::default(),
         })
+    }
+
+    /// The mailbox `number@context`: voicemail.conf's, else a resource's.
+    pub fn mailbox(&self, context: &str, number: &str) -> Option<Mailbox> {
+        if let Some(m) = self.conf.mailbox(context, number) {
+            return Some(m.clone());
+        }
+        self.resource_mailboxes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(context.to_owned(), number.to_owned()))
+            .cloned()
+    }
+
+    /// Replaces the mailboxes defined by resources (the next login uses their PINs).
+    pub fn set_resource_mailboxes(&self, mailboxes: Vec<Mailbox>) {
+        *self
+            .resource_mailboxes
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = mailboxes
+            .into_iter()
+            .map(|m| ((m.context.clone(), m.number.clone()), m))
+            .collect();
+    }
+
+    /// New and old message counts of `number@context`, for status and MWI.
+    pub async fn message_counts(
+        &self,
+        context: &str,
+        number: &str,
+    ) -> Result<(u32, u32), store::StoreError> {
+        self.counts(context, number).await
     }
 
     fn context(context: &str) -> &str {
@@ -148,7 +183,7 @@ impl Shared {
         context: &str,
         number: &str,
     ) -> Result<Option<MailboxInfo>, store::StoreError> {
-        let Some(m) = self.conf.mailbox(context, number) else {
+        let Some(m) = self.mailbox(context, number) else {
             return Ok(None);
         };
         let general = &self.conf.general;
@@ -244,8 +279,7 @@ impl Shared {
     }
 
     fn addressed(&self, envelope: &Envelope) -> bool {
-        self.conf
-            .mailbox(&envelope.context, &envelope.mailbox)
+        self.mailbox(&envelope.context, &envelope.mailbox)
             .is_some_and(|m| m.email.is_some() || m.pager.is_some())
     }
 

@@ -5,7 +5,7 @@
 //! delivery is issue #7, and the edge's MWI entry point), so the tests can check what
 //! the service told them.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)] // each test file uses its own part
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -104,6 +104,25 @@ impl Service {
 
     /// With a data folder prepared by the test.
     pub async fn start_on(data: tempfile::TempDir, s3: Option<voicemail::store::S3Args>) -> Self {
+        Self::start_configured(data, s3, None).await
+    }
+
+    /// Using the `Mailbox`es of `namespace` (the API server from KUBECONFIG), their
+    /// Secrets read again every `resync`.
+    pub async fn start_with_mailboxes(namespace: &str, resync: Duration) -> Self {
+        Self::start_configured(
+            tempfile::tempdir().unwrap(),
+            None,
+            Some((namespace.to_owned(), resync)),
+        )
+        .await
+    }
+
+    async fn start_configured(
+        data: tempfile::TempDir,
+        s3: Option<voicemail::store::S3Args>,
+        kube: Option<(String, Duration)>,
+    ) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -131,6 +150,8 @@ impl Service {
             mailer_url: format!("http://{peers_addr}"),
             edge_url: format!("http://{peers_addr}"),
             s3: s3.unwrap_or_else(voicemail::store::S3Args::none),
+            kube_namespace: kube.as_ref().map(|(namespace, _)| namespace.clone()),
+            kube_resync: kube.map_or(Duration::from_secs(30), |(_, resync)| resync),
         };
         let bound = voicemail::bind(config).await.expect("voicemail binds");
         let grpc = bound.info().grpc;
