@@ -25,6 +25,20 @@ pub struct PhoneConfig<'a> {
     pub voice: Vec<i16>,
 }
 
+impl PhoneConfig<'_> {
+    /// A phone that registers as `aor` with `password`, answers nothing and says
+    /// nothing.
+    pub fn silent<'a>(aor: String, password: &'a str) -> PhoneConfig<'a> {
+        PhoneConfig {
+            aor,
+            password,
+            auto_answer: false,
+            mwi: false,
+            voice: vec![0; 160],
+        }
+    }
+}
+
 pub struct Phone {
     child: Option<Child>,
     pub control: SocketAddr,
@@ -130,6 +144,17 @@ impl Phone {
     /// What baresip printed so far.
     pub fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until the phone's registration is answered `200 OK` (20 s at most);
+    /// panics with its output, naming it `who`, when it is not.
+    pub async fn assert_registers(&self, who: &str) {
+        assert!(
+            self.wait_for_output("200 OK", Duration::from_secs(20))
+                .await,
+            "the {who} phone registers:\n{}",
+            self.output()
+        );
     }
 
     /// Waits until the output contains `text`.

@@ -290,23 +290,32 @@ fn summary(objects: &[serde_json::Value]) -> serde_json::Value {
 
 #[test]
 fn the_workloads_match_their_golden_files() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     for (name, values) in CASES {
         let got = summary(&objects(&render(values)));
         let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
-        let path = chart().join(format!("tests/golden/{name}.json"));
-        if update {
-            std::fs::write(&path, &text).unwrap();
-            continue;
-        }
-        let want = std::fs::read_to_string(&path)
-            .unwrap_or_else(|_| panic!("{} is missing: run with UPDATE_GOLDEN=1", path.display()));
-        assert!(
-            want == text,
-            "{name}: the rendered workloads changed; if that is intended, run with UPDATE_GOLDEN=1 and review the diff of {}",
-            path.display()
+        golden(
+            &chart().join(format!("tests/golden/{name}.json")),
+            &text,
+            &format!("{name}: the rendered workloads"),
         );
     }
+}
+
+/// `text` must be the file at `path` (`what` names it in the message);
+/// `UPDATE_GOLDEN=1` writes it instead.
+fn golden(path: &Path, text: &str, what: &str) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(path)
+        .unwrap_or_else(|_| panic!("{} is missing: run with UPDATE_GOLDEN=1", path.display()));
+    assert!(
+        want == text,
+        "{what} changed; if that is intended, run with UPDATE_GOLDEN=1 and review the diff of {}",
+        path.display()
+    );
 }
 
 #[test]
@@ -352,26 +361,13 @@ fn every_setting_the_chart_gives_is_one_the_binary_reads() {
 /// `UPDATE_GOLDEN=1`.
 #[test]
 fn the_charts_crds_are_the_ones_the_resource_types_derive() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let dir = chart().join("crds");
     let crds = phone_kube::crds();
-    if update {
-        std::fs::create_dir_all(&dir).unwrap();
-    }
     for (file, crd) in &crds {
-        let text = phone_kube::manifest(crd);
-        let path = dir.join(file);
-        if update {
-            std::fs::write(&path, &text).unwrap();
-            continue;
-        }
-        let want = std::fs::read_to_string(&path)
-            .unwrap_or_else(|_| panic!("{} is missing: run with UPDATE_GOLDEN=1", path.display()));
-        assert!(
-            want == text,
-            "{} differs from the {} the types derive; run with UPDATE_GOLDEN=1",
-            path.display(),
-            file
+        golden(
+            &dir.join(file),
+            &phone_kube::manifest(crd),
+            &format!("the CRD {file} the types derive"),
         );
     }
     let mut shipped: Vec<String> = std::fs::read_dir(&dir)

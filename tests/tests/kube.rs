@@ -372,20 +372,11 @@ spec:
     assert!(clash.contains("13235550100"), "{clash}");
 
     // The phone registers with the Line's number and the Secret's password.
-    let phone = Phone::start(PhoneConfig {
-        aor: format!("13235550111@{}", edge.sip),
-        password: "k1tchen-secret",
-        auto_answer: false,
-        mwi: false,
-        voice: vec![0; 160],
-    });
-    assert!(
-        phone
-            .wait_for_output("200 OK", Duration::from_secs(20))
-            .await,
-        "the phone registers with the Line's credentials:\n{}",
-        phone.output()
-    );
+    let phone = Phone::start(PhoneConfig::silent(
+        format!("13235550111@{}", edge.sip),
+        "k1tchen-secret",
+    ));
+    phone.assert_registers("kitchen").await;
     let out = kubectl_until(
         &api,
         &["get", "lines"],
@@ -521,20 +512,11 @@ spec:
         &["1"],
     )
     .await;
-    let phone = Phone::start(PhoneConfig {
-        aor: format!("13235550122@{}", edge.sip),
-        password: "h4ll",
-        auto_answer: false,
-        mwi: false,
-        voice: vec![0; 160],
-    });
-    assert!(
-        phone
-            .wait_for_output("200 OK", Duration::from_secs(20))
-            .await,
-        "the phone registers:\n{}",
-        phone.output()
-    );
+    let phone = Phone::start(PhoneConfig::silent(
+        format!("13235550122@{}", edge.sip),
+        "h4ll",
+    ));
+    phone.assert_registers("hall").await;
     // and holds the trunk's Lease.
     kubectl_until(
         &api,

@@ -117,15 +117,8 @@ async fn an_inbound_call_to_voicemail_is_one_trace_across_the_five_services() {
         mwi: false,
         voice: tone(440.0),
     });
-    for (name, phone) in [("desk", &desk), ("pstn", &pstn)] {
-        assert!(
-            phone
-                .wait_for_output("200 OK", Duration::from_secs(20))
-                .await,
-            "the {name} phone registers:\n{}",
-            phone.output()
-        );
-    }
+    desk.assert_registers("desk").await;
+    pstn.assert_registers("pstn").await;
 
     // Nobody answers; after 20 s the voicemail does, and the caller leaves a message.
     pstn.dial(&format!("sip:{DID}@{}", carrier.addr)).await;

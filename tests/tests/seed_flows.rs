@@ -74,15 +74,8 @@ impl World {
         if lamp {
             desk.subscribe_mwi().await;
         }
-        for (name, phone) in [("desk", &desk), ("pstn", &pstn)] {
-            assert!(
-                phone
-                    .wait_for_output("200 OK", Duration::from_secs(20))
-                    .await,
-                "the {name} phone registers:\n{}",
-                phone.output()
-            );
-        }
+        desk.assert_registers("desk").await;
+        pstn.assert_registers("pstn").await;
         World {
             carrier,
             system,

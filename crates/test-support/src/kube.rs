@@ -126,15 +126,7 @@ impl KubeApi {
             .env("KUBECONFIG", &self.kubeconfig)
             .output()
             .expect("kubectl runs");
-        let text = if out.status.success() {
-            out.stdout
-        } else {
-            out.stderr
-        };
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&text).into_owned(),
-        )
+        outcome(out)
     }
 
     /// `kubectl apply -f -` of `manifest` (YAML or JSON); panics when refused.
@@ -161,15 +153,7 @@ impl KubeApi {
             let _ = stdin.write_all(manifest.as_bytes());
         }
         let out = child.wait_with_output().expect("kubectl ends");
-        let text = if out.status.success() {
-            out.stdout
-        } else {
-            out.stderr
-        };
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&text).into_owned(),
-        )
+        outcome(out)
     }
 
     /// A kubeconfig for another user's bearer token (to test RBAC as a service account).
@@ -187,6 +171,19 @@ impl Drop for KubeApi {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether a command succeeded, and its stdout (or its stderr when it failed).
+fn outcome(out: std::process::Output) -> (bool, String) {
+    let text = if out.status.success() {
+        out.stdout
+    } else {
+        out.stderr
+    };
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&text).into_owned(),
+    )
 }
 
 fn log_file(dir: &Path, name: &str) -> Stdio {
