@@ -414,6 +414,7 @@ async fn the_charts_role_is_what_the_edge_needs_and_no_more() {
     );
     let edge_account = "system:serviceaccount:phone:phone-sip-edge";
     let voicemail_account = "system:serviceaccount:phone:phone-voicemail";
+    let mailer_account = "system:serviceaccount:phone:phone-mailer";
     for (account, verb, resource, allowed) in [
         (voicemail_account, "watch", "mailboxes.phone.dev", "yes"),
         (
@@ -427,6 +428,14 @@ async fn the_charts_role_is_what_the_edge_needs_and_no_more() {
         (voicemail_account, "watch", "lines.phone.dev", "no"),
         (voicemail_account, "update", "mailboxes.phone.dev", "no"),
         (edge_account, "watch", "mailboxes.phone.dev", "no"),
+        (mailer_account, "watch", "mailboxes.phone.dev", "yes"),
+        (mailer_account, "get", "secrets", "no"),
+        (
+            mailer_account,
+            "patch",
+            "mailboxes.phone.dev --subresource=status",
+            "no",
+        ),
     ]
     .into_iter()
     .chain(

@@ -315,6 +315,108 @@ pub async fn read_secret(
     String::from_utf8(bytes).map_err(|_| format!("Secret {} key {} is not text", key.name, key.key))
 }
 
+impl Mailbox {
+    /// The box's context (`default` when unset).
+    pub fn context(&self) -> String {
+        self.spec
+            .context
+            .clone()
+            .unwrap_or_else(|| "default".to_owned())
+    }
+
+    /// The box as a voicemail.conf line gives it, with its PIN (a leading `-` locks
+    /// it, as in voicemail.conf).
+    pub fn to_conf(&self, pin: String) -> asterisk_conf::voicemail::Mailbox {
+        use kube::ResourceExt;
+        let spec = &self.spec;
+        let (pin, pin_locked) = match pin.strip_prefix('-') {
+            Some(rest) => (rest.to_owned(), true),
+            None => (pin, false),
+        };
+        asterisk_conf::voicemail::Mailbox {
+            context: self.context(),
+            number: spec.mailbox.clone(),
+            pin: asterisk_conf::Secret::new(pin),
+            pin_locked,
+            full_name: spec.full_name.clone().unwrap_or_default(),
+            email: spec.email.clone(),
+            pager: spec.pager.clone(),
+            options: spec
+                .options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            location: asterisk_conf::Location::new(
+                std::path::PathBuf::from(format!("Mailbox/{}", self.name_any())),
+                1,
+            ),
+        }
+    }
+}
+
+/// Watches `api` until `stop`, and calls `changed` with every object after the first
+/// full list, after each spec change (a new generation: status writes do not count),
+/// each deletion, and every `resync` (Secrets they name may have changed).
+pub async fn on_spec_changes<K, F, Fut>(
+    api: kube::Api<K>,
+    resync: std::time::Duration,
+    stop: impl std::future::Future<Output = ()>,
+    mut changed: F,
+) where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    F: FnMut(Vec<std::sync::Arc<K>>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::StreamExt;
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+    use kube::ResourceExt;
+    let (store, writer) = reflector::store::<K>();
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .boxed();
+    let mut tick = tokio::time::interval(resync);
+    let mut generations = std::collections::HashMap::new();
+    let (mut ready, mut dirty) = (false, false);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            event = events.next() => match event {
+                Some(Ok(watcher::Event::InitDone)) => (ready, dirty) = (true, true),
+                Some(Ok(watcher::Event::InitApply(o))) => {
+                    generations.insert(o.name_any(), o.meta().generation);
+                }
+                Some(Ok(watcher::Event::Apply(o))) => {
+                    dirty |= generations.insert(o.name_any(), o.meta().generation)
+                        != Some(o.meta().generation);
+                }
+                Some(Ok(watcher::Event::Delete(o))) => {
+                    generations.remove(&o.name_any());
+                    dirty = true;
+                }
+                Some(Ok(watcher::Event::Init)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(kind = %K::kind(&K::DynamicType::default()), error = %e, "watching resources failed; retrying")
+                }
+                None => return,
+            },
+            _ = tick.tick() => dirty = ready,
+        }
+        if dirty && ready {
+            dirty = false;
+            changed(store.state()).await;
+        }
+    }
+}
+
 /// Every CRD, in the order the chart installs them, with the file name each has in the
 /// chart's `crds/` folder.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use asterisk_conf::voicemail::VoicemailConf;
+use asterisk_conf::voicemail::{Mailbox, VoicemailConf};
 use chrono::{TimeZone, Utc};
 use phone_blobs::{check_key, BlobError, Blobs};
 use phone_proto::mailer::v1 as pb;
@@ -19,6 +19,9 @@ use crate::smtp;
 
 pub struct Api {
     pub conf: Arc<VoicemailConf>,
+    /// Mailboxes defined by resources (Kubernetes `Mailbox`), by (context, box).
+    pub resource_mailboxes:
+        Arc<std::sync::RwLock<std::collections::HashMap<(String, String), Mailbox>>>,
     /// Where the voicemail service keeps the recordings.
     pub recordings: Blobs,
     pub outbox: Arc<Outbox>,
@@ -66,12 +69,19 @@ fn check_id(id: &str) -> Result<(), Status> {
 impl Api {
     /// The finished mails of a request: (kind, Message-ID, envelope, bytes).
     async fn compose(&self, request: &pb::DeliverRequest) -> Result<Vec<(Mail, Vec<u8>)>, Status> {
+        let resource = self
+            .resource_mailboxes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(request.context.clone(), request.mailbox.clone()))
+            .cloned();
         let mailbox = self
             .conf
             .mailbox(&request.context, &request.mailbox)
+            .or(resource.as_ref())
             .ok_or_else(|| {
                 Status::not_found(format!(
-                    "no mailbox {}@{} in voicemail.conf",
+                    "no mailbox {}@{} in voicemail.conf or Mailbox resources",
                     request.mailbox, request.context
                 ))
             })?;

@@ -70,6 +70,10 @@ pub struct Config {
     /// Deliveries sent at the same time.
     #[arg(long, env = "PHONE_SMTP_PARALLEL", default_value_t = 4)]
     pub smtp_parallel: usize,
+    /// Also mail the boxes of the `Mailbox` resources of this Kubernetes namespace (the
+    /// API server from the pod's service account, or KUBECONFIG).
+    #[arg(long, env = "PHONE_KUBE_NAMESPACE")]
+    pub kube_namespace: Option<String>,
 }
 
 impl Config {
@@ -86,6 +90,7 @@ impl Config {
             retry_max: Duration::from_secs(3600),
             give_up_after: Duration::from_secs(5 * 86_400),
             smtp_parallel: 4,
+            kube_namespace: None,
         }
     }
 }
@@ -103,6 +108,8 @@ pub enum Error {
     },
     #[error("SMTP settings: {0}")]
     Smtp(#[from] smtp::SendError),
+    #[error("cannot reach the Kubernetes API server (in-cluster or KUBECONFIG): {0}")]
+    Kube(#[from] kube::Error),
 }
 
 /// The mailer with its configuration loaded and its port bound.
@@ -114,6 +121,8 @@ pub struct Bound {
     shutdown: Shutdown,
     storage: &'static str,
     sends_to: String,
+    /// The namespace whose `Mailbox`es are mailed too, and its client.
+    kube: Option<(kube::Client, String)>,
 }
 
 /// Loads voicemail.conf, connects storage and binds the gRPC port.
@@ -156,11 +165,17 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let shutdown = Shutdown::new();
     let api = api::Api {
         conf: Arc::new(conf),
+        resource_mailboxes: Arc::default(),
         recordings,
         outbox: Outbox::new(outbox_blobs, policy, metrics),
         shutdown: shutdown.clone(),
     };
+    let kube = match config.kube_namespace {
+        Some(namespace) => Some((kube::Client::try_default().await?, namespace)),
+        None => None,
+    };
     Ok(Bound {
+        kube,
         server,
         api,
         transport,
@@ -197,6 +212,30 @@ impl Bound {
             outer.triggered().await;
             inner.trigger();
         });
+        if let Some((client, namespace)) = self.kube.clone() {
+            let boxes = self.api.resource_mailboxes.clone();
+            let stop = self.shutdown.clone();
+            tokio::spawn(phone_kube::on_spec_changes(
+                kube::Api::<phone_kube::Mailbox>::namespaced(client, &namespace),
+                Duration::from_secs(60),
+                async move { stop.triggered().await },
+                move |resources| {
+                    // The mailer needs no PIN: only the addresses and options.
+                    let found: std::collections::HashMap<_, _> = resources
+                        .iter()
+                        .map(|m| {
+                            (
+                                (m.context(), m.spec.mailbox.clone()),
+                                m.to_conf(String::new()),
+                            )
+                        })
+                        .collect();
+                    tracing::info!(mailboxes = found.len(), "mailbox resources applied");
+                    *boxes.write().unwrap_or_else(|e| e.into_inner()) = found;
+                    std::future::ready(())
+                },
+            ));
+        }
         let scheduler = self.server.in_flight().spawn(self.api.outbox.clone().run(
             self.transport,
             self.parallel,

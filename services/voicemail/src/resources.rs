@@ -99,7 +99,7 @@ async fn resolve(
     for resource in resources {
         let name = resource.name_any();
         let spec = &resource.spec;
-        let context = spec.context.clone().unwrap_or_else(|| "default".into());
+        let context = resource.context();
         let outcome = if shared.conf.mailbox(&context, &spec.mailbox).is_some() {
             Err(format!(
                 "voicemail.conf defines {}@{context} too; the file's is used",
@@ -113,7 +113,7 @@ async fn resolve(
         } else {
             phone_kube::read_secret(secrets, &spec.pin_ref)
                 .await
-                .map(|pin| conf_mailbox(&resource, context, pin))
+                .map(|pin| resource.to_conf(pin))
         };
         match outcome {
             Ok(mailbox) => {
@@ -127,34 +127,6 @@ async fn resolve(
         }
     }
     (boxes, problems)
-}
-
-/// The resource as a voicemail.conf line would give it.
-fn conf_mailbox(resource: &Mailbox, context: String, pin: String) -> ConfMailbox {
-    let spec = &resource.spec;
-    // A leading `-` locks the PIN, as in voicemail.conf.
-    let (pin, pin_locked) = match pin.strip_prefix('-') {
-        Some(rest) => (rest.to_owned(), true),
-        None => (pin, false),
-    };
-    ConfMailbox {
-        context,
-        number: spec.mailbox.clone(),
-        pin: asterisk_conf::Secret::new(pin),
-        pin_locked,
-        full_name: spec.full_name.clone().unwrap_or_default(),
-        email: spec.email.clone(),
-        pager: spec.pager.clone(),
-        options: spec
-            .options
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        location: asterisk_conf::Location::new(
-            std::path::PathBuf::from(format!("Mailbox/{}", resource.name_any())),
-            1,
-        ),
-    }
 }
 
 /// NEW and OLD (and the problem) of each resource, patched where they changed.
@@ -171,11 +143,7 @@ async fn write_status(
         let Some(problem) = problems.get(&name) else {
             continue;
         };
-        let context = resource
-            .spec
-            .context
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        let context = resource.context();
         let (new, old) = if problem.is_none() {
             match shared
                 .message_counts(&context, &resource.spec.mailbox)
