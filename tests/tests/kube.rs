@@ -35,7 +35,6 @@ fn install_crds(api: &KubeApi) {
         "crd/lines.phone.dev",
         "crd/trunks.phone.dev",
         "crd/mailboxes.phone.dev",
-        "crd/dialplans.phone.dev",
     ]);
     assert!(ok, "the CRDs are established: {out}");
 }

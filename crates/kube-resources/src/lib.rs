@@ -1,8 +1,9 @@
 //! The phone system's Kubernetes resources, so that `kubectl` can run it: a `Line` is a
 //! phone's account (a `sip.conf` peer of `type=friend`), a `Trunk` the carrier (a peer
-//! with `host=`), a `Mailbox` a `voicemail.conf` box, and a `Dialplan` an
-//! `extensions.conf`. Each is a namespaced custom resource of the `phone.dev` group;
-//! secrets (SIP passwords, PINs) stay in Kubernetes Secrets and are named by reference.
+//! with `host=`), and a `Mailbox` a `voicemail.conf` box. Each is a namespaced custom
+//! resource of the `phone.dev` group; secrets (SIP passwords, PINs) stay in Kubernetes
+//! Secrets and are named by reference. The dialplan has no kind of its own: the chart
+//! gives `extensions.conf` from a ConfigMap, which the router reloads live.
 //!
 //! The CRDs are derived from these types (`kube`'s `CustomResource`). [`crds`] gives
 //! them to the chart's `crds/` folder, and a test keeps that folder in step with them.
@@ -245,49 +246,6 @@ pub struct MailboxStatus {
     pub problem: Option<String>,
 }
 
-/// The dialplan: an `extensions.conf`, inline or in a ConfigMap.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(
-    group = "phone.dev",
-    version = "v1alpha1",
-    kind = "Dialplan",
-    namespaced,
-    status = "DialplanStatus",
-    category = "phone",
-    printcolumn(name = "LOADED", type_ = "boolean", json_path = ".status.loaded"),
-    printcolumn(
-        name = "AGE",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
-)]
-#[serde(rename_all = "camelCase")]
-pub struct DialplanSpec {
-    /// The `extensions.conf` text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub extensions_conf: Option<String>,
-    /// Or a ConfigMap key that holds it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config_map_ref: Option<ConfigMapKeyRef>,
-}
-
-/// A key of a ConfigMap in the resource's namespace.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub struct ConfigMapKeyRef {
-    pub name: String,
-    pub key: String,
-}
-
-/// Whether the router runs the dialplan, and why not.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DialplanStatus {
-    #[serde(default)]
-    pub loaded: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
-}
-
 /// The text a [`SecretKeyRef`] names, or why there is none (for a resource's
 /// `status.problem`).
 pub async fn read_secret(
@@ -425,7 +383,6 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("lines.yaml", Line::crd()),
         ("trunks.yaml", Trunk::crd()),
         ("mailboxes.yaml", Mailbox::crd()),
-        ("dialplans.yaml", Dialplan::crd()),
     ]
 }
 
@@ -449,12 +406,7 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [
-                "lines.phone.dev",
-                "trunks.phone.dev",
-                "mailboxes.phone.dev",
-                "dialplans.phone.dev"
-            ]
+            ["lines.phone.dev", "trunks.phone.dev", "mailboxes.phone.dev",]
         );
         let line = &crds[0].1;
         let columns: Vec<&str> = line.spec.versions[0]
