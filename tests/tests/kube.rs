@@ -501,7 +501,7 @@ spec:
         &[
             "--trunk-lease",
             "phone-sip-edge-trunk-registration",
-            "--identity",
+            "--pod-name",
             "phone-sip-edge-0",
         ],
     );
@@ -617,7 +617,7 @@ async fn two_edges_register_the_trunk_once_and_the_lease_moves_when_the_owner_di
             "trunk-registration",
             "--trunk-lease-duration",
             "3s",
-            "--identity",
+            "--pod-name",
             identity,
         ]
     };

@@ -129,9 +129,9 @@ pub struct Config {
     /// --kube-namespace; ready endpoints only) instead of --media-relays.
     #[arg(long, env = "PHONE_MEDIA_RELAY_SERVICE", requires = "kube_namespace")]
     pub media_relay_service: Option<String>,
-    /// This replica's name in the Lease (the pod's name).
+    /// This replica's name in the Lease: the pod's name (default: the host name).
     #[arg(long, env = "PHONE_POD_NAME")]
-    pub identity: Option<String>,
+    pub pod_name: Option<String>,
 }
 
 impl Config {
@@ -157,7 +157,7 @@ impl Config {
             kube_namespace: None,
             trunk_lease: None,
             trunk_lease_duration: std::time::Duration::from_secs(15),
-            identity: None,
+            pod_name: None,
             media_relay_service: None,
         }
     }
@@ -528,7 +528,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         Some(namespace) => Some((kube::Client::try_default().await?, namespace)),
         None => None,
     };
-    let identity = config.identity.clone().unwrap_or_else(|| {
+    let identity = config.pod_name.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("sip-edge-{}", std::process::id()))
     });
     let lease = config.trunk_lease.map(|name| {
