@@ -387,6 +387,17 @@ spec:
     assert_eq!(kitchen[1..3], ["13235550111", "true"], "{out}");
     assert!(kitchen[3].starts_with("sip:13235550111"), "{out}");
     assert_eq!(edge.registrations().await, Some(1.0));
+    let (_, seen) = api.kubectl(&[
+        "get",
+        "line",
+        "kitchen",
+        "-o",
+        "jsonpath={.status.lastSeen}",
+    ]);
+    assert!(
+        seen.len() == 20 && seen.contains('T') && seen.ends_with('Z'),
+        "lastSeen is the REGISTER's time: {seen:?}"
+    );
 
     // Deleting the Line ends the registration.
     let (ok, out) = api.kubectl(&["delete", "line", "kitchen"]);

@@ -101,7 +101,7 @@ pub struct LineStatus {
     pub registered: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contacts: Vec<Contact>,
-    /// The last REGISTER or request from the phone (RFC 3339).
+    /// The phone's last REGISTER (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<String>,
     /// The phone answered the edge's last qualify (`qualify=yes`).

@@ -76,6 +76,10 @@ pub struct Binding {
     pub user_agent: Option<String>,
     /// Where requests to this binding go: `source` for `nat=yes`, else the Contact's.
     pub nat: bool,
+    /// When the phone last registered this binding (Unix seconds; 0 in bindings saved
+    /// before it was kept).
+    #[serde(default)]
+    pub registered_at: u64,
 }
 
 /// How a request reached us.
@@ -476,6 +480,7 @@ impl Registrar {
                         b.call_id = call_id.clone();
                         b.cseq = cseq;
                         b.user_agent = user_agent.clone();
+                        b.registered_at = now;
                         changed = true;
                     }
                     None if expires == 0 => {}
@@ -499,6 +504,7 @@ impl Registrar {
                             cseq,
                             user_agent: user_agent.clone(),
                             nat: line.nat,
+                            registered_at: now,
                         });
                         changed = true;
                     }

@@ -208,6 +208,7 @@ async fn write_status(
             "registered": status.registered,
             "contacts": status.contacts,
             "reachable": status.reachable,
+            "lastSeen": status.last_seen,
             "observedGeneration": status.observed_generation,
             "problem": status.problem,
         }});
@@ -246,7 +247,12 @@ fn status_of(core: &SipCore, line: &Resolved, generation: Option<i64>) -> LineSt
     LineStatus {
         registered: !contacts.is_empty(),
         contacts,
-        last_seen: None,
+        last_seen: registrations
+            .iter()
+            .map(|(_, b)| b.registered_at)
+            .max()
+            .filter(|at| *at > 0)
+            .map(rfc3339),
         reachable,
         observed_generation: generation,
         problem: line.outcome.as_ref().err().cloned(),
