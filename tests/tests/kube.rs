@@ -25,20 +25,6 @@ async fn client(api: &KubeApi) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
-fn install_crds(api: &KubeApi) {
-    let (ok, out) = api.kubectl(&["apply", "-f", chart().join("crds").to_str().unwrap()]);
-    assert!(ok, "the CRDs apply: {out}");
-    let (ok, out) = api.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/lines.phone.dev",
-        "crd/trunks.phone.dev",
-        "crd/mailboxes.phone.dev",
-    ]);
-    assert!(ok, "the CRDs are established: {out}");
-}
-
 /// The columns of `kubectl get` as a table: the header's names, then each row's cells
 /// (a blank cell stays a cell: the columns are cut at the header's positions).
 fn table(text: &str) -> Vec<Vec<String>> {
@@ -75,7 +61,7 @@ fn table(text: &str) -> Vec<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_crds_install_and_kubectl_shows_their_printer_columns_with_status() {
     let api = KubeApi::start().await;
-    install_crds(&api);
+    api.install_crds();
     api.apply(
         r#"
 apiVersion: phone.dev/v1alpha1
@@ -328,7 +314,7 @@ async fn kubectl_until(api: &KubeApi, args: &[&str], wanted: &[&str]) -> String 
 async fn a_line_resource_lets_a_phone_register_shows_it_and_deleting_it_ends_it() {
     use phone_tests::baresip::{Phone, PhoneConfig};
     let api = KubeApi::start().await;
-    install_crds(&api);
+    api.install_crds();
     api.apply(
         r#"
 apiVersion: v1
@@ -620,7 +606,7 @@ impl Drop for Registrar {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_edges_register_the_trunk_once_and_the_lease_moves_when_the_owner_dies() {
     let api = KubeApi::start().await;
-    install_crds(&api);
+    api.install_crds();
     let registrar = Registrar::start().await;
     let lease = |identity: &'static str| {
         [

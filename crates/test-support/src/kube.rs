@@ -118,6 +118,22 @@ impl KubeApi {
         );
     }
 
+    /// Installs the chart's CRDs (`helm/phone/crds`) and waits until they are served.
+    pub fn install_crds(&self) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/phone/crds");
+        let (ok, out) = self.kubectl(&["apply", "-f", dir.to_str().unwrap()]);
+        assert!(ok, "the CRDs apply: {out}");
+        let (ok, out) = self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/lines.phone.dev",
+            "crd/trunks.phone.dev",
+            "crd/mailboxes.phone.dev",
+        ]);
+        assert!(ok, "the CRDs are established: {out}");
+    }
+
     /// Runs `kubectl` (the machine's) as the administrator: success, and stdout (or
     /// stderr when it failed).
     pub fn kubectl(&self, args: &[&str]) -> (bool, String) {

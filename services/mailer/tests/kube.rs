@@ -16,16 +16,7 @@ const BOX: &str = "13235550155";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_resources_box_is_emailed_and_not_after_it_is_deleted() {
     let api = KubeApi::start().await;
-    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/phone/crds");
-    let (ok, out) = api.kubectl(&["apply", "-f", crds.to_str().unwrap()]);
-    assert!(ok, "{out}");
-    let (ok, out) = api.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/mailboxes.phone.dev",
-    ]);
-    assert!(ok, "{out}");
+    api.install_crds();
     api.apply(&format!(
         "apiVersion: phone.dev/v1alpha1\nkind: Mailbox\nmetadata: {{name: kitchen}}\nspec: {{box: \"{BOX}\", pinRef: {{name: box-pin, key: pin}}, fullName: Kitchen, email: kitchen@example.org}}\n"
     ));

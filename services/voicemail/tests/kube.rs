@@ -54,16 +54,7 @@ async fn login(service: &Service, pins: &[&str], then_exit: bool) -> pb::VmStatu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_resource_logs_in_with_its_secrets_pin_and_a_new_pin_applies_live() {
     let api = KubeApi::start().await;
-    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/phone/crds");
-    let (ok, out) = api.kubectl(&["apply", "-f", crds.to_str().unwrap()]);
-    assert!(ok, "{out}");
-    let (ok, out) = api.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/mailboxes.phone.dev",
-    ]);
-    assert!(ok, "{out}");
+    api.install_crds();
     api.apply(&pin_secret("4321"));
     api.apply(&format!(
         "apiVersion: phone.dev/v1alpha1\nkind: Mailbox\nmetadata: {{name: kitchen}}\nspec: {{box: \"{BOX}\", pinRef: {{name: box-pin, key: pin}}, email: kitchen@example.org}}\n---\napiVersion: phone.dev/v1alpha1\nkind: Mailbox\nmetadata: {{name: desk}}\nspec: {{box: \"13235550100\", pinRef: {{name: box-pin, key: pin}}}}\n"
