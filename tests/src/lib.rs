@@ -1,14 +1,12 @@
 //! The harness of the end-to-end tests: what every test needs to start the system and
 //! wait for it, never with fixed sleeps (STYLE.md, habit 11). [`system`] starts the
 //! five services (as `phone` or as five processes) with MinIO and Mailpit,
-//! [`carrier`] is Kamailio playing the provider, [`baresip`] the phones, and [`otlp`]
-//! a trace collector.
+//! [`carrier`] is Kamailio playing the provider, and [`baresip`] the phones.
 
 #![forbid(unsafe_code)]
 
 pub mod baresip;
 pub mod carrier;
-pub mod otlp;
 pub mod system;
 
 use std::path::PathBuf;

@@ -16,9 +16,9 @@
 use std::time::Duration;
 
 use phone_test_support::free_port;
+use phone_test_support::otlp::{Received, Receiver};
 use phone_tests::baresip::{Phone, PhoneConfig};
 use phone_tests::carrier::Carrier;
-use phone_tests::otlp::{Received, Receiver};
 use phone_tests::system::{Mode, System};
 use phone_tests::wait_until;
 

@@ -2,11 +2,12 @@
 //! on loopback ports from the binaries `scripts/install-deps` builds with `go install`
 //! (MinIO for S3, Mailpit for SMTP), each with its data in a temporary folder, stoppable
 //! and restartable on the same port to stage outages. [`kube`] starts a real Kubernetes
-//! API server (etcd and kube-apiserver).
+//! API server (etcd and kube-apiserver), and [`otlp`] a trace collector.
 
 #![forbid(unsafe_code)]
 
 pub mod kube;
+pub mod otlp;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -3,69 +3,14 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-
-#[derive(Clone, Default)]
-struct Receiver {
-    requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.requests.lock().unwrap().push(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-/// (service.name, span name) of every span received.
-fn received(receiver: &Receiver) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for request in receiver.requests.lock().unwrap().iter() {
-        for resource_spans in &request.resource_spans {
-            let service = resource_spans
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-                .map(|v| match v {
-                    Value::StringValue(s) => s.clone(),
-                    other => format!("{other:?}"),
-                })
-                .unwrap_or_default();
-            for scope in &resource_spans.scope_spans {
-                for span in &scope.spans {
-                    out.push((service.clone(), span.name.clone()));
-                }
-            }
-        }
-    }
-    out
-}
+use phone_test_support::otlp::Receiver;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn spans_are_exported_over_otlp_when_the_endpoint_is_set() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.endpoint.clone();
 
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_phone"))
@@ -120,7 +65,11 @@ async fn spans_are_exported_over_otlp_when_the_endpoint_is_set() {
     let status = child.try_wait().unwrap().expect("phone exited");
     assert!(status.success(), "{status}");
 
-    let spans = received(&receiver);
+    let spans: Vec<(String, String)> = receiver
+        .spans()
+        .into_iter()
+        .map(|s| (s.service.clone(), s.name().to_owned()))
+        .collect();
     assert!(
         spans
             .iter()

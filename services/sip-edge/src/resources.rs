@@ -12,11 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use phone_kube::{Contact, Line, LineStatus};
 use service_runtime::Shutdown;
@@ -33,11 +30,13 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
 struct Resolved {
     name: String,
     peer: String,
+    /// The spec generation it was resolved from.
+    generation: Option<i64>,
     outcome: Result<ResourceLine, String>,
 }
 
-/// Watches `Line`s in `namespace` until `shutdown`: applies them to the SIP core and
-/// writes their status.
+/// Watches `Line`s in `namespace` until `shutdown`: applies them to the SIP core (after
+/// each spec change and every [`RESYNC_EVERY`]) and writes their status.
 pub async fn run(
     client: kube::Client,
     namespace: String,
@@ -47,56 +46,20 @@ pub async fn run(
 ) {
     let lines: Api<Line> = Api::namespaced(client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(client, &namespace);
-    let (store, writer) = reflector::store::<Line>();
-    let mut events = watcher(lines.clone(), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .boxed();
-    let mut status_tick = tokio::time::interval(STATUS_EVERY);
-    let mut resync = tokio::time::interval(RESYNC_EVERY);
-    let mut ready = false;
-    let mut dirty = false;
-    let mut resolved: Vec<Resolved> = Vec::new();
-    let mut written: HashMap<String, LineStatus> = HashMap::new();
-    // The spec generation of each line seen: the edge's own status writes come back as
-    // events too, and only a spec change needs the lines applied again.
-    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.triggered() => return,
-            event = events.next() => match event {
-                Some(Ok(watcher::Event::InitDone)) => {
-                    ready = true;
-                    dirty = true;
-                }
-                Some(Ok(watcher::Event::Apply(line))) => {
-                    let generation = line.metadata.generation;
-                    if generations.insert(line.name_any(), generation) != Some(generation) {
-                        dirty = true;
-                    }
-                }
-                Some(Ok(watcher::Event::Delete(line))) => {
-                    generations.remove(&line.name_any());
-                    dirty = true;
-                }
-                Some(Ok(watcher::Event::InitApply(line))) => {
-                    generations.insert(line.name_any(), line.metadata.generation);
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => tracing::warn!(error = %e, "watching lines failed; retrying"),
-                None => return,
-            },
-            _ = resync.tick() => dirty = ready,
-            _ = status_tick.tick() => {
-                if ready {
-                    write_status(&lines, &store, &resolved, &core, &mut written).await;
-                }
-            }
-        }
-        if dirty && ready {
-            dirty = false;
-            resolved = resolve(&store, &secrets, &file_peers).await;
-            let usable: Vec<ResourceLine> = resolved
+    let resolved: Arc<Mutex<Vec<Resolved>>> = Arc::default();
+    let file_peers = Arc::new(file_peers);
+    tokio::spawn(status_task(
+        lines.clone(),
+        resolved.clone(),
+        core.clone(),
+        shutdown.clone(),
+    ));
+    phone_kube::on_spec_changes(lines, RESYNC_EVERY, shutdown.triggered(), |found| {
+        let (secrets, file_peers) = (secrets.clone(), file_peers.clone());
+        let (core, resolved) = (core.clone(), resolved.clone());
+        async move {
+            let now = resolve(found, &secrets, &file_peers).await;
+            let usable: Vec<ResourceLine> = now
                 .iter()
                 .filter_map(|r| r.outcome.as_ref().ok().cloned())
                 .collect();
@@ -106,20 +69,37 @@ pub async fn run(
                 .unwrap_or_else(|e| e.into_inner())
                 .set_resource_lines(usable);
             tracing::info!(lines = count, ended = gone.len(), "line resources applied");
-            write_status(&lines, &store, &resolved, &core, &mut written).await;
+            *resolved.lock().unwrap_or_else(|e| e.into_inner()) = now;
         }
+    })
+    .await;
+}
+
+/// Writes the lines' status every [`STATUS_EVERY`] until `shutdown`.
+async fn status_task(
+    lines: Api<Line>,
+    resolved: Arc<Mutex<Vec<Resolved>>>,
+    core: Arc<Mutex<SipCore>>,
+    shutdown: Shutdown,
+) {
+    let mut written: HashMap<String, LineStatus> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.triggered() => return,
+            _ = tokio::time::sleep(STATUS_EVERY) => {}
+        }
+        write_status(&lines, &resolved, &core, &mut written).await;
     }
 }
 
-/// Every line in the store, with its password read from its Secret.
+/// Every line, with its password read from its Secret.
 async fn resolve(
-    store: &Store<Line>,
+    mut lines: Vec<Arc<Line>>,
     secrets: &Api<Secret>,
     file_peers: &HashSet<String>,
 ) -> Vec<Resolved> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
-    let mut lines = store.state();
     lines.sort_by_key(|l| l.name_any());
     for line in lines {
         let name = line.name_any();
@@ -145,6 +125,7 @@ async fn resolve(
         out.push(Resolved {
             name,
             peer,
+            generation: line.metadata.generation,
             outcome,
         });
     }
@@ -178,26 +159,19 @@ fn resource_line(line: &Line, peer: &str, password: String) -> ResourceLine {
 /// last written.
 async fn write_status(
     lines: &Api<Line>,
-    store: &Store<Line>,
-    resolved: &[Resolved],
-    core: &Arc<Mutex<SipCore>>,
+    resolved: &Mutex<Vec<Resolved>>,
+    core: &Mutex<SipCore>,
     written: &mut HashMap<String, LineStatus>,
 ) {
     let wanted: Vec<(String, LineStatus)> = {
+        let resolved = resolved.lock().unwrap_or_else(|e| e.into_inner());
         let core = core.lock().unwrap_or_else(|e| e.into_inner());
+        written.retain(|name, _| resolved.iter().any(|r| &r.name == name));
         resolved
             .iter()
-            .map(|r| {
-                let generation = store
-                    .state()
-                    .iter()
-                    .find(|l| l.name_any() == r.name)
-                    .and_then(|l| l.metadata.generation);
-                (r.name.clone(), status_of(&core, r, generation))
-            })
+            .map(|r| (r.name.clone(), status_of(&core, r)))
             .collect()
     };
-    written.retain(|name, _| resolved.iter().any(|r| &r.name == name));
     for (name, status) in wanted {
         if written.get(&name) == Some(&status) {
             continue;
@@ -225,7 +199,7 @@ async fn write_status(
     }
 }
 
-fn status_of(core: &SipCore, line: &Resolved, generation: Option<i64>) -> LineStatus {
+fn status_of(core: &SipCore, line: &Resolved) -> LineStatus {
     let registrations = match &line.outcome {
         Ok(_) => core.registrations(Some(&line.peer)),
         Err(_) => Vec::new(),
@@ -254,7 +228,7 @@ fn status_of(core: &SipCore, line: &Resolved, generation: Option<i64>) -> LineSt
             .filter(|at| *at > 0)
             .map(rfc3339),
         reachable,
-        observed_generation: generation,
+        observed_generation: line.generation,
         problem: line.outcome.as_ref().err().cloned(),
     }
 }

@@ -6,15 +6,12 @@
 //! when they change.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asterisk_conf::voicemail::Mailbox as ConfMailbox;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use phone_kube::{Mailbox, MailboxStatus};
 use service_runtime::Shutdown;
@@ -24,7 +21,11 @@ use crate::service::Shared;
 /// How often the counts are looked at for the status.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
-/// Watches `Mailbox`es in `namespace` until `shutdown`.
+/// Each resource, and why it is not used (if so).
+type Resolved = Vec<(Arc<Mailbox>, Option<String>)>;
+
+/// Watches `Mailbox`es in `namespace` until `shutdown`: applies them (after each spec
+/// change and every `resync`) and writes their status.
 pub async fn run(
     client: kube::Client,
     namespace: String,
@@ -34,67 +35,52 @@ pub async fn run(
 ) {
     let api: Api<Mailbox> = Api::namespaced(client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(client, &namespace);
-    let (store, writer) = reflector::store::<Mailbox>();
-    let mut events = watcher(api.clone(), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .boxed();
-    let mut resync_tick = tokio::time::interval(resync);
-    let mut status_tick = tokio::time::interval(STATUS_EVERY);
-    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
-    let mut problems: HashMap<String, Option<String>> = HashMap::new();
+    let resolved: Arc<Mutex<Resolved>> = Arc::default();
+    tokio::spawn(status_task(
+        api.clone(),
+        resolved.clone(),
+        shared.clone(),
+        shutdown.clone(),
+    ));
+    phone_kube::on_spec_changes(api, resync, shutdown.triggered(), |found| {
+        let (secrets, shared, resolved) = (secrets.clone(), shared.clone(), resolved.clone());
+        async move {
+            let (boxes, now) = resolve(found, &secrets, &shared).await;
+            tracing::info!(mailboxes = boxes.len(), "mailbox resources applied");
+            shared.set_resource_mailboxes(boxes);
+            *resolved.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        }
+    })
+    .await;
+}
+
+/// Writes the boxes' status every [`STATUS_EVERY`] until `shutdown`.
+async fn status_task(
+    api: Api<Mailbox>,
+    resolved: Arc<Mutex<Resolved>>,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+) {
     let mut written: HashMap<String, MailboxStatus> = HashMap::new();
-    let (mut ready, mut dirty) = (false, false);
     loop {
         tokio::select! {
             _ = shutdown.triggered() => return,
-            event = events.next() => match event {
-                Some(Ok(watcher::Event::InitDone)) => (ready, dirty) = (true, true),
-                Some(Ok(watcher::Event::InitApply(m))) => {
-                    generations.insert(m.name_any(), m.metadata.generation);
-                }
-                // The voicemail's own status writes come back too: only a spec change
-                // (a new generation) needs the boxes applied again.
-                Some(Ok(watcher::Event::Apply(m))) => {
-                    dirty |= generations.insert(m.name_any(), m.metadata.generation)
-                        != Some(m.metadata.generation);
-                }
-                Some(Ok(watcher::Event::Delete(m))) => {
-                    generations.remove(&m.name_any());
-                    dirty = true;
-                }
-                Some(Ok(watcher::Event::Init)) => {}
-                Some(Err(e)) => tracing::warn!(error = %e, "watching mailboxes failed; retrying"),
-                None => return,
-            },
-            _ = resync_tick.tick() => dirty = ready,
-            _ = status_tick.tick() => {
-                if ready {
-                    write_status(&api, &store, &shared, &problems, &mut written).await;
-                }
-            }
+            _ = tokio::time::sleep(STATUS_EVERY) => {}
         }
-        if dirty && ready {
-            dirty = false;
-            let (boxes, found) = resolve(&store, &secrets, &shared).await;
-            tracing::info!(mailboxes = boxes.len(), "mailbox resources applied");
-            shared.set_resource_mailboxes(boxes);
-            problems = found;
-            write_status(&api, &store, &shared, &problems, &mut written).await;
-        }
+        let now = resolved.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        write_status(&api, &now, &shared, &mut written).await;
     }
 }
 
-/// The usable mailboxes, and each resource's problem (if any).
+/// The usable mailboxes, and each resource with its problem (if any).
 async fn resolve(
-    store: &Store<Mailbox>,
+    mut resources: Vec<Arc<Mailbox>>,
     secrets: &Api<Secret>,
     shared: &Shared,
-) -> (Vec<ConfMailbox>, HashMap<String, Option<String>>) {
+) -> (Vec<ConfMailbox>, Resolved) {
     let mut boxes = Vec::new();
-    let mut problems = HashMap::new();
+    let mut resolved = Vec::new();
     let mut seen = HashSet::new();
-    let mut resources = store.state();
     resources.sort_by_key(|m| m.name_any());
     for resource in resources {
         let name = resource.name_any();
@@ -118,31 +104,27 @@ async fn resolve(
         match outcome {
             Ok(mailbox) => {
                 boxes.push(mailbox);
-                problems.insert(name, None);
+                resolved.push((resource, None));
             }
             Err(problem) => {
                 tracing::warn!(mailbox = %name, %problem, "mailbox not used");
-                problems.insert(name, Some(problem));
+                resolved.push((resource, Some(problem)));
             }
         }
     }
-    (boxes, problems)
+    (boxes, resolved)
 }
 
 /// NEW and OLD (and the problem) of each resource, patched where they changed.
 async fn write_status(
     api: &Api<Mailbox>,
-    store: &Store<Mailbox>,
+    resolved: &Resolved,
     shared: &Shared,
-    problems: &HashMap<String, Option<String>>,
     written: &mut HashMap<String, MailboxStatus>,
 ) {
-    written.retain(|name, _| problems.contains_key(name));
-    for resource in store.state() {
+    written.retain(|name, _| resolved.iter().any(|(m, _)| &m.name_any() == name));
+    for (resource, problem) in resolved {
         let name = resource.name_any();
-        let Some(problem) = problems.get(&name) else {
-            continue;
-        };
         let context = resource.context();
         let (new, old) = if problem.is_none() {
             match shared
