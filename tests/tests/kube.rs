@@ -439,6 +439,9 @@ async fn the_charts_role_is_what_the_edge_needs_and_no_more() {
             ("watch", "lines.phone.dev", "yes"),
             ("patch", "lines.phone.dev --subresource=status", "yes"),
             ("patch", "lines.phone.dev", "no"),
+            ("watch", "trunks.phone.dev", "yes"),
+            ("patch", "trunks.phone.dev --subresource=status", "yes"),
+            ("update", "trunks.phone.dev", "no"),
             ("get", "secrets", "yes"),
             ("list", "secrets", "no"),
             ("update", "lines.phone.dev", "no"),
@@ -489,6 +492,15 @@ spec:
   number: "13235550122"
   secretRef: {name: hall-phone, key: password}
   context: outbound
+---
+apiVersion: phone.dev/v1alpha1
+kind: Trunk
+metadata: {name: carrier, namespace: phone}
+spec:
+  host: 127.0.0.1
+  port: 9
+  ipAddresses: ["192.0.2.0/24"]
+  context: inbound
 "#,
     );
     let edge = Edge::start_with(
@@ -543,21 +555,38 @@ spec:
         &["hall", "true", "sip:13235550122"],
     )
     .await;
+    // It reads the Trunk and, holding the Lease, writes its status.
+    kubectl_until(
+        &api,
+        &["get", "trunks", "-n", "phone"],
+        &["carrier", "NotRegistering", "phone-sip-edge-0"],
+    )
+    .await;
 }
 
-/// A carrier's registrar that accepts every REGISTER and notes where it came from.
+/// A carrier's registrar that notes where each REGISTER came from. Without
+/// credentials it accepts every one; with a user and password it challenges with 401
+/// and accepts only a digest answer made with that password (else 403).
 struct Registrar {
     addr: std::net::SocketAddr,
     seen: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+    /// REGISTERs whose digest answer was right.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Registrar {
     async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    async fn start_with(credentials: Option<(&'static str, &'static str)>) -> Self {
+        use std::sync::atomic::Ordering;
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let notes = seen.clone();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (notes, count) = (seen.clone(), accepted.clone());
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 65535];
             while let Ok((n, from)) = socket.recv_from(&mut buf).await {
@@ -566,7 +595,7 @@ impl Registrar {
                     continue;
                 }
                 notes.lock().unwrap().push(from);
-                let copy = |name: &str| {
+                let header = |name: &str| {
                     request
                         .lines()
                         .filter(|l| {
@@ -577,23 +606,63 @@ impl Registrar {
                         .map(|l| format!("{l}\r\n"))
                         .collect::<String>()
                 };
+                let (status, extra) = match (credentials, header("Authorization")) {
+                    (None, _) => ("200 OK", String::new()),
+                    (Some(_), answer) if answer.is_empty() => (
+                        "401 Unauthorized",
+                        "WWW-Authenticate: Digest realm=\"carrier\", nonce=\"c4rr1er\"\r\n"
+                            .to_owned(),
+                    ),
+                    (Some((user, password)), answer) => {
+                        let value = answer.split_once(':').unwrap().1.trim();
+                        let right = sip_edge::digest::Credentials::parse(value).is_ok_and(|c| {
+                            c.username == user
+                                && c.response
+                                    == sip_edge::digest::compute_response(
+                                        c.algorithm,
+                                        user,
+                                        "carrier",
+                                        password,
+                                        "REGISTER",
+                                        &c.uri,
+                                        "c4rr1er",
+                                        c.qop.as_ref().map(|(nc, cnonce)| (*nc, cnonce.as_str())),
+                                    )
+                        });
+                        if right {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            ("200 OK", String::new())
+                        } else {
+                            ("403 Forbidden", String::new())
+                        }
+                    }
+                };
                 let response = format!(
-                    "SIP/2.0 200 OK\r\n{}{}{};tag=reg\r\n{}{}{};expires=60\r\nContent-Length: 0\r\n\r\n",
-                    copy("Via"),
-                    copy("From"),
-                    copy("To").trim_end(),
-                    copy("Call-ID"),
-                    copy("CSeq"),
-                    copy("Contact").trim_end(),
+                    "SIP/2.0 {status}\r\n{}{}{};tag=reg\r\n{}{}{};expires=60\r\n{extra}Content-Length: 0\r\n\r\n",
+                    header("Via"),
+                    header("From"),
+                    header("To").trim_end(),
+                    header("Call-ID"),
+                    header("CSeq"),
+                    header("Contact").trim_end(),
                 );
                 let _ = socket.send_to(response.as_bytes(), from).await;
             }
         });
-        Registrar { addr, seen, task }
+        Registrar {
+            addr,
+            seen,
+            accepted,
+            task,
+        }
     }
 
     fn sources(&self) -> Vec<std::net::SocketAddr> {
         self.seen.lock().unwrap().clone()
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -601,6 +670,177 @@ impl Drop for Registrar {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Sends an INVITE for the DID from a new socket on loopback and returns the status
+/// codes of the answers that come within two seconds.
+async fn invite_statuses(edge: std::net::SocketAddr, tag: &str) -> Vec<u16> {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+    let request = format!(
+        "INVITE sip:13235550100@{edge} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-{tag}\r\nMax-Forwards: 70\r\nFrom: <sip:15555550123@{local}>;tag=f{tag}\r\nTo: <sip:13235550100@{edge}>\r\nCall-ID: {tag}@carrier\r\nCSeq: 1 INVITE\r\nContact: <sip:15555550123@{local}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    socket.send_to(request.as_bytes(), edge).await.unwrap();
+    let mut statuses = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut buf = vec![0u8; 65535];
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+        let text = String::from_utf8_lossy(&buf[..n]);
+        if let Some(code) = text
+            .strip_prefix("SIP/2.0 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+        {
+            statuses.push(code);
+        }
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_resource_registers_with_its_secret_shows_its_state_and_its_addresses_calls_are_the_carriers(
+) {
+    let api = KubeApi::start().await;
+    api.install_crds();
+    let registrar = Registrar::start_with(Some(("12345678", "tr0nk"))).await;
+    let port = registrar.addr.port();
+    api.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: carrier-old, namespace: default}}
+stringData: {{password: "expired"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: carrier-credentials, namespace: default}}
+stringData: {{password: "tr0nk"}}
+---
+apiVersion: phone.dev/v1alpha1
+kind: Trunk
+metadata: {{name: carrier, namespace: default}}
+spec:
+  host: 127.0.0.1
+  port: {port}
+  username: "12345678"
+  secretRef: {{name: carrier-old, key: password}}
+  register: true
+  context: inbound
+---
+apiVersion: phone.dev/v1alpha1
+kind: Trunk
+metadata: {{name: flowroute, namespace: default}}
+spec:
+  host: 127.0.0.1
+  context: inbound
+"#
+    ));
+    let edge = Edge::start_with(
+        &api.kubeconfig,
+        "default",
+        None,
+        &[
+            "--trunk-lease",
+            "trunk-registration",
+            "--pod-name",
+            "edge-a",
+        ],
+    );
+    // The carrier refuses the old password: the status says so.
+    kubectl_until(
+        &api,
+        &["get", "trunks"],
+        &["carrier", "127.0.0.1", "Rejected", "edge-a"],
+    )
+    .await;
+    let (_, problem) = api.kubectl(&[
+        "get",
+        "trunk",
+        "carrier",
+        "-o",
+        "jsonpath={.status.problem}",
+    ]);
+    assert!(problem.contains("403"), "{problem}");
+    assert_eq!(registrar.accepted(), 0);
+    // A sip.conf peer of the same name is reported, not merged.
+    kubectl_until(
+        &api,
+        &[
+            "get",
+            "trunk",
+            "flowroute",
+            "-o",
+            "jsonpath={.status.problem}",
+        ],
+        &["sip.conf defines the peer flowroute"],
+    )
+    .await;
+
+    // The Trunk names the right Secret: it registers at once, with that password.
+    api.apply(&format!(
+        r#"
+apiVersion: phone.dev/v1alpha1
+kind: Trunk
+metadata: {{name: carrier, namespace: default}}
+spec:
+  host: 127.0.0.1
+  port: {port}
+  username: "12345678"
+  secretRef: {{name: carrier-credentials, key: password}}
+  register: true
+  context: inbound
+"#
+    ));
+    let out = kubectl_until(&api, &["get", "trunks"], &["Registered"]).await;
+    let rows = table(&out);
+    assert_eq!(rows[0], ["NAME", "HOST", "STATE", "OWNER", "AGE"], "{out}");
+    let carrier = rows.iter().find(|r| r[0] == "carrier").unwrap();
+    assert_eq!(
+        carrier[1..4],
+        ["127.0.0.1", "Registered", "edge-a"],
+        "{out}"
+    );
+    assert!(registrar.accepted() >= 1);
+    let (_, status) = api.kubectl(&["get", "trunk", "carrier", "-o", "jsonpath={.status}"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(status["lastRegistered"].is_string(), "{status}");
+    assert_eq!(status["observedGeneration"], 2, "{status}");
+    assert_eq!(
+        status["addresses"][0],
+        format!("127.0.0.1:{port}"),
+        "{status}"
+    );
+    assert!(status.get("problem").is_none(), "{status}");
+
+    // IP authentication: a call from an address no trunk names is challenged; once
+    // the Trunk lists it, the call is the carrier's and goes on unchallenged.
+    let before = invite_statuses(edge.sip, "before").await;
+    assert!(before.contains(&407), "{before:?}");
+    api.kubectl(&[
+        "patch",
+        "trunk",
+        "carrier",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"ipAddresses":["127.0.0.1/32"]}}"#,
+    ]);
+    kubectl_until(
+        &api,
+        &[
+            "get",
+            "trunk",
+            "carrier",
+            "-o",
+            "jsonpath={.status.observedGeneration}",
+        ],
+        &["3"],
+    )
+    .await;
+    let after = invite_statuses(edge.sip, "after").await;
+    assert!(after.contains(&100) && !after.contains(&407), "{after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

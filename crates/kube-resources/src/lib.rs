@@ -130,7 +130,8 @@ pub struct Contact {
 }
 
 /// The carrier: a `sip.conf` peer with a host, and the `register =>` line if the
-/// carrier wants registration.
+/// carrier wants registration. Its name is the peer's name, which the dialplan dials
+/// (`Dial(SIP/${EXTEN}@<name>)`).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "phone.dev",
@@ -162,12 +163,17 @@ pub struct TrunkSpec {
     /// The digest password (`secret=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
-    /// Addresses (or CIDRs) whose calls are the carrier's without authentication.
+    /// Addresses or CIDRs (`203.0.113.0/24`) whose calls are the carrier's without
+    /// authentication, from any port: the carrier's IP authentication.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_addresses: Vec<String>,
     /// Register with the carrier (`register =>`); one edge replica does, by Lease.
     #[serde(default)]
     pub register: bool,
+    /// The extension the carrier's calls arrive for while registered (the Contact user
+    /// of the registration, `register => .../extension`); `s` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<String>,
     /// The dialplan context of the carrier's calls.
     pub context: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -181,14 +187,23 @@ pub struct TrunkSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrunkStatus {
-    /// `Registered`, `Unregistered`, `Rejected`, `NotRegistering`.
+    /// `Registered`, `Registering`, `Rejected`, `NotRegistering`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration: Option<String>,
-    /// The edge replica (pod) that holds the trunk's Lease.
+    /// The edge replica (pod) that registers the trunks: the holder of their Lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The carrier's last 2xx to a REGISTER (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_registered: Option<String>,
+    /// The addresses the host resolved to (calls from them are the carrier's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// The generation of the spec the edge applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Why the trunk is not in use or not registered (a missing Secret, a clash with
+    /// sip.conf, the carrier's refusal), if so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
 }

@@ -58,6 +58,9 @@ pub struct Guard {
     config: GuardConfig,
     sources: HashMap<IpAddr, SourceState>,
     exempt: HashSet<IpAddr>,
+    /// Networks never limited either: the addresses of trunks given as resources,
+    /// replaced as those change.
+    exempt_nets: Vec<ipnet::IpNet>,
 }
 
 impl Guard {
@@ -66,6 +69,7 @@ impl Guard {
             config,
             sources: HashMap::new(),
             exempt: exempt.into_iter().collect(),
+            exempt_nets: Vec::new(),
         }
     }
 
@@ -73,6 +77,18 @@ impl Guard {
     pub fn exempt(&mut self, ip: IpAddr) {
         self.exempt.insert(ip);
         self.sources.remove(&ip);
+    }
+
+    /// Replaces the networks that are never limited (the resource trunks'); their
+    /// sources' counts and bans are forgotten.
+    pub fn set_exempt_nets(&mut self, nets: Vec<ipnet::IpNet>) {
+        self.sources
+            .retain(|ip, _| !nets.iter().any(|net| net.contains(ip)));
+        self.exempt_nets = nets;
+    }
+
+    fn is_exempt(&self, ip: IpAddr) -> bool {
+        self.exempt.contains(&ip) || self.exempt_nets.iter().any(|net| net.contains(&ip))
     }
 
     fn state(&mut self, now: Instant, ip: IpAddr) -> &mut SourceState {
@@ -105,7 +121,7 @@ impl Guard {
 
     /// A request from `ip` at `now`; `emergency` when it is a call to an emergency number.
     pub fn admit(&mut self, now: Instant, ip: IpAddr, emergency: bool) -> Admission {
-        if emergency || self.exempt.contains(&ip) {
+        if emergency || self.is_exempt(ip) {
             return Admission::Allowed;
         }
         let (rate, burst) = (self.config.rate, self.config.burst);
@@ -130,7 +146,7 @@ impl Guard {
 
     /// An authentication from `ip` failed; returns true when that bans it.
     pub fn auth_failed(&mut self, now: Instant, ip: IpAddr) -> bool {
-        if self.exempt.contains(&ip) {
+        if self.is_exempt(ip) {
             return false;
         }
         let (window, limit, ban_time) = (
@@ -263,6 +279,26 @@ mod tests {
         for _ in 0..100 {
             assert!(!g.auth_failed(t0, TRUNK));
         }
+    }
+
+    #[test]
+    fn a_resource_trunks_networks_are_never_limited_until_they_are_replaced() {
+        let mut g = guard();
+        let t0 = Instant::now();
+        let carrier = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 77));
+        for _ in 0..10 {
+            g.auth_failed(t0, carrier);
+        }
+        assert_eq!(g.admit(t0, carrier, false), Admission::Banned);
+        // The Trunk resource names its network: the ban goes, and nothing limits it.
+        g.set_exempt_nets(vec!["198.51.100.0/24".parse().unwrap()]);
+        for _ in 0..1000 {
+            assert_eq!(g.admit(t0, carrier, false), Admission::Allowed);
+            assert!(!g.auth_failed(t0, carrier));
+        }
+        g.set_exempt_nets(Vec::new());
+        assert_eq!(g.admit(t0, carrier, false), Admission::Allowed);
+        assert!((0..200).any(|_| g.admit(t0, carrier, false) == Admission::RateLimited));
     }
 
     #[test]

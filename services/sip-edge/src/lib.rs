@@ -11,7 +11,10 @@
 //! forking ([`fork`]); the driver with the calls' SIP side ([`server`]); the task per
 //! call that talks to the router and the relay ([`b2bua`]); and the choice of relay
 //! ([`relays`]). `sip.conf` is loaded and checked at start: a broken file stops the
-//! process with `file:line: message`.
+//! process with `file:line: message`. On Kubernetes, lines and trunks may also come
+//! from `Line` and `Trunk` resources, applied live ([`resources`], [`trunks`]); one
+//! edge of several registers the trunks, by Lease ([`lease`]); relays are found in
+//! EndpointSlices ([`discovery`]).
 
 #![forbid(unsafe_code)]
 
@@ -31,6 +34,7 @@ pub mod resources;
 pub mod sdp;
 pub mod server;
 pub mod transaction;
+pub mod trunks;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -113,13 +117,13 @@ pub struct Config {
         default_value = "http://voicemail:50051"
     )]
     pub voicemail_url: String,
-    /// Watch `Line` resources in this Kubernetes namespace and use them beside sip.conf
+    /// Watch `Line` and `Trunk` resources in this Kubernetes namespace and use them beside sip.conf
     /// (the chart sets the pod's own). The API server and credentials come from the
     /// pod's service account, or from KUBECONFIG.
     #[arg(long, env = "PHONE_KUBE_NAMESPACE")]
     pub kube_namespace: Option<String>,
-    /// Register the `register =>` lines only while holding this Lease (in
-    /// --kube-namespace), so that of several edges exactly one registers the trunk.
+    /// Register the `register =>` lines and registering Trunks only while holding this
+    /// Lease (in --kube-namespace), so that of several edges exactly one registers.
     #[arg(long, env = "PHONE_TRUNK_LEASE", requires = "kube_namespace")]
     pub trunk_lease: Option<String>,
     /// How long the trunk's Lease lasts without renewal: the failover time.
@@ -196,10 +200,12 @@ pub struct Bound {
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
     core: Arc<Mutex<server::SipCore>>,
-    /// The namespace whose `Line`s the edge uses, and its API client.
+    /// The namespace whose `Line`s and `Trunk`s the edge uses, and its API client.
     kube: Option<(kube::Client, String)>,
-    /// The trunk's Lease: its name, this replica's identity, its timing.
-    lease: Option<(String, String, lease::Timing)>,
+    /// This replica's name (the pod's), in the Lease and the trunks' status.
+    identity: String,
+    /// The trunk's Lease: its name and timing.
+    lease: Option<(String, lease::Timing)>,
     /// The Service whose EndpointSlices list the relays.
     relay_service: Option<String>,
     /// Clients of the services the edge drives; used by the call path (issue #4).
@@ -247,6 +253,7 @@ async fn trunks(sip: &SipConf) -> Vec<server::Trunk> {
                 addrs: addrs.collect(),
                 any_port: peer.insecure.port,
                 no_challenge: peer.insecure.invite,
+                nets: Vec::new(),
             }),
             Err(e) => {
                 tracing::warn!(peer = %peer.name, host = %host, error = %e, "cannot resolve the trunk's host; it is not recognised by address")
@@ -298,16 +305,7 @@ async fn outbound_registrations(
             tracing::warn!(host = %line.host, at = %line.location, "cannot resolve the register => host; not registering");
             continue;
         };
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let registration = outbound::OutboundRegistration::new(
-            line,
-            format!("{seed:x}-{index}@edge"),
-            format!("{:x}", seed.wrapping_mul(31).wrapping_add(index as u128)),
-            std::time::Instant::now(),
-        );
+        let registration = outbound::OutboundRegistration::fresh(line, &index.to_string());
         out.push((registration, target));
     }
     out
@@ -531,16 +529,13 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let identity = config.pod_name.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("sip-edge-{}", std::process::id()))
     });
-    let lease = config.trunk_lease.map(|name| {
-        (
-            name,
-            identity,
-            lease::Timing::new(config.trunk_lease_duration),
-        )
-    });
+    let lease = config
+        .trunk_lease
+        .map(|name| (name, lease::Timing::new(config.trunk_lease_duration)));
     Ok(Bound {
         server,
         kube,
+        identity,
         lease,
         relay_service: config.media_relay_service,
         advertise_ip: config.advertise_ip,
@@ -571,7 +566,8 @@ impl Bound {
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
         let outbound = outbound_registrations(&self.sip).await;
         let advertise = self.advertise_ip;
-        let file_peers = self.sip.peers.iter().map(|p| p.name.clone()).collect();
+        let file_peers: std::collections::HashSet<String> =
+            self.sip.peers.iter().map(|p| p.name.clone()).collect();
         let Bound {
             server,
             udp,
@@ -579,6 +575,7 @@ impl Bound {
             core,
             peers,
             kube,
+            identity,
             lease,
             relay_service,
             ..
@@ -592,7 +589,7 @@ impl Bound {
                 shutdown.clone(),
             ));
         }
-        if let (Some((client, namespace)), Some((name, identity, timing))) = (&kube, lease) {
+        if let (Some((client, namespace)), Some((name, timing))) = (&kube, lease) {
             // Registering waits for the Lease (set before the first tick).
             core.lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -600,7 +597,7 @@ impl Bound {
             tokio::spawn(lease::hold(
                 kube::Api::namespaced(client.clone(), namespace),
                 name,
-                identity,
+                identity.clone(),
                 timing,
                 core.clone(),
                 shutdown.clone(),
@@ -610,6 +607,14 @@ impl Bound {
             core.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .expect_resource_lines();
+            tokio::spawn(trunks::run(
+                client.clone(),
+                namespace.clone(),
+                core.clone(),
+                file_peers.clone(),
+                identity,
+                shutdown.clone(),
+            ));
             tokio::spawn(resources::run(
                 client,
                 namespace,

@@ -106,6 +106,26 @@ impl OutboundRegistration {
         }
     }
 
+    /// A registration for `line` with a Call-ID and From tag of its own (`salt` keeps
+    /// two made at the same moment apart).
+    pub fn fresh(line: &asterisk_conf::sip::Registration, salt: &str) -> Self {
+        let mut seed = [0u8; 16];
+        if getrandom::fill(&mut seed).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            seed = nanos.to_le_bytes();
+        }
+        let seed = u128::from_le_bytes(seed);
+        Self::new(
+            line,
+            format!("{seed:x}-{salt}@edge"),
+            format!("{:x}", seed.rotate_left(64) ^ 0x5bd1_e995),
+            Instant::now(),
+        )
+    }
+
     pub fn status(&self) -> &Status {
         &self.status
     }

@@ -172,21 +172,37 @@ async fn write_status(
             .map(|r| (r.name.clone(), status_of(&core, r)))
             .collect()
     };
-    for (name, status) in wanted {
-        if written.get(&name) == Some(&status) {
-            continue;
-        }
-        // Every field named, nulls included: a merge patch leaves out what it omits, and
-        // gone contacts or a solved problem must be cleared.
-        let patch = serde_json::json!({ "status": {
+    write_changed(lines, wanted, written, |status| {
+        serde_json::json!({
             "registered": status.registered,
             "contacts": status.contacts,
             "reachable": status.reachable,
             "lastSeen": status.last_seen,
             "observedGeneration": status.observed_generation,
             "problem": status.problem,
-        }});
-        match lines
+        })
+    })
+    .await;
+}
+
+/// Patches the status of each of `wanted` that differs from what was last written.
+/// `fields` gives every field of the status, nulls included: a merge patch leaves out
+/// what it omits, and gone contacts or a solved problem must be cleared.
+pub(crate) async fn write_changed<K, S>(
+    api: &Api<K>,
+    wanted: Vec<(String, S)>,
+    written: &mut HashMap<String, S>,
+    fields: impl Fn(&S) -> serde_json::Value,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: PartialEq,
+{
+    for (name, status) in wanted {
+        if written.get(&name) == Some(&status) {
+            continue;
+        }
+        let patch = serde_json::json!({ "status": fields(&status) });
+        match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
@@ -194,7 +210,7 @@ async fn write_status(
                 written.insert(name, status);
             }
             // Deleted meanwhile, or the API server is away: the next tick tries again.
-            Err(e) => tracing::debug!(line = %name, error = %e, "line status not written"),
+            Err(e) => tracing::debug!(resource = %name, error = %e, "status not written"),
         }
     }
 }
@@ -233,7 +249,7 @@ fn status_of(core: &SipCore, line: &Resolved) -> LineStatus {
     }
 }
 
-fn rfc3339(unix: u64) -> String {
+pub(crate) fn rfc3339(unix: u64) -> String {
     chrono::DateTime::from_timestamp(i64::try_from(unix).unwrap_or(i64::MAX), 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()

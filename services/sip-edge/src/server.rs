@@ -15,7 +15,7 @@
 //! responses go back to the address and port the request came from.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -102,6 +102,56 @@ pub struct Trunk {
     pub any_port: bool,
     /// `insecure=invite`: its INVITEs are not challenged.
     pub no_challenge: bool,
+    /// Networks whose requests are the trunk's from any port, never challenged (a
+    /// Trunk resource's `ipAddresses`: the carrier's IP authentication).
+    pub nets: Vec<ipnet::IpNet>,
+}
+
+impl Trunk {
+    /// Whether a request from `source` is this trunk's, and then whether its INVITEs
+    /// go unchallenged.
+    fn matches(&self, source: SocketAddr) -> Option<bool> {
+        if self.nets.iter().any(|net| net.contains(&source.ip())) {
+            return Some(true);
+        }
+        self.addrs
+            .iter()
+            .any(|a| a.ip() == source.ip() && (self.any_port || a.port() == source.port()))
+            .then_some(self.no_challenge)
+    }
+}
+
+/// A registration to a provider, and where it goes. `id` names it for the branches of
+/// its requests (the list changes as Trunk resources do); `trunk` is the Trunk
+/// resource it comes from (`None` for sip.conf's `register =>` lines).
+pub struct Outbound {
+    id: u64,
+    pub trunk: Option<String>,
+    pub registration: OutboundRegistration,
+    pub target: SocketAddr,
+    /// What it was made from: a resource's registration is kept across resyncs while
+    /// this stays the same.
+    pub made_from: String,
+    /// When the provider last accepted it.
+    pub last_registered: Option<SystemTime>,
+}
+
+impl Outbound {
+    pub fn new(
+        trunk: Option<String>,
+        registration: OutboundRegistration,
+        target: SocketAddr,
+        made_from: String,
+    ) -> Self {
+        Self {
+            id: 0,
+            trunk,
+            registration,
+            target,
+            made_from,
+            last_registered: None,
+        }
+    }
 }
 
 /// A message-summary subscription: the dialog the NOTIFYs go in.
@@ -164,17 +214,24 @@ pub struct SipCore {
     connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
     /// `box@context` -> the lines that show its message-waiting lamp.
     mwi_lines: HashMap<String, Vec<String>>,
-    /// Registrations to providers (`register =>`), with the address they go to.
-    outbound: Vec<(OutboundRegistration, SocketAddr)>,
+    /// Registrations to providers (`register =>`, then the Trunk resources').
+    outbound: Vec<Outbound>,
+    outbound_seq: u64,
     /// Whether the outbound registrations run here (see `set_registering`).
     registering: bool,
     /// Lines come from resources too, and have not been read yet.
     lines_pending: bool,
-    /// Branch of a request in flight -> the outbound registration it belongs to.
-    outbound_branches: HashMap<String, usize>,
+    /// Branch of a request in flight -> the id of the outbound registration it belongs
+    /// to.
+    outbound_branches: HashMap<String, u64>,
     /// The address put in Via and Contact (`--advertise-ip`), if not the bound one.
     advertise: Option<std::net::IpAddr>,
+    /// sip.conf's trunks, then the Trunk resources'.
     trunks: Vec<Trunk>,
+    file_trunks: usize,
+    /// What calls need of the resource lines and trunks (sip.conf's are in `file`).
+    line_peers: Vec<PeerInfo>,
+    trunk_peers: Vec<PeerInfo>,
     /// Current counts by `box@context`: (new, old, urgent new, urgent old).
     mwi_counts: HashMap<String, [u32; 4]>,
     /// message-summary subscriptions (RFC 3265 / RFC 3842), by Call-ID.
@@ -243,6 +300,14 @@ pub(crate) struct FileConfig {
     mwi: HashMap<String, Vec<String>>,
 }
 
+/// A trunk defined by a resource: how its requests are recognised, what calls to it
+/// need, and its registration if it registers.
+pub struct ResourceTrunk {
+    pub trunk: Trunk,
+    pub peer: PeerInfo,
+    pub registration: Option<Outbound>,
+}
+
 /// A line defined by a resource: what the registrar, calls and MWI need of it.
 #[derive(Debug, Clone)]
 pub struct ResourceLine {
@@ -285,11 +350,15 @@ impl SipCore {
             connections: HashMap::new(),
             mwi_lines: HashMap::new(),
             outbound: Vec::new(),
+            outbound_seq: 0,
             registering: true,
             lines_pending: false,
             outbound_branches: HashMap::new(),
             advertise: None,
             trunks: Vec::new(),
+            file_trunks: 0,
+            line_peers: Vec::new(),
+            trunk_peers: Vec::new(),
             mwi_counts: HashMap::new(),
             subscriptions: HashMap::new(),
             persist,
@@ -321,9 +390,33 @@ impl SipCore {
         )
     }
 
-    /// The provider registrations to keep up, with their resolved addresses.
+    /// sip.conf's provider registrations (`register =>`), with their resolved
+    /// addresses.
     pub fn set_outbound(&mut self, registrations: Vec<(OutboundRegistration, SocketAddr)>) {
-        self.outbound = registrations;
+        let resources: Vec<Outbound> = self
+            .outbound
+            .drain(..)
+            .filter(|o| o.trunk.is_some())
+            .collect();
+        for (registration, target) in registrations {
+            self.push_outbound(Outbound::new(None, registration, target, String::new()));
+        }
+        self.outbound.extend(resources);
+    }
+
+    fn push_outbound(&mut self, mut outbound: Outbound) {
+        self.outbound_seq += 1;
+        outbound.id = self.outbound_seq;
+        if !self.registering {
+            outbound.registration.restart(Instant::now());
+        }
+        self.outbound.push(outbound);
+    }
+
+    /// Whether this edge registers to the providers now (it holds the Lease, or there
+    /// is none).
+    pub fn registering(&self) -> bool {
+        self.registering
     }
 
     /// Whether this edge sends the `register =>` lines' REGISTERs: always without a
@@ -335,26 +428,28 @@ impl SipCore {
         }
         self.registering = registering;
         let now = Instant::now();
-        for (registration, _) in &mut self.outbound {
-            registration.restart(now);
+        for outbound in &mut self.outbound {
+            outbound.registration.restart(now);
         }
         self.outbound_branches.clear();
         tracing::info!(registering, "trunk registration ownership changed");
     }
 
-    /// The trunks, by address.
+    /// sip.conf's trunks, by address.
     pub fn set_trunks(&mut self, trunks: Vec<Trunk>) {
+        let resources = self.trunks.split_off(self.file_trunks);
+        self.file_trunks = trunks.len();
         self.trunks = trunks;
+        self.trunks.extend(resources);
     }
 
-    /// The trunk a request from `source` belongs to (RFC-less but chan_sip's rule: by
-    /// address and port, or by address alone with `insecure=port`).
-    fn trunk_for(&self, source: SocketAddr) -> Option<&Trunk> {
-        self.trunks.iter().find(|t| {
-            t.addrs
-                .iter()
-                .any(|a| a.ip() == source.ip() && (t.any_port || a.port() == source.port()))
-        })
+    /// The trunk a request from `source` belongs to, and whether its INVITEs go
+    /// unchallenged (chan_sip's rule: by address and port, or by address alone with
+    /// `insecure=port`; a resource's `ipAddresses` by network).
+    fn trunk_for(&self, source: SocketAddr) -> Option<(&Trunk, bool)> {
+        self.trunks
+            .iter()
+            .find_map(|t| t.matches(source).map(|trusted| (t, trusted)))
     }
 
     /// The address advertised in Via and Contact instead of the bound one.
@@ -376,22 +471,32 @@ impl SipCore {
     pub fn outbound_status(&self) -> Vec<(String, outbound::Status)> {
         self.outbound
             .iter()
-            .map(|(r, _)| (r.user.clone(), r.status().clone()))
+            .map(|o| (o.registration.user.clone(), o.registration.status().clone()))
             .collect()
     }
 
+    /// The registration of the Trunk resource `trunk`: its status and when the provider
+    /// last accepted it.
+    pub fn trunk_registration(
+        &self,
+        trunk: &str,
+    ) -> Option<(outbound::Status, Option<SystemTime>)> {
+        self.outbound
+            .iter()
+            .find(|o| o.trunk.as_deref() == Some(trunk))
+            .map(|o| (o.registration.status().clone(), o.last_registered))
+    }
+
     fn send_outbound(&mut self, index: usize, request: outbound::Request, now: Instant) {
-        let Some((_, target)) = self.outbound.get(index) else {
+        let Some(Outbound { id, target, .. }) = self.outbound.get(index) else {
             return;
         };
+        let (id, target) = (*id, *target);
         let Some(socket) = self.udp.clone() else {
             return;
         };
-        let path = Path::Udp {
-            socket,
-            to: *target,
-        };
-        self.outbound_branches.insert(request.branch.clone(), index);
+        let path = Path::Udp { socket, to: target };
+        self.outbound_branches.insert(request.branch.clone(), id);
         self.start_client(request.branch, request.bytes, path, now);
     }
 
@@ -812,14 +917,15 @@ Content-Length: {}\r\n\r\n{body}",
                     if let Some((line, contact)) = self.qualifier.answered(branch, now) {
                         tracing::info!(%line, %contact, "reachable again");
                     }
-                    if let Some(&index) = self.outbound_branches.get(branch) {
+                    if let Some(index) = self.outbound_index(branch) {
                         self.outbound_answer(index, branch, &bytes, now);
                     }
                 }
                 ClientEvent::Failed(_) => {
                     self.qualifier.gave_up(branch);
-                    if let Some(index) = self.outbound_branches.remove(branch) {
-                        if let Some((registration, _)) = self.outbound.get_mut(index) {
+                    if let Some(index) = self.outbound_index(branch) {
+                        self.outbound_branches.remove(branch);
+                        if let Some(Outbound { registration, .. }) = self.outbound.get_mut(index) {
                             registration.handle_failure(now, branch);
                             tracing::warn!(user = %registration.user, "provider registration failed: no answer");
                         }
@@ -827,6 +933,66 @@ Content-Length: {}\r\n\r\n{body}",
                 }
             }
         }
+    }
+
+    /// The position of the outbound registration a request's branch belongs to.
+    fn outbound_index(&self, branch: &str) -> Option<usize> {
+        let id = self.outbound_branches.get(branch)?;
+        self.outbound.iter().position(|o| o.id == *id)
+    }
+
+    /// The trunks defined by resources (Kubernetes `Trunk`s), replacing the previous
+    /// set: their addresses, the peers calls use, and their registrations. A
+    /// registration made from the same settings as before is kept as it is (a resync
+    /// does not register again); a gone trunk's registration stops.
+    pub fn set_resource_trunks(&mut self, resources: Vec<ResourceTrunk>) {
+        let mut kept: Vec<Outbound> = Vec::new();
+        let mut fresh = Vec::new();
+        let mut previous: Vec<Outbound> = Vec::new();
+        for outbound in self.outbound.drain(..) {
+            if outbound.trunk.is_some() {
+                previous.push(outbound);
+            } else {
+                kept.push(outbound);
+            }
+        }
+        self.outbound = kept;
+        self.trunks.truncate(self.file_trunks);
+        self.trunk_peers.clear();
+        let mut nets = Vec::new();
+        for resource in resources {
+            nets.extend(resource.trunk.nets.iter().copied());
+            nets.extend(
+                resource
+                    .trunk
+                    .addrs
+                    .iter()
+                    .map(|a| ipnet::IpNet::from(a.ip())),
+            );
+            self.trunks.push(resource.trunk);
+            self.trunk_peers.push(resource.peer);
+            let Some(wanted) = resource.registration else {
+                continue;
+            };
+            match previous
+                .iter()
+                .position(|o| o.trunk == wanted.trunk && o.made_from == wanted.made_from)
+            {
+                Some(at) => self.outbound.push(previous.swap_remove(at)),
+                None => fresh.push(wanted),
+            }
+        }
+        for outbound in fresh {
+            tracing::info!(trunk = ?outbound.trunk, target = %outbound.target, "registering a trunk resource");
+            self.push_outbound(outbound);
+        }
+        for gone in previous {
+            tracing::info!(trunk = ?gone.trunk, "a trunk resource's registration stops");
+        }
+        let ids: HashSet<u64> = self.outbound.iter().map(|o| o.id).collect();
+        self.outbound_branches.retain(|_, id| ids.contains(id));
+        self.guard.set_exempt_nets(nets);
+        self.rebuild_peers();
     }
 
     /// A response to a provider registration: final ones drive it on.
@@ -867,7 +1033,12 @@ Content-Length: {}\r\n\r\n{body}",
             return;
         };
         let next_branch = format!("z9hG4bK{}", self.tag());
-        let Some((registration, _)) = self.outbound.get_mut(index) else {
+        let Some(Outbound {
+            registration,
+            last_registered,
+            ..
+        }) = self.outbound.get_mut(index)
+        else {
             return;
         };
         let answer = outbound::Answer {
@@ -878,6 +1049,7 @@ Content-Length: {}\r\n\r\n{body}",
         let next = registration.handle_answer(now, branch, answer, local, next_branch);
         match registration.status() {
             outbound::Status::Registered { .. } => {
+                *last_registered = Some(SystemTime::now());
                 tracing::debug!(user = %registration.user, "registered to the provider")
             }
             outbound::Status::Failed { reason } => {
@@ -1058,7 +1230,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                 // Who is calling: a trunk by its address (not challenged with
                 // insecure=invite), else a line that proves itself with digest (407).
                 let caller = match self.trunk_for(path.peer()) {
-                    Some(trunk) if trunk.no_challenge => Ok(trunk.name.clone()),
+                    Some((trunk, true)) => Ok(trunk.name.clone()),
                     _ => self.authenticate(&request, "INVITE", &tag, &path),
                 };
                 match caller {
@@ -1169,7 +1341,10 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         if let Some(local) = self.local_addr().filter(|_| self.registering) {
             for index in 0..self.outbound.len() {
                 let branch = format!("z9hG4bK{}", self.tag());
-                if let Some(request) = self.outbound[index].0.poll_request(now, local, branch) {
+                if let Some(request) = self.outbound[index]
+                    .registration
+                    .poll_request(now, local, branch)
+                {
                     self.send_outbound(index, request, now);
                 }
             }
@@ -1409,5 +1584,127 @@ pub async fn tick(core: Arc<Mutex<SipCore>>, stop: service_runtime::Shutdown) {
             }
             _ = interval.tick() => core.lock().unwrap_or_else(|e| e.into_inner()).tick(),
         }
+    }
+}
+
+#[cfg(test)]
+mod trunk_tests {
+    use super::*;
+
+    fn core() -> SipCore {
+        SipCore::new(
+            crate::registrar::Registrar::new(Default::default(), Vec::new(), [7; 32]),
+            Guard::new(Default::default(), []),
+            Qualifier::new(HashMap::new()),
+            Vec::new(),
+            None,
+            Counters::default(),
+        )
+    }
+
+    fn resource(name: &str, nets: &[&str], made_from: &str) -> ResourceTrunk {
+        let line = asterisk_conf::sip::Registration {
+            peer: None,
+            transport: None,
+            user: "12345678".into(),
+            domain: None,
+            secret: None,
+            auth_user: None,
+            host: "carrier.example".into(),
+            port: None,
+            extension: None,
+            expiry: None,
+            location: asterisk_conf::Location::new(std::path::PathBuf::from("t"), 1),
+        };
+        let target: SocketAddr = "192.0.2.10:5060".parse().unwrap();
+        ResourceTrunk {
+            trunk: Trunk {
+                name: name.into(),
+                addrs: vec![target],
+                any_port: false,
+                no_challenge: false,
+                nets: nets.iter().map(|n| n.parse().unwrap()).collect(),
+            },
+            peer: PeerInfo {
+                name: name.into(),
+                context: "from-carrier".into(),
+                trunk: Some(target),
+                ..PeerInfo::default()
+            },
+            registration: Some(Outbound::new(
+                Some(name.into()),
+                OutboundRegistration::fresh(&line, name),
+                target,
+                made_from.into(),
+            )),
+        }
+    }
+
+    fn registration_id(core: &SipCore, trunk: &str) -> Option<u64> {
+        core.outbound
+            .iter()
+            .find(|o| o.trunk.as_deref() == Some(trunk))
+            .map(|o| o.id)
+    }
+
+    #[test]
+    fn a_resync_keeps_the_registration_and_a_change_makes_a_new_one() {
+        let mut core = core();
+        core.set_resource_trunks(vec![resource("carrier", &[], "a")]);
+        let first = registration_id(&core, "carrier").unwrap();
+        core.set_resource_trunks(vec![resource("carrier", &[], "a")]);
+        assert_eq!(registration_id(&core, "carrier"), Some(first));
+        core.set_resource_trunks(vec![resource("carrier", &[], "b")]);
+        let second = registration_id(&core, "carrier").unwrap();
+        assert_ne!(second, first);
+        assert!(matches!(
+            core.trunk_registration("carrier"),
+            Some((outbound::Status::Unregistered, None))
+        ));
+        core.set_resource_trunks(Vec::new());
+        assert_eq!(registration_id(&core, "carrier"), None);
+        assert!(core.trunk_registration("carrier").is_none());
+    }
+
+    #[test]
+    fn file_trunks_stay_when_resource_trunks_change() {
+        let mut core = core();
+        core.set_trunks(vec![Trunk {
+            name: "flowroute".into(),
+            addrs: vec!["192.0.2.1:5060".parse().unwrap()],
+            any_port: true,
+            no_challenge: true,
+            nets: Vec::new(),
+        }]);
+        core.set_resource_trunks(vec![resource("carrier", &["198.51.100.0/24"], "a")]);
+        core.set_resource_trunks(vec![resource("carrier", &["198.51.100.0/24"], "a")]);
+        fn name(core: &SipCore, source: &str) -> Option<(String, bool)> {
+            core.trunk_for(source.parse().unwrap())
+                .map(|(t, trusted)| (t.name.clone(), trusted))
+        }
+        assert_eq!(
+            name(&core, "192.0.2.1:7000"),
+            Some(("flowroute".into(), true))
+        );
+        // By its ipAddresses: from any port, and trusted.
+        assert_eq!(
+            name(&core, "198.51.100.77:40000"),
+            Some(("carrier".into(), true))
+        );
+        // By its host's address: that port only, and challenged (no insecure=invite).
+        assert_eq!(
+            name(&core, "192.0.2.10:5060"),
+            Some(("carrier".into(), false))
+        );
+        assert_eq!(name(&core, "192.0.2.10:5061"), None);
+        assert_eq!(name(&core, "203.0.113.1:5060"), None);
+        assert_eq!(core.peer_context("carrier"), "from-carrier");
+        core.set_resource_trunks(Vec::new());
+        assert_eq!(name(&core, "198.51.100.77:40000"), None);
+        assert_eq!(
+            name(&core, "192.0.2.1:7000"),
+            Some(("flowroute".into(), true))
+        );
+        assert_eq!(core.peer_context("carrier"), "default");
     }
 }

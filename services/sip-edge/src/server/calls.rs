@@ -287,9 +287,22 @@ impl SipCore {
         self.lines_pending = true;
     }
 
+    /// The peers calls may use: sip.conf's, then the resource lines' and trunks'.
+    pub(super) fn rebuild_peers(&mut self) {
+        let peers = self
+            .file
+            .peers
+            .iter()
+            .chain(&self.line_peers)
+            .chain(&self.trunk_peers)
+            .cloned()
+            .collect();
+        self.set_peers(peers);
+    }
+
     fn apply_lines(&mut self, resources: Vec<super::ResourceLine>) -> Vec<String> {
         let mut lines = self.file.lines.clone();
-        let mut peers = self.file.peers.clone();
+        let mut peers = Vec::new();
         let mut mwi = self.file.mwi.clone();
         for resource in resources {
             for mailbox in &resource.mailboxes {
@@ -304,7 +317,8 @@ impl SipCore {
             peers.push(resource.peer);
         }
         let gone = self.registrar.set_lines(lines);
-        self.set_peers(peers);
+        self.line_peers = peers;
+        self.rebuild_peers();
         self.mwi_lines = mwi;
         if !gone.is_empty() {
             tracing::info!(lines = ?gone, "lines removed; their registrations end");
