@@ -14,8 +14,13 @@ fn chart() -> std::path::PathBuf {
 }
 
 async fn client(api: &KubeApi) -> kube::Client {
+    client_of(&api.kubeconfig).await
+}
+
+/// A client with the credentials of `kubeconfig`.
+async fn client_of(kubeconfig: &std::path::Path) -> kube::Client {
     service_runtime::install_tls_provider();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&api.kubeconfig).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
     let config = kube::Config::from_custom_kubeconfig(
         kubeconfig,
         &kube::config::KubeConfigOptions::default(),
@@ -411,7 +416,14 @@ async fn the_charts_role_is_what_the_edge_needs_and_no_more() {
     let edge_account = "system:serviceaccount:phone:phone-sip-edge";
     let voicemail_account = "system:serviceaccount:phone:phone-voicemail";
     let mailer_account = "system:serviceaccount:phone:phone-mailer";
+    let router_account = "system:serviceaccount:phone:phone-router";
     for (account, verb, resource, allowed) in [
+        (router_account, "watch", "configmaps/phone-config", "yes"),
+        (router_account, "get", "configmaps/phone-config", "yes"),
+        (router_account, "watch", "configmaps", "no"),
+        (router_account, "get", "configmaps/another", "no"),
+        (router_account, "update", "configmaps/phone-config", "no"),
+        (router_account, "get", "secrets", "no"),
         (voicemail_account, "watch", "mailboxes.phone.dev", "yes"),
         (
             voicemail_account,
@@ -1088,4 +1100,151 @@ async fn before_the_lines_are_read_an_unknown_user_is_told_to_retry_not_refused(
     // A sip.conf line is served as ever: challenged.
     let known = register_once(edge.sip, "13235550100").await;
     assert!(known.starts_with("SIP/2.0 401"), "{known}");
+}
+
+/// The first command the router gives a new channel in `context` at `exten`.
+async fn first_command(
+    url: &str,
+    context: &str,
+    exten: &str,
+) -> phone_proto::router::v1::dialplan_command::Command {
+    use phone_proto::router::v1::call_control_client::CallControlClient;
+    use phone_proto::router::v1::{channel_event, ChannelEvent, NewChannel};
+    let channel = service_runtime::grpc::client_channel(url).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(ChannelEvent {
+        event: Some(channel_event::Event::NewChannel(NewChannel {
+            channel: "SIP/hall-00000001".into(),
+            unique_id: "1700000000.1".into(),
+            peer: "hall".into(),
+            context: context.into(),
+            exten: exten.into(),
+            call_id: "kube@test".into(),
+            codecs: vec!["ulaw".into()],
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut commands = CallControlClient::new(channel)
+        .run(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let command = tokio::time::timeout(Duration::from_secs(10), commands.message())
+        .await
+        .expect("a command within 10 s")
+        .unwrap()
+        .expect("a command");
+    drop(tx);
+    command.command.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_follows_the_dialplans_configmap_with_its_own_account() {
+    use phone_proto::router::v1::dialplan_command::Command;
+    let api = KubeApi::start().await;
+    let out = helm_install(&api);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The router's files as the pod mounts them: the chart's ConfigMap.
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, mounted) = api.kubectl(&[
+        "get",
+        "configmap",
+        "phone-config",
+        "-n",
+        "phone",
+        "-o",
+        "jsonpath={.data.extensions\\.conf}",
+    ]);
+    assert!(ok && mounted.contains("[inbound]"), "{mounted}");
+    std::fs::write(dir.path().join("extensions.conf"), &mounted).unwrap();
+
+    let (ok, token) = api.kubectl(&["create", "token", "phone-router", "-n", "phone"]);
+    assert!(ok, "{token}");
+    let client = client_of(&api.kubeconfig_for("router", token.trim())).await;
+    let bound = router::bind(router::Config::loopback(dir.path().to_owned()))
+        .await
+        .unwrap();
+    let (url, admin) = (format!("http://{}", bound.info().grpc), bound.info().admin);
+    let router = bound.router().clone();
+    let shutdown = service_runtime::Shutdown::new();
+    tokio::spawn(bound.run(shutdown.clone()));
+    tokio::spawn(router::resources::follow_configmap(
+        Api::namespaced(client, "phone"),
+        "phone-config".into(),
+        dir.path().to_owned(),
+        router.clone(),
+        shutdown.clone(),
+    ));
+    let started = router.dialplan();
+    assert!(matches!(
+        first_command(&url, "inbound", "13235550100").await,
+        Command::Dial(d) if d.targets[0].peer == "13235550100"
+    ));
+
+    // A new version, split over two keys (extensions.conf includes the other).
+    api.kubectl(&[
+        "patch",
+        "configmap",
+        "phone-config",
+        "-n",
+        "phone",
+        "--type",
+        "merge",
+        "-p",
+        r##"{"data":{"extensions.conf":"#include more.conf\n","more.conf":"[inbound]\nexten => 13235550100,1,Dial(SIP/kitchen,20)\n"}}"##,
+    ]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while std::sync::Arc::ptr_eq(&started, &router.dialplan()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ConfigMap's change never reached the router"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let command = first_command(&url, "inbound", "13235550100").await;
+    assert!(
+        matches!(&command, Command::Dial(d) if d.targets[0].peer == "kitchen"),
+        "{command:?}"
+    );
+
+    // A broken version is counted and refused; the running dialplan stays.
+    let current = router.dialplan();
+    api.kubectl(&[
+        "patch",
+        "configmap",
+        "phone-config",
+        "-n",
+        "phone",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"more.conf":"[inbound]\nexten => 13235550100,1,Dial(SIP/broken\n"}}"#,
+    ]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let text = service_runtime::server::scrape_metrics(admin)
+            .await
+            .unwrap();
+        if text.contains("phone_router_dialplan_reloads_total{result=\"failed\"} 1") {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broken version was not counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(std::sync::Arc::ptr_eq(&current, &router.dialplan()));
+    // Loaded once: the version the pod started with was not loaded again.
+    assert!(
+        metrics.contains("phone_router_dialplan_reloads_total{result=\"loaded\"} 1"),
+        "{metrics}"
+    );
+    shutdown.trigger();
 }

@@ -10,7 +10,7 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData
 use phone_proto::router::v1::call_control_client::CallControlClient;
 use phone_proto::router::v1::{ChannelEvent, NewChannel};
 use phone_tests::{example_config_dir, wait_until};
-use service_runtime::{CommonArgs, Shutdown};
+use service_runtime::Shutdown;
 use tracing::Instrument;
 
 fn finished(exporter: &InMemorySpanExporter) -> Vec<SpanData> {
@@ -40,16 +40,9 @@ async fn trace_context_crosses_grpc_between_services() {
         service_runtime::telemetry::install("phone-tests", Some(provider.clone())).unwrap();
 
     // The router, as it runs in production (its own gRPC server and runtime layers).
-    let router = router::bind(router::Config {
-        common: CommonArgs::loopback(),
-        config_dir: example_config_dir(),
-        edge_url: "http://127.0.0.1:9".into(),
-        voicemail_url: "http://127.0.0.1:9".into(),
-        reload_interval: std::time::Duration::ZERO,
-        check_dialplan: false,
-    })
-    .await
-    .unwrap();
+    let router = router::bind(router::Config::loopback(example_config_dir()))
+        .await
+        .unwrap();
     let url = format!("http://{}", router.info().grpc);
     let shutdown = Shutdown::new();
     let serving = tokio::spawn(router.run(shutdown.clone()));

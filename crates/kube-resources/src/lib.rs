@@ -3,7 +3,7 @@
 //! with `host=`), and a `Mailbox` a `voicemail.conf` box. Each is a namespaced custom
 //! resource of the `phone.dev` group; secrets (SIP passwords, PINs) stay in Kubernetes
 //! Secrets and are named by reference. The dialplan has no kind of its own: the chart
-//! gives `extensions.conf` from a ConfigMap, which the router reloads live.
+//! gives `extensions.conf` in a ConfigMap, which the router follows through the API.
 //!
 //! The CRDs are derived from these types (`kube`'s `CustomResource`). [`crds`] gives
 //! them to the chart's `crds/` folder, and a test keeps that folder in step with them.

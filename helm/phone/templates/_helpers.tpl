@@ -126,13 +126,18 @@ securityContext:
 {{- end }}
 {{- end -}}
 
+{{/* The ConfigMap that holds extensions.conf. */}}
+{{- define "phone.dialplanConfigMap" -}}
+{{ .Values.config.existingConfigMap | default (printf "%s-config" (include "phone.fullname" .)) }}
+{{- end -}}
+
 {{/* The config volume: extensions.conf from the ConfigMap, sip.conf and voicemail.conf from the Secret. */}}
 {{- define "phone.configVolume" -}}
 - name: config
   projected:
     sources:
       - configMap:
-          name: {{ .Values.config.existingConfigMap | default (printf "%s-config" (include "phone.fullname" .)) }}
+          name: {{ include "phone.dialplanConfigMap" . }}
           items:
             - key: extensions.conf
               path: extensions.conf

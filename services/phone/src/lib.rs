@@ -161,11 +161,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let config_dir_for_guide = config_dir.clone();
     let router = router::bind(router::Config {
         common: common(&listeners.router),
-        config_dir: config_dir.clone(),
         edge_url: url(&listeners.edge),
         voicemail_url: url(&listeners.voicemail),
         reload_interval: Duration::from_secs(2),
-        check_dialplan: false,
+        ..router::Config::loopback(config_dir.clone())
     })
     .await?;
     let media_relay = media_relay::bind(media_relay::Config {

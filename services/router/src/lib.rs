@@ -13,6 +13,8 @@
 //!   router cannot run.
 //! - [`call`]: the interpreter of one channel, sans-IO: state plus event gives commands.
 //! - [`service`]: the gRPC layer that moves events and commands, reload, metrics.
+//! - [`resources`]: on Kubernetes, the dialplan followed in its ConfigMap through the
+//!   API, rather than waiting for the kubelet to refresh the mounted file.
 //!
 //! The reference is Asterisk's documented behaviour. Where this router differs, on
 //! purpose (each module says more):
@@ -38,6 +40,7 @@ pub mod expr;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod pattern;
+pub mod resources;
 pub mod service;
 pub mod subst;
 pub mod text;
@@ -75,10 +78,37 @@ pub struct Config {
     /// calls use the new version, calls in progress finish on theirs. 0 turns it off.
     #[arg(long, env = "PHONE_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub reload_interval: Duration,
+    /// Follow the dialplan in this ConfigMap (of --kube-namespace) through the
+    /// Kubernetes API: its `extensions.conf` key (and the files that includes, as other
+    /// keys) applies within a second of a change. The router starts from
+    /// --config-dir's file all the same, and stops checking that file for changes.
+    #[arg(long, env = "PHONE_DIALPLAN_CONFIGMAP", requires = "kube_namespace")]
+    pub dialplan_configmap: Option<String>,
+    /// The namespace of --dialplan-configmap (the chart sets the pod's own). The API
+    /// server and credentials come from the pod's service account, or from KUBECONFIG.
+    #[arg(long, env = "PHONE_KUBE_NAMESPACE")]
+    pub kube_namespace: Option<String>,
     /// List every line of extensions.conf this router cannot run, with file:line, and
     /// exit: 0 when there is none, 1 otherwise. Nothing is served.
     #[arg(long, env = "PHONE_CHECK_DIALPLAN")]
     pub check_dialplan: bool,
+}
+
+impl Config {
+    /// A router on loopback with the dialplan of `config_dir`, not reloaded, whose
+    /// peers are unreachable until set (tests, and `phone`).
+    pub fn loopback(config_dir: PathBuf) -> Self {
+        Self {
+            common: CommonArgs::loopback(),
+            config_dir,
+            edge_url: "http://127.0.0.1:9".into(),
+            voicemail_url: "http://127.0.0.1:9".into(),
+            reload_interval: Duration::ZERO,
+            dialplan_configmap: None,
+            kube_namespace: None,
+            check_dialplan: false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +117,8 @@ pub enum Error {
     Config(#[from] asterisk_conf::Error),
     #[error(transparent)]
     Runtime(#[from] service_runtime::Error),
+    #[error("the Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
     #[error("{count} line(s) of the dialplan cannot run here (listed above)")]
     Unsupported { count: usize },
 }
@@ -129,6 +161,9 @@ pub struct Bound {
     server: GrpcServer,
     router: service::Router,
     reload: Option<service::Reloader>,
+    /// The ConfigMap followed instead: the API client, its namespace and name.
+    configmap: Option<(kube::Client, String, String)>,
+    config_dir: PathBuf,
     contexts: usize,
 }
 
@@ -143,7 +178,14 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let metrics = service::Metrics::register(server.registry());
     let voicemail = client_channel(&config.voicemail_url)?;
     let router = service::Router::new(dialplan, voicemail, metrics, server.in_flight());
-    let reload = (!config.reload_interval.is_zero()).then(|| {
+    let configmap = match (config.dialplan_configmap, config.kube_namespace) {
+        (Some(name), Some(namespace)) => {
+            Some((kube::Client::try_default().await?, namespace, name))
+        }
+        _ => None,
+    };
+    let file_reload = !config.reload_interval.is_zero() && configmap.is_none();
+    let reload = file_reload.then(|| {
         service::Reloader::new(
             config.config_dir.join("extensions.conf"),
             &ast,
@@ -155,6 +197,8 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         server,
         router,
         reload,
+        configmap,
+        config_dir: config.config_dir,
         contexts: ast.contexts.len(),
     })
 }
@@ -175,6 +219,15 @@ impl Bound {
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
         if let Some(reload) = self.reload {
             tokio::spawn(reload.run(shutdown.clone()));
+        }
+        if let Some((client, namespace, name)) = self.configmap {
+            tokio::spawn(resources::follow_configmap(
+                kube::Api::namespaced(client, &namespace),
+                name,
+                self.config_dir.clone(),
+                self.router.clone(),
+                shutdown.clone(),
+            ));
         }
         self.server
             .serve_one(self.router.into_server(), shutdown)

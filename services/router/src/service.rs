@@ -141,6 +141,38 @@ impl Router {
             .unwrap_or_else(|e| e.into_inner()) = dialplan;
     }
 
+    /// A new version of the dialplan, read from `from`: new calls take it, calls in
+    /// progress finish on theirs. A version that does not load is counted and logged,
+    /// and the running one stays. Returns whether it was taken.
+    pub fn reload(
+        &self,
+        from: &str,
+        loaded: Result<asterisk_conf::extensions::Dialplan, asterisk_conf::Error>,
+    ) -> bool {
+        let result = match loaded {
+            Ok(ast) => {
+                service_runtime::log_config_warnings(&ast.warnings);
+                let plan = Dialplan::compile(&ast);
+                for line in plan.check() {
+                    tracing::warn!("{line}");
+                }
+                self.replace(plan);
+                tracing::info!(%from, "dialplan reloaded; new calls use it");
+                "loaded"
+            }
+            Err(e) => {
+                tracing::error!(%from, "dialplan not reloaded, the running one stays: {e}");
+                "failed"
+            }
+        };
+        self.shared
+            .metrics
+            .reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
+        result == "loaded"
+    }
+
     pub fn into_server(self) -> CallControlServer<Router> {
         CallControlServer::new(self)
     }
@@ -570,33 +602,12 @@ impl Reloader {
                 continue;
             }
             self.fingerprint = current;
-            match asterisk_conf::extensions::load(&self.path) {
-                Ok(ast) => {
-                    let plan = Dialplan::compile(&ast);
-                    for line in plan.check() {
-                        tracing::warn!("{line}");
-                    }
-                    self.files = files_of(&self.path, &ast);
-                    self.fingerprint = fingerprint(&self.files);
-                    self.router.replace(plan);
-                    self.router
-                        .shared
-                        .metrics
-                        .reloads
-                        .get_or_create(&ResultLabel { result: "loaded" })
-                        .inc();
-                    tracing::info!(path = %self.path.display(), "dialplan reloaded; new calls use it");
-                }
-                Err(e) => {
-                    self.router
-                        .shared
-                        .metrics
-                        .reloads
-                        .get_or_create(&ResultLabel { result: "failed" })
-                        .inc();
-                    tracing::error!("dialplan not reloaded, the running one stays: {e}");
-                }
+            let loaded = asterisk_conf::extensions::load(&self.path);
+            if let Ok(ast) = &loaded {
+                self.files = files_of(&self.path, ast);
+                self.fingerprint = fingerprint(&self.files);
             }
+            self.router.reload(&self.path.display().to_string(), loaded);
         }
     }
 }

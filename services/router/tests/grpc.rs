@@ -9,7 +9,7 @@ use phone_proto::router::v1::{
     channel_event, dialplan_command, CallerId, ChannelEvent, CommandDone, DialResult, DialStatus,
     DialplanCommand, HangUp, NewChannel,
 };
-use service_runtime::{CommonArgs, Shutdown};
+use service_runtime::Shutdown;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -26,14 +26,11 @@ struct Running {
 }
 
 async fn start(config_dir: &Path, reload: Duration) -> Running {
+    // Nothing listens at the voicemail's address: VoiceMail() gets UNAVAILABLE and sets
+    // VMSTATUS=FAILED.
     let bound = router::bind(router::Config {
-        common: CommonArgs::loopback(),
-        config_dir: config_dir.to_owned(),
-        edge_url: "http://127.0.0.1:9".into(),
-        // Nothing listens there: VoiceMail() gets UNAVAILABLE and sets VMSTATUS=FAILED.
-        voicemail_url: "http://127.0.0.1:9".into(),
         reload_interval: reload,
-        check_dialplan: false,
+        ..router::Config::loopback(config_dir.to_owned())
     })
     .await
     .unwrap();

@@ -122,12 +122,8 @@ impl System {
         stops.push(stop);
 
         let router = router::bind(router::Config {
-            common: CommonArgs::loopback(),
-            config_dir: conf.path().to_owned(),
-            edge_url: "http://127.0.0.1:9".into(),
             voicemail_url,
-            reload_interval: Duration::ZERO,
-            check_dialplan: false,
+            ..router::Config::loopback(conf.path().to_owned())
         })
         .await
         .unwrap();
