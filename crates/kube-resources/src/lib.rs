@@ -14,6 +14,8 @@
 // Several `printcolumn(type_ = "string", ...)` in one `#[kube]` are columns, not repeats.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod lease;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -227,8 +227,14 @@ impl Mailer for Api {
         &self,
         _: Request<pb::ListPendingRequest>,
     ) -> Result<Response<pb::ListPendingResponse>, Status> {
-        let mut deliveries: Vec<pb::Delivery> =
-            self.outbox.pending().iter().map(delivery).collect();
+        let mut deliveries: Vec<pb::Delivery> = self
+            .outbox
+            .pending()
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(delivery)
+            .collect();
         deliveries.sort_by_key(|d| (d.created_time, d.message_id.clone()));
         Ok(Response::new(pb::ListPendingResponse { deliveries }))
     }

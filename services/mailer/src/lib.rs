@@ -74,6 +74,16 @@ pub struct Config {
     /// API server from the pod's service account, or KUBECONFIG).
     #[arg(long, env = "PHONE_KUBE_NAMESPACE")]
     pub kube_namespace: Option<String>,
+    /// Send only while holding this Lease (in --kube-namespace), so that several
+    /// mailers can share one outbox (S3): each accepts and stores deliveries, one sends.
+    #[arg(long, env = "PHONE_OUTBOX_LEASE", requires = "kube_namespace")]
+    pub outbox_lease: Option<String>,
+    /// How long the outbox's Lease lasts without renewal: the failover time.
+    #[arg(long, env = "PHONE_OUTBOX_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub outbox_lease_duration: Duration,
+    /// This replica's name in the Lease: the pod's name (default: the host name).
+    #[arg(long, env = "PHONE_POD_NAME")]
+    pub pod_name: Option<String>,
 }
 
 impl Config {
@@ -91,6 +101,9 @@ impl Config {
             give_up_after: Duration::from_secs(5 * 86_400),
             smtp_parallel: 4,
             kube_namespace: None,
+            outbox_lease: None,
+            outbox_lease_duration: Duration::from_secs(15),
+            pod_name: None,
         }
     }
 }
@@ -123,6 +136,8 @@ pub struct Bound {
     sends_to: String,
     /// The namespace whose `Mailbox`es are mailed too, and its client.
     kube: Option<(kube::Client, String)>,
+    /// The outbox's Lease: its name, this replica's identity, its timing.
+    lease: Option<(String, String, phone_kube::lease::Timing)>,
 }
 
 /// Loads voicemail.conf, connects storage and binds the gRPC port.
@@ -174,8 +189,22 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         Some(namespace) => Some((kube::Client::try_default().await?, namespace)),
         None => None,
     };
+    let lease = config.outbox_lease.map(|name| {
+        let identity = config.pod_name.clone().unwrap_or_else(|| {
+            std::env::var("HOSTNAME").unwrap_or_else(|_| format!("mailer-{}", std::process::id()))
+        });
+        (
+            name,
+            identity,
+            phone_kube::lease::Timing::new(config.outbox_lease_duration),
+        )
+    });
+    if lease.is_some() {
+        api.outbox.under_lease();
+    }
     Ok(Bound {
         kube,
+        lease,
         server,
         api,
         transport,
@@ -236,15 +265,43 @@ impl Bound {
                 },
             ));
         }
-        let scheduler = self.server.in_flight().spawn(self.api.outbox.clone().run(
-            self.transport,
-            self.parallel,
-            self.shutdown.clone(),
-        ));
+        // Under a Lease, it is given up only once the scheduler has stopped, so that
+        // the next holder never sends beside this one's last sends.
+        let stopped = Shutdown::new();
+        let mut lease = None;
+        if let (Some((client, namespace)), Some((name, identity, timing))) =
+            (self.kube.clone(), self.lease.clone())
+        {
+            let outbox = self.api.outbox.clone();
+            let stopped = stopped.clone();
+            lease = Some(tokio::spawn(phone_kube::lease::hold(
+                kube::Api::namespaced(client, &namespace),
+                name,
+                identity,
+                timing,
+                move |holding| outbox.set_scheduling(holding),
+                async move { stopped.triggered().await },
+            )));
+        }
+        let run = self
+            .api
+            .outbox
+            .clone()
+            .run(self.transport, self.parallel, self.shutdown.clone());
+        let done = stopped.clone();
+        let scheduler = self.server.in_flight().spawn(async move {
+            run.await;
+            done.trigger();
+        });
         self.server
             .serve_one(MailerServer::new(self.api), shutdown)
             .await?;
         scheduler.abort();
+        // The Lease goes to another replica now, not when it expires.
+        stopped.trigger();
+        if let Some(lease) = lease {
+            let _ = tokio::time::timeout(Duration::from_secs(5), lease).await;
+        }
         Ok(())
     }
 }

@@ -21,14 +21,19 @@
 //! crash between the SMTP server's acceptance and that write; the Message-ID is stable,
 //! so such a duplicate is recognisably the same email.
 //!
-//! One scheduler runs per outbox: it loads the pending records at start and owns them
-//! from then on. Running two mailers on the same outbox would send twice; a Lease makes
-//! that safe (issue #11), until then the chart runs one mailer.
+//! One scheduler sends from an outbox: it loads the pending records at start and owns
+//! them from then on. Several mailers may share one outbox (S3) under a
+//! `coordination.k8s.io` Lease ([`Outbox::under_lease`]): each stores the deliveries it
+//! accepts, only the holder sends, and it reads the stored pending records again every
+//! [`RESCAN_EVERY`] to find the others'. A holder that loses the Lease stops its sends
+//! at once; the next holder starts from what is stored, and a delivery whose final
+//! record exists is not sent again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use phone_blobs::{BlobError, Blobs};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -247,11 +252,19 @@ struct Entry {
     dirty: bool,
 }
 
+/// Under a Lease, how often the holder reads the stored pending deliveries again (to
+/// find those the other replicas accepted).
+pub const RESCAN_EVERY: Duration = Duration::from_secs(5);
+
 /// The outbox: stored deliveries and the scheduler's view of them.
 pub struct Outbox {
     blobs: Blobs,
     policy: Policy,
     metrics: Metrics,
+    /// This replica sends: it holds the outbox's Lease, or there is none.
+    scheduling: AtomicBool,
+    /// Other replicas share the outbox (see [`Outbox::under_lease`]).
+    leased: AtomicBool,
     entries: Mutex<BTreeMap<String, Entry>>,
     wake: Notify,
     /// One `Deliver` at a time per message id.
@@ -271,6 +284,8 @@ impl Outbox {
             blobs,
             policy,
             metrics,
+            scheduling: AtomicBool::new(true),
+            leased: AtomicBool::new(false),
             entries: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
             locks: Mutex::new(HashMap::new()),
@@ -279,6 +294,25 @@ impl Outbox {
 
     pub fn policy(&self) -> Policy {
         self.policy
+    }
+
+    /// Other replicas share this outbox: this one sends only while
+    /// [`Outbox::set_scheduling`] says so (it holds the Lease).
+    pub fn under_lease(&self) {
+        self.leased.store(true, Ordering::SeqCst);
+        self.set_scheduling(false);
+    }
+
+    /// Whether this replica sends now.
+    pub fn set_scheduling(&self, on: bool) {
+        if self.scheduling.swap(on, Ordering::SeqCst) != on {
+            tracing::info!(sending = on, "outbox ownership changed");
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn scheduling(&self) -> bool {
+        self.scheduling.load(Ordering::SeqCst)
     }
 
     /// Holds off other `Deliver`s of the same id until the guard is dropped.
@@ -341,6 +375,10 @@ impl Outbox {
         self.write(&pending_key(&record.id), json(&record), "application/json")
             .await?;
         tracing::info!(id = %record.id, mailbox = %record.mailbox, mails = record.mails.len(), "delivery stored");
+        if !self.scheduling() {
+            // The Lease's holder finds it in storage and sends it.
+            return Ok(());
+        }
         self.entries.lock().unwrap().insert(
             record.id.clone(),
             Entry {
@@ -354,8 +392,16 @@ impl Outbox {
         Ok(())
     }
 
-    /// The deliveries still to be sent.
-    pub fn pending(&self) -> Vec<Record> {
+    /// The deliveries still to be sent: the scheduler's, or (on a replica that does not
+    /// send) the stored ones.
+    pub async fn pending(&self) -> Result<Vec<Record>, BlobError> {
+        if !self.scheduling() {
+            return self.stored_pending().await;
+        }
+        Ok(self.scheduled())
+    }
+
+    fn scheduled(&self) -> Vec<Record> {
         self.entries
             .lock()
             .unwrap()
@@ -386,7 +432,8 @@ impl Outbox {
         }
     }
 
-    async fn load_pending(&self) -> Result<usize, BlobError> {
+    /// The pending records in storage.
+    async fn stored_pending(&self) -> Result<Vec<Record>, BlobError> {
         let keys = self.blobs.list("outbox/pending/").await.inspect_err(|_| {
             self.metrics.storage_errors.inc();
         })?;
@@ -403,18 +450,28 @@ impl Outbox {
                 }
             }
         }
-        let n = loaded.len();
+        Ok(loaded)
+    }
+
+    /// Adds the stored pending records the scheduler does not have yet; returns how
+    /// many were new.
+    async fn load_pending(&self) -> Result<usize, BlobError> {
+        let loaded = self.stored_pending().await?;
         let mut entries = self.entries.lock().unwrap();
+        let mut new = 0;
         for record in loaded {
-            entries.entry(record.id.clone()).or_insert(Entry {
-                record,
-                busy: false,
-                dirty: false,
+            entries.entry(record.id.clone()).or_insert_with(|| {
+                new += 1;
+                Entry {
+                    record,
+                    busy: false,
+                    dirty: false,
+                }
             });
         }
         drop(entries);
         self.update_gauges();
-        Ok(n)
+        Ok(new)
     }
 
     fn update_gauges(&self) {
@@ -438,12 +495,50 @@ impl Outbox {
     /// The scheduler: resumes stored deliveries, then sends each when it is due, up to
     /// `parallel` at a time, until `shutdown` (the sends in progress are finished).
     pub async fn run(self: Arc<Self>, transport: Transport, parallel: usize, shutdown: Shutdown) {
-        self.resume(&shutdown).await;
         let mut running: JoinSet<()> = JoinSet::new();
         let parallel = parallel.max(1);
+        let mut sending = false;
+        let mut scanned = Instant::now();
         loop {
             if shutdown.is_triggered() {
                 break;
+            }
+            match (sending, self.scheduling()) {
+                (false, true) => {
+                    // At start, or taking over: what is stored is the truth.
+                    self.entries.lock().unwrap().clear();
+                    self.resume(&shutdown).await;
+                    (sending, scanned) = (true, Instant::now());
+                }
+                (true, false) => {
+                    // Another replica sends from now on: the sends in progress stop
+                    // (as a crash would stop them), and it starts from storage.
+                    running.abort_all();
+                    while running.join_next().await.is_some() {}
+                    self.entries.lock().unwrap().clear();
+                    self.update_gauges();
+                    sending = false;
+                }
+                _ => {}
+            }
+            if !sending {
+                tokio::select! {
+                    _ = shutdown.triggered() => break,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                continue;
+            }
+            if self.leased.load(Ordering::SeqCst) && scanned.elapsed() >= RESCAN_EVERY {
+                scanned = Instant::now();
+                match self.load_pending().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        deliveries = n,
+                        "deliveries stored by other replicas taken up"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "cannot read the outbox; trying again"),
+                }
             }
             let now = now_ms();
             let mut next_due: Option<i64> = None;
@@ -486,7 +581,8 @@ impl Outbox {
             // seconds (records left dirty by a storage outage, the age gauge).
             let wait = next_due
                 .map(|at| Duration::from_millis((at - now).clamp(0, 5000) as u64))
-                .unwrap_or(Duration::from_secs(5));
+                .unwrap_or(Duration::from_secs(5))
+                .min(RESCAN_EVERY);
             tokio::select! {
                 _ = shutdown.triggered() => break,
                 _ = self.wake.notified() => {}
@@ -496,7 +592,7 @@ impl Outbox {
         }
         while running.join_next().await.is_some() {}
         tracing::info!(
-            pending = self.pending().len(),
+            pending = self.scheduled().len(),
             "mailer scheduler stopped; pending deliveries stay in the outbox"
         );
     }
@@ -525,6 +621,17 @@ impl Outbox {
 
     /// Each mail not sent yet, in order.
     async fn attempt_in_span(&self, mut record: Record, transport: &Transport) {
+        // Finished already, and stopped before its pending record was removed (a crash,
+        // or a replica that lost the Lease): tidy up instead of sending again.
+        for state in [State::Sent, State::Failed] {
+            if let Ok(Some(bytes)) = self.read(&final_key(state, &record.id)).await {
+                if let Ok(done) = serde_json::from_slice::<Record>(&bytes) {
+                    tracing::info!(id = %record.id, state = ?state, "delivery already finished; not sent again");
+                    self.persist(done, false).await;
+                    return;
+                }
+            }
+        }
         record.attempts += 1;
         let mut outcome = Outcome::Sent;
         for i in 0..record.mails.len() {

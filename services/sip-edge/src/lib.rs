@@ -13,7 +13,7 @@
 //! ([`relays`]). `sip.conf` is loaded and checked at start: a broken file stops the
 //! process with `file:line: message`. On Kubernetes, lines and trunks may also come
 //! from `Line` and `Trunk` resources, applied live ([`resources`], [`trunks`]); one
-//! edge of several registers the trunks, by Lease ([`lease`]); relays are found in
+//! edge of several registers the trunks, by Lease (`phone_kube::lease`); relays are found in
 //! EndpointSlices ([`discovery`]).
 
 #![forbid(unsafe_code)]
@@ -25,7 +25,6 @@ pub mod discovery;
 pub mod fork;
 pub mod fuzzing;
 pub mod guard;
-pub mod lease;
 pub mod outbound;
 pub mod qualify;
 pub mod registrar;
@@ -205,7 +204,7 @@ pub struct Bound {
     /// This replica's name (the pod's), in the Lease and the trunks' status.
     identity: String,
     /// The trunk's Lease: its name and timing.
-    lease: Option<(String, lease::Timing)>,
+    lease: Option<(String, phone_kube::lease::Timing)>,
     /// The Service whose EndpointSlices list the relays.
     relay_service: Option<String>,
     /// Clients of the services the edge drives; used by the call path (issue #4).
@@ -529,9 +528,12 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let identity = config.pod_name.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("sip-edge-{}", std::process::id()))
     });
-    let lease = config
-        .trunk_lease
-        .map(|name| (name, lease::Timing::new(config.trunk_lease_duration)));
+    let lease = config.trunk_lease.map(|name| {
+        (
+            name,
+            phone_kube::lease::Timing::new(config.trunk_lease_duration),
+        )
+    });
     Ok(Bound {
         server,
         kube,
@@ -594,13 +596,20 @@ impl Bound {
             core.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .set_registering(false);
-            tokio::spawn(lease::hold(
+            let registering = core.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(phone_kube::lease::hold(
                 kube::Api::namespaced(client.clone(), namespace),
                 name,
                 identity.clone(),
                 timing,
-                core.clone(),
-                shutdown.clone(),
+                move |holding| {
+                    registering
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .set_registering(holding);
+                },
+                async move { stop.triggered().await },
             ));
         }
         if let Some((client, namespace)) = kube {

@@ -1,20 +1,17 @@
-//! One owner for the trunk registration across edge replicas, through a
-//! `coordination.k8s.io` Lease, as client-go's leader election does it. The holder
-//! renews the Lease every [`Timing::renew`]. Another replica takes it over when the
-//! record has not changed for [`Timing::duration`] by its own clock (never by comparing
-//! clocks across nodes). Every write carries the resourceVersion it read, so two
-//! replicas never both win. A replica that cannot renew in time stops registering
-//! before anyone can take over, and a draining holder gives the Lease up at once.
+//! One owner for work that must have a single owner across replicas (the edge's trunk
+//! registrations, the mailer's outbox), through a `coordination.k8s.io` Lease, as
+//! client-go's leader election does it. The holder renews the Lease every
+//! [`Timing::renew`]. Another replica takes it over when the record has not changed for
+//! [`Timing::duration`] by its own clock (never by comparing clocks across nodes).
+//! Every write carries the resourceVersion it read, so two replicas never both win. A
+//! replica that cannot renew in time stops its work before anyone can take over, and a
+//! stopping holder gives the Lease up at once.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
-use service_runtime::Shutdown;
-
-use crate::server::SipCore;
 
 /// How long a Lease lasts without renewal, and how often the holder renews it.
 #[derive(Debug, Clone, Copy)]
@@ -40,21 +37,18 @@ struct Observed {
     at: Instant,
 }
 
-/// Holds the Lease `name` in `namespace` as `identity` while it can, switching the
-/// core's outbound registrations on and off with it, until `shutdown`.
+/// Holds the Lease `name` of `leases` as `identity` while it can, until `stop`:
+/// `set(true)` when this replica may do the work, `set(false)` when it may not (at
+/// once, after a renewal too late, and at the end).
 pub async fn hold(
     leases: Api<Lease>,
     name: String,
     identity: String,
     timing: Timing,
-    core: Arc<Mutex<SipCore>>,
-    shutdown: Shutdown,
+    mut set: impl FnMut(bool),
+    stop: impl std::future::Future<Output = ()>,
 ) {
-    let set = |registering: bool| {
-        core.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_registering(registering);
-    };
+    tokio::pin!(stop);
     set(false);
     let mut observed: Option<Observed> = None;
     let mut renewed: Option<Instant> = None;
@@ -62,13 +56,13 @@ pub async fn hold(
         match attempt(&leases, &name, &identity, timing, &mut observed).await {
             Ok(true) => renewed = Some(Instant::now()),
             Ok(false) => renewed = None,
-            Err(e) => tracing::warn!(lease = %name, error = %e, "cannot reach the trunk's Lease"),
+            Err(e) => tracing::warn!(lease = %name, error = %e, "cannot reach the Lease"),
         }
         // Stop before the Lease can expire for the others: they may take it then.
         let holding = renewed.is_some_and(|at| at.elapsed() < timing.duration - timing.renew);
         set(holding);
         tokio::select! {
-            _ = shutdown.triggered() => break,
+            _ = &mut stop => break,
             _ = tokio::time::sleep(timing.renew) => {}
         }
     }
@@ -106,7 +100,7 @@ async fn attempt(
         };
         return match leases.create(&PostParams::default(), &lease).await {
             Ok(_) => {
-                tracing::info!(lease = %name, %identity, "took the trunk's Lease");
+                tracing::info!(lease = %name, %identity, "took the Lease");
                 Ok(true)
             }
             // Another replica created it first.
@@ -146,7 +140,7 @@ async fn attempt(
     match leases.replace(name, &PostParams::default(), &lease).await {
         Ok(written) => {
             if !mine {
-                tracing::info!(lease = %name, %identity, previous = ?holder, "took the trunk's Lease");
+                tracing::info!(lease = %name, %identity, previous = ?holder, "took the Lease");
             }
             *observed = written.spec.map(|spec| Observed {
                 holder: spec.holder_identity,
@@ -160,7 +154,7 @@ async fn attempt(
     }
 }
 
-/// Gives the Lease up (a draining edge), so another replica takes it at once.
+/// Gives the Lease up (a stopping replica), so another one takes it at once.
 async fn release(leases: &Api<Lease>, name: &str, identity: &str) {
     let Ok(Some(mut lease)) = leases.get_opt(name).await else {
         return;
@@ -174,7 +168,7 @@ async fn release(leases: &Api<Lease>, name: &str, identity: &str) {
     spec.holder_identity = None;
     spec.renew_time = None;
     match leases.replace(name, &PostParams::default(), &lease).await {
-        Ok(_) => tracing::info!(lease = %name, "gave the trunk's Lease up"),
-        Err(e) => tracing::warn!(lease = %name, error = %e, "cannot give the trunk's Lease up"),
+        Ok(_) => tracing::info!(lease = %name, "gave the Lease up"),
+        Err(e) => tracing::warn!(lease = %name, error = %e, "cannot give the Lease up"),
     }
 }
