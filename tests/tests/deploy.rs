@@ -164,7 +164,6 @@ fn helm_lint_strict_passes_for_every_values_file() {
 fn values_that_break_the_schema_are_refused() {
     for bad in [
         "smtp.security=ssl",
-        "mailer.replicas=2",
         "mediaRelay.rtpPorts=lots",
         "advertiseIp=not-an-ip",
     ] {
@@ -188,6 +187,67 @@ fn values_that_break_the_schema_are_refused() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// `helm template` with `--set` values: its output, or its error.
+fn template_with(sets: &[&str]) -> Result<String, String> {
+    let mut command = Command::new(helm());
+    command
+        .args(["template", "phone", "."])
+        .args(["--kube-version", KUBE_VERSION])
+        .current_dir(chart());
+    for set in sets {
+        command.args(["--set", set]);
+    }
+    let out = command.output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn mailers_share_an_outbox_under_a_lease_only_with_s3() {
+    // Without S3 each pod's outbox is its own: one replica, replaced by Recreate.
+    let error = template_with(&["mailer.replicas=2"]).unwrap_err();
+    assert!(
+        error.contains("needs mailer.kubernetesApi and an S3 bucket"),
+        "{error}"
+    );
+    let one = template_with(&[]).unwrap();
+    let mailer = |text: &str| -> serde_json::Value {
+        objects(text)
+            .into_iter()
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "phone-mailer")
+            .unwrap()
+    };
+    assert_eq!(mailer(&one)["spec"]["strategy"]["type"], "Recreate");
+    assert!(!one.contains("PHONE_OUTBOX_LEASE"));
+    // With S3, the replicas share it, and the Lease picks the sender.
+    let shared = template_with(&["mailer.replicas=2", "minio.enabled=true"]).unwrap();
+    let deployment = mailer(&shared);
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert!(deployment["spec"].get("strategy").is_none(), "{deployment}");
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(
+        env.contains(r#""name":"PHONE_OUTBOX_LEASE","value":"phone-mailer-outbox""#),
+        "{env}"
+    );
+    let role = objects(&shared)
+        .into_iter()
+        .find(|o| o["kind"] == "Role" && o["metadata"]["name"] == "phone-mailer")
+        .unwrap();
+    assert!(
+        role["rules"].to_string().contains("phone-mailer-outbox"),
+        "{role}"
+    );
+    assert!(template_with(&[
+        "mailer.replicas=2",
+        "minio.enabled=true",
+        "mailer.kubernetesApi=false"
+    ])
+    .is_err());
 }
 
 #[test]

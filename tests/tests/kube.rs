@@ -438,6 +438,8 @@ async fn the_charts_role_is_what_the_edge_needs_and_no_more() {
         (edge_account, "watch", "mailboxes.phone.dev", "no"),
         (mailer_account, "watch", "mailboxes.phone.dev", "yes"),
         (mailer_account, "get", "secrets", "no"),
+        // No S3 in the default values: each mailer's outbox is its own, no Lease.
+        (mailer_account, "create", "leases", "no"),
         (
             mailer_account,
             "patch",

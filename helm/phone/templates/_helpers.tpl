@@ -35,6 +35,11 @@ http://{{ include "phone.fullname" .root }}-{{ .component }}:{{ .port }}
 {{- if .Values.s3.bucket -}}{{ .Values.s3.bucket }}{{- else if .Values.minio.enabled -}}phone{{- end -}}
 {{- end -}}
 
+{{/* "true" when the mailers share their outbox (S3) and elect the sender by a Lease. */}}
+{{- define "phone.mailer.lease" -}}
+{{- if and .Values.mailer.kubernetesApi (include "phone.s3.bucket" .) -}}true{{- end -}}
+{{- end -}}
+
 {{- define "phone.s3.endpoint" -}}
 {{- if .Values.s3.endpoint -}}{{ .Values.s3.endpoint }}{{- else if and .Values.minio.enabled (not .Values.s3.bucket) -}}http://{{ include "phone.fullname" . }}-minio:9000{{- end -}}
 {{- end -}}
