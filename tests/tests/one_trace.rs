@@ -134,8 +134,9 @@ async fn an_inbound_call_to_voicemail_is_one_trace_across_the_five_services() {
     let mails = system.mailpit.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(mails.len(), 1, "the message is emailed");
 
-    // The call's trace: the edge's call span is its root, and the mailer's send is in
-    // it once the email has gone.
+    // The call's trace: the edge's call span is its root, and the mailer's attempt is
+    // in it once the email has gone (it ends after its send, and may reach the
+    // receiver in a later batch).
     let trace = wait_until(Duration::from_secs(30), || {
         let spans = receiver.spans();
         let found = spans
@@ -150,9 +151,14 @@ async fn an_inbound_call_to_voicemail_is_one_trace_across_the_five_services() {
                     .collect::<Vec<_>>()
             })
             .filter(|trace| {
-                ["media-relay.session", "mailer.send", "voicemail.session"]
-                    .iter()
-                    .all(|name| trace.iter().any(|s| s.name() == *name))
+                [
+                    "media-relay.session",
+                    "mailer.send",
+                    "mailer.attempt",
+                    "voicemail.session",
+                ]
+                .iter()
+                .all(|name| trace.iter().any(|s| s.name() == *name))
             });
         std::future::ready(found)
     })

@@ -9,7 +9,9 @@
 //! [`outbox`] stores each delivery (in S3 under `outbox/`, or the data folder) before
 //! `Deliver` answers and retries until it is sent or given up, and [`api`] is the gRPC
 //! service. Without an SMTP host (the embedded default) mail is written as `.eml` files
-//! to `<data>/mail`.
+//! to `<data>/mail`. On Kubernetes the mailer also mails the boxes of `Mailbox`
+//! resources, and several mailers can share an outbox in S3, the holder of a Lease
+//! sending (`--outbox-lease`).
 
 #![forbid(unsafe_code)]
 

@@ -285,6 +285,10 @@ fn peer_infos(sip: &SipConf, trunks: &[server::Trunk]) -> Vec<server::PeerInfo> 
             secret: p.secret.as_ref().map(|s| s.expose().to_owned()),
             from_user: p.from_user.clone(),
             from_domain: p.from_domain.clone(),
+            caller_id: p
+                .caller_id
+                .as_ref()
+                .map(|c| (c.number.clone(), c.name.clone())),
         })
         .collect()
 }

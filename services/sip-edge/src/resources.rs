@@ -149,6 +149,10 @@ fn resource_line(line: &Line, peer: &str, password: String) -> ResourceLine {
             },
             nat: spec.nat,
             context: spec.context.clone(),
+            caller_id: spec.caller_id.as_deref().map(|text| {
+                let parsed = asterisk_conf::CallerId::parse(text);
+                (parsed.number, parsed.name)
+            }),
             ..PeerInfo::default()
         },
         mailboxes: spec.mailbox.iter().cloned().collect(),

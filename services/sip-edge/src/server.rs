@@ -1666,6 +1666,63 @@ mod trunk_tests {
         assert!(core.trunk_registration("carrier").is_none());
     }
 
+    /// The carrier's INVITE for the DID from `caller`, sent from `from`.
+    fn did_invite(from: SocketAddr, caller: &str) -> Vec<u8> {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+        format!(
+            "INVITE sip:13235550100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-{caller}\r\nMax-Forwards: 70\r\nFrom: \"Somebody\" <sip:{caller}@{from}>;tag=f1\r\nTo: <sip:13235550100@127.0.0.1>\r\nCall-ID: {caller}@carrier\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_peers_callerid_replaces_what_its_from_header_says() {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let carrier: SocketAddr = "127.0.0.1:5999".parse().unwrap();
+        let mut core = core();
+        core.set_trunks(vec![Trunk {
+            name: "flowroute".into(),
+            addrs: vec![carrier],
+            any_port: false,
+            no_challenge: true,
+            nets: Vec::new(),
+        }]);
+        let (spawner, mut calls) = mpsc::unbounded_channel();
+        core.set_call_spawner(spawner);
+        let carrier_peer = |caller_id: Option<(String, String)>| PeerInfo {
+            name: "flowroute".into(),
+            codecs: vec!["ulaw".into()],
+            caller_id,
+            ..PeerInfo::default()
+        };
+        core.set_file_config(Vec::new(), vec![carrier_peer(None)], HashMap::new());
+        let path = || Path::Udp {
+            socket: socket.clone(),
+            to: carrier,
+        };
+        // Without callerid=, the From header's.
+        core.handle(&did_invite(carrier, "13105550199"), path());
+        let call = calls.try_recv().unwrap();
+        assert_eq!(
+            (call.caller_number.as_str(), call.caller_name.as_str()),
+            ("13105550199", "Somebody")
+        );
+        // With it (sip.conf's callerid=, a Line's callerId), the peer's.
+        let caller_id = asterisk_conf::CallerId::parse("\"Front Desk\" <13235550100>");
+        core.set_file_config(
+            Vec::new(),
+            vec![carrier_peer(Some((caller_id.number, caller_id.name)))],
+            HashMap::new(),
+        );
+        core.handle(&did_invite(carrier, "13105550198"), path());
+        let call = calls.try_recv().unwrap();
+        assert_eq!(
+            (call.caller_number.as_str(), call.caller_name.as_str()),
+            ("13235550100", "Front Desk")
+        );
+    }
+
     #[test]
     fn file_trunks_stay_when_resource_trunks_change() {
         let mut core = core();

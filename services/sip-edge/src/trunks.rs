@@ -197,6 +197,7 @@ async fn resolve(trunk: &Trunk, secrets: &Api<Secret>) -> Result<ResourceTrunk, 
             secret,
             from_user: spec.from_user.clone(),
             from_domain: None,
+            caller_id: None,
         },
         registration,
     })

@@ -111,6 +111,9 @@ pub struct PeerInfo {
     pub secret: Option<String>,
     pub from_user: Option<String>,
     pub from_domain: Option<String>,
+    /// `callerid=`: the caller ID of the peer's calls, (number, name), in place of what
+    /// its From header says.
+    pub caller_id: Option<(String, String)>,
 }
 
 /// A Dial target, resolved by the task from the router's command.
@@ -419,17 +422,21 @@ impl SipCore {
             .from_header()
             .map(|h| h.value().to_owned())
             .unwrap_or_default();
-        let caller_number = uri_of(&from)
-            .split_once(':')
-            .map(|(_, rest)| rest.split('@').next().unwrap_or("").to_owned())
-            .unwrap_or_default();
-        let caller_name = from
-            .split('<')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .trim_matches('"')
-            .to_owned();
+        let (caller_number, caller_name) = match &info.caller_id {
+            Some(forced) => forced.clone(),
+            None => (
+                uri_of(&from)
+                    .split_once(':')
+                    .map(|(_, rest)| rest.split('@').next().unwrap_or("").to_owned())
+                    .unwrap_or_default(),
+                from.split('<')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_matches('"')
+                    .to_owned(),
+            ),
+        };
         let call_id = request
             .call_id_header()
             .map(|h| h.value().to_owned())
