@@ -156,6 +156,29 @@ spec:
 }
 
 /// `helm install phone` of the chart with its default values into namespace `phone`.
+/// An API server with the chart installed in `phone` (default values).
+async fn installed() -> KubeApi {
+    let api = KubeApi::start().await;
+    let out = helm_install(&api);
+    assert!(
+        out.status.success(),
+        "helm install:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    api
+}
+
+/// `kubectl patch --type merge` of `what` (kind and name, then `-n` and namespace if
+/// any) with `patch`.
+fn merge_patch(api: &KubeApi, what: &[&str], patch: &str) {
+    let mut args = vec!["patch"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["--type", "merge", "-p", patch]);
+    let (ok, out) = api.kubectl(&args);
+    assert!(ok, "kubectl {args:?}: {out}");
+}
+
 fn helm_install(api: &KubeApi) -> std::process::Output {
     let helm = phone_test_support::go_binary("helm");
     let home = tempfile::tempdir().unwrap();
@@ -299,22 +322,6 @@ impl Drop for Edge {
     }
 }
 
-/// Polls `kubectl get <what>` until its output holds every one of `wanted`.
-async fn kubectl_until(api: &KubeApi, args: &[&str], wanted: &[&str]) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok, out) = api.kubectl(args);
-        if ok && wanted.iter().all(|w| out.contains(w)) {
-            return out;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "kubectl {args:?} never showed {wanted:?}:\n{out}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_resource_lets_a_phone_register_shows_it_and_deleting_it_ends_it() {
     use phone_tests::baresip::{Phone, PhoneConfig};
@@ -347,18 +354,18 @@ spec:
     let edge = Edge::start(&api.kubeconfig, "default");
 
     // A Line that clashes with a sip.conf peer is reported, not merged.
-    let clash = kubectl_until(
-        &api,
-        &[
-            "get",
-            "line",
-            "desk-again",
-            "-o",
-            "jsonpath={.status.problem}",
-        ],
-        &["sip.conf"],
-    )
-    .await;
+    let clash = api
+        .kubectl_until(
+            &[
+                "get",
+                "line",
+                "desk-again",
+                "-o",
+                "jsonpath={.status.problem}",
+            ],
+            &["sip.conf"],
+        )
+        .await;
     assert!(clash.contains("13235550100"), "{clash}");
 
     // The phone registers with the Line's number and the Secret's password.
@@ -367,12 +374,9 @@ spec:
         "k1tchen-secret",
     ));
     phone.assert_registers("kitchen").await;
-    let out = kubectl_until(
-        &api,
-        &["get", "lines"],
-        &["kitchen", "true", "sip:13235550111"],
-    )
-    .await;
+    let out = api
+        .kubectl_until(&["get", "lines"], &["kitchen", "true", "sip:13235550111"])
+        .await;
     let rows = table(&out);
     let kitchen = rows.iter().find(|r| r[0] == "kitchen").unwrap();
     assert_eq!(kitchen[1..3], ["13235550111", "true"], "{out}");
@@ -406,13 +410,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_role_is_what_the_edge_needs_and_no_more() {
     use phone_tests::baresip::{Phone, PhoneConfig};
-    let api = KubeApi::start().await;
-    let out = helm_install(&api);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let api = installed().await;
     let edge_account = "system:serviceaccount:phone:phone-sip-edge";
     let voicemail_account = "system:serviceaccount:phone:phone-voicemail";
     let mailer_account = "system:serviceaccount:phone:phone-mailer";
@@ -529,8 +527,7 @@ spec:
         ],
     );
     // The edge has the line once it reports on it.
-    kubectl_until(
-        &api,
+    api.kubectl_until(
         &[
             "get",
             "line",
@@ -549,8 +546,7 @@ spec:
     ));
     phone.assert_registers("hall").await;
     // and holds the trunk's Lease.
-    kubectl_until(
-        &api,
+    api.kubectl_until(
         &[
             "get",
             "lease",
@@ -563,15 +559,13 @@ spec:
         &["phone-sip-edge-0"],
     )
     .await;
-    kubectl_until(
-        &api,
+    api.kubectl_until(
         &["get", "lines", "-n", "phone"],
         &["hall", "true", "sip:13235550122"],
     )
     .await;
     // It reads the Trunk and, holding the Lease, writes its status.
-    kubectl_until(
-        &api,
+    api.kubectl_until(
         &["get", "trunks", "-n", "phone"],
         &["carrier", "NotRegistering", "phone-sip-edge-0"],
     )
@@ -763,8 +757,7 @@ spec:
         ],
     );
     // The carrier refuses the old password: the status says so.
-    kubectl_until(
-        &api,
+    api.kubectl_until(
         &["get", "trunks"],
         &["carrier", "127.0.0.1", "Rejected", "edge-a"],
     )
@@ -779,8 +772,7 @@ spec:
     assert!(problem.contains("403"), "{problem}");
     assert_eq!(registrar.accepted(), 0);
     // A sip.conf peer of the same name is reported, not merged.
-    kubectl_until(
-        &api,
+    api.kubectl_until(
         &[
             "get",
             "trunk",
@@ -807,7 +799,7 @@ spec:
   context: inbound
 "#
     ));
-    let out = kubectl_until(&api, &["get", "trunks"], &["Registered"]).await;
+    let out = api.kubectl_until(&["get", "trunks"], &["Registered"]).await;
     let rows = table(&out);
     assert_eq!(rows[0], ["NAME", "HOST", "STATE", "OWNER", "AGE"], "{out}");
     let carrier = rows.iter().find(|r| r[0] == "carrier").unwrap();
@@ -832,17 +824,12 @@ spec:
     // the Trunk lists it, the call is the carrier's and goes on unchallenged.
     let before = invite_statuses(edge.sip, "before").await;
     assert!(before.contains(&407), "{before:?}");
-    api.kubectl(&[
-        "patch",
-        "trunk",
-        "carrier",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"ipAddresses":["127.0.0.1/32"]}}"#,
-    ]);
-    kubectl_until(
+    merge_patch(
         &api,
+        &["trunk", "carrier"],
+        r#"{"spec":{"ipAddresses":["127.0.0.1/32"]}}"#,
+    );
+    api.kubectl_until(
         &[
             "get",
             "trunk",
@@ -1145,13 +1132,7 @@ async fn first_command(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_follows_the_dialplans_configmap_with_its_own_account() {
     use phone_proto::router::v1::dialplan_command::Command;
-    let api = KubeApi::start().await;
-    let out = helm_install(&api);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let api = installed().await;
     // The router's files as the pod mounts them: the chart's ConfigMap.
     let dir = tempfile::tempdir().unwrap();
     let (ok, mounted) = api.kubectl(&[
@@ -1190,17 +1171,12 @@ async fn the_router_follows_the_dialplans_configmap_with_its_own_account() {
     ));
 
     // A new version, split over two keys (extensions.conf includes the other).
-    api.kubectl(&[
-        "patch",
-        "configmap",
-        "phone-config",
-        "-n",
-        "phone",
-        "--type",
-        "merge",
-        "-p",
+    let dialplan = ["configmap", "phone-config", "-n", "phone"];
+    merge_patch(
+        &api,
+        &dialplan,
         r##"{"data":{"extensions.conf":"#include more.conf\n","more.conf":"[inbound]\nexten => 13235550100,1,Dial(SIP/kitchen,20)\n"}}"##,
-    ]);
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while std::sync::Arc::ptr_eq(&started, &router.dialplan()) {
         assert!(
@@ -1217,17 +1193,11 @@ async fn the_router_follows_the_dialplans_configmap_with_its_own_account() {
 
     // A broken version is counted and refused; the running dialplan stays.
     let current = router.dialplan();
-    api.kubectl(&[
-        "patch",
-        "configmap",
-        "phone-config",
-        "-n",
-        "phone",
-        "--type",
-        "merge",
-        "-p",
+    merge_patch(
+        &api,
+        &dialplan,
         r#"{"data":{"more.conf":"[inbound]\nexten => 13235550100,1,Dial(SIP/broken\n"}}"#,
-    ]);
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let metrics = loop {
         let text = service_runtime::server::scrape_metrics(admin)

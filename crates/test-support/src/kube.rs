@@ -145,6 +145,23 @@ impl KubeApi {
         outcome(out)
     }
 
+    /// Polls `kubectl <args>` until its output holds every one of `wanted` (30 s at
+    /// most), and returns that output.
+    pub async fn kubectl_until(&self, args: &[&str], wanted: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let (ok, out) = self.kubectl(args);
+            if ok && wanted.iter().all(|w| out.contains(w)) {
+                return out;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "kubectl {args:?} never showed {wanted:?}:\n{out}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     /// `kubectl apply -f -` of `manifest` (YAML or JSON); panics when refused.
     pub fn apply(&self, manifest: &str) -> String {
         let (ok, out) = self.try_apply(manifest, &[]);

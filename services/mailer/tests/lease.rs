@@ -16,29 +16,23 @@ use common::*;
 /// Pat's box: each delivery is an email and a pager mail.
 const BOX: &str = "100";
 
-fn holder(api: &KubeApi) -> String {
-    api.kubectl(&[
-        "get",
-        "lease",
-        "mailer-outbox",
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ])
-    .1
-}
+const HOLDER: [&str; 5] = [
+    "get",
+    "lease",
+    "mailer-outbox",
+    "-o",
+    "jsonpath={.spec.holderIdentity}",
+];
 
-async fn holder_becomes(api: &KubeApi, wanted: &[&str]) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = holder(api);
-        if wanted.contains(&now.as_str()) {
-            return now;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the Lease's holder is {now:?}, not one of {wanted:?}"
+/// Waits until every one of `ids` is SENT, as `mailer` reports it.
+async fn all_sent(mailer: &mut Running, ids: &[&str]) {
+    for id in ids {
+        let done = mailer.settled(id, Duration::from_secs(20)).await;
+        assert_eq!(
+            done.state(),
+            phone_proto::mailer::v1::DeliveryState::Sent,
+            "{id}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -60,7 +54,7 @@ async fn two_mailers_share_the_outbox_one_sends_and_the_other_takes_over() {
     };
     let a = Running::start(replica("mailer-a")).await;
     let b = Running::start(replica("mailer-b")).await;
-    let first = holder_becomes(&api, &["mailer-a", "mailer-b"]).await;
+    let first = api.kubectl_until(&HOLDER, &["mailer-"]).await;
     let (mut sender, mut other) = if first == "mailer-a" { (a, b) } else { (b, a) };
 
     // Both accept; the holder sends what either stored, each once.
@@ -73,14 +67,8 @@ async fn two_mailers_share_the_outbox_one_sends_and_the_other_takes_over() {
         assert_eq!(delivery.message_id, id);
         ids.push(id);
     }
-    for id in &ids {
-        let done = other.settled(id, Duration::from_secs(20)).await;
-        assert_eq!(
-            done.state(),
-            phone_proto::mailer::v1::DeliveryState::Sent,
-            "{id}"
-        );
-    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    all_sent(&mut other, &ids).await;
     let mails = mailpit.wait_for(12, Duration::from_secs(15)).await;
     assert_eq!(mails.len(), 12);
     assert_eq!(sender.metric("phone_mailer_sent_total").await, 6.0);
@@ -90,24 +78,17 @@ async fn two_mailers_share_the_outbox_one_sends_and_the_other_takes_over() {
     // including what it accepted before it held the Lease.
     let key = files.record(BOX, "01764198310-lease", &tone(900.0, 8000));
     other.deliver(request(BOX, "01764198310-lease", &key)).await;
-    let stopped = holder(&api);
+    let stopped = api.kubectl(&HOLDER).1;
     sender.stop().await;
     let survivor = if stopped == "mailer-a" {
         "mailer-b"
     } else {
         "mailer-a"
     };
-    holder_becomes(&api, &[survivor]).await;
+    api.kubectl_until(&HOLDER, &[survivor]).await;
     let key = files.record(BOX, "01764198311-lease", &tone(950.0, 8000));
     other.deliver(request(BOX, "01764198311-lease", &key)).await;
-    for id in ["01764198310-lease", "01764198311-lease"] {
-        let done = other.settled(id, Duration::from_secs(20)).await;
-        assert_eq!(
-            done.state(),
-            phone_proto::mailer::v1::DeliveryState::Sent,
-            "{id}"
-        );
-    }
+    all_sent(&mut other, &["01764198310-lease", "01764198311-lease"]).await;
     let mails = mailpit.wait_for(16, Duration::from_secs(15)).await;
     assert_eq!(mails.len(), 16, "each mail once");
     let sent_by_survivor = other.metric("phone_mailer_sent_total").await;
