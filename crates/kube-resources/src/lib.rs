@@ -89,9 +89,94 @@ pub struct LineSpec {
     /// The mailbox whose lamp the phone shows (`mailbox=`), `box@context`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mailbox: Option<String>,
-    /// Where the phone is, for emergency calls (the civic address told to the carrier).
+    /// Where the phone is: sent with its emergency calls to the carrier as a PIDF-LO
+    /// civic address (RFC 6442 location conveyance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub emergency_location: Option<String>,
+    pub emergency_location: Option<CivicAddress>,
+}
+
+/// A civic address (RFC 5139's elements), as a PSAP reads it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CivicAddress {
+    /// The ISO 3166 country code (`US`).
+    pub country: String,
+    /// State or province (`A1`), `CA`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// County (`A2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub county: Option<String>,
+    /// City (`A3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    /// The street (`RD`), `Main St`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub street: Option<String>,
+    /// The house number (`HNO`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub house_number: Option<String>,
+    /// Where in the building (`LOC`): suite, floor, room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// The postal code (`PC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postal_code: Option<String>,
+    /// Who or what is there (`NAM`): a business or resident name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl CivicAddress {
+    /// The address as a PIDF-LO document (RFC 4119 with RFC 5139's civic address) for
+    /// `entity` (`pres:<user>@<host>`), its location entered by hand.
+    pub fn pidf_lo(&self, entity: &str) -> String {
+        let mut fields = format!("<ca:country>{}</ca:country>", xml_text(&self.country));
+        for (element, value) in [
+            ("A1", &self.state),
+            ("A2", &self.county),
+            ("A3", &self.city),
+            ("RD", &self.street),
+            ("HNO", &self.house_number),
+            ("LOC", &self.location),
+            ("NAM", &self.name),
+            ("PC", &self.postal_code),
+        ] {
+            if let Some(value) = value.as_deref().filter(|v| !v.trim().is_empty()) {
+                fields.push_str(&format!("<ca:{element}>{}</ca:{element}>", xml_text(value)));
+            }
+        }
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n\
+             <presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
+             xmlns:gp=\"urn:ietf:params:xml:ns:pidf:geopriv10\" \
+             xmlns:ca=\"urn:ietf:params:xml:ns:pidf:geopriv10:civicAddr\" \
+             entity=\"{}\">\r\n\
+             <tuple id=\"location\"><status><gp:geopriv><gp:location-info>\
+             <ca:civicAddress xml:lang=\"en\">{fields}</ca:civicAddress>\
+             </gp:location-info><gp:usage-rules/><gp:method>Manual</gp:method>\
+             </gp:geopriv></status></tuple>\r\n</presence>\r\n",
+            xml_text(entity)
+        )
+    }
+}
+
+/// `text` with XML's special characters escaped (for text and attribute values).
+fn xml_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // Control characters have no place in an address.
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// What the edge knows of a line's registration.
@@ -465,5 +550,39 @@ mod tests {
         .unwrap();
         assert_eq!(mailbox.mailbox, "13235550100");
         assert_eq!(mailbox.options["tz"], "central");
+    }
+
+    #[test]
+    fn an_emergency_location_is_a_pidf_lo_civic_address_with_its_text_escaped() {
+        let line: LineSpec = serde_json::from_value(serde_json::json!({
+            "number": "13235550100",
+            "secretRef": {"name": "desk-phone", "key": "password"},
+            "context": "localexts",
+            "emergencyLocation": {
+                "country": "US", "state": "CA", "city": "Los Angeles",
+                "street": "Sunset Blvd", "houseNumber": "6000",
+                "location": "Suite 2 <rear> & \"B\"", "postalCode": "90028"
+            }
+        }))
+        .unwrap();
+        let pidf = line
+            .emergency_location
+            .unwrap()
+            .pidf_lo("pres:13235550100@phone");
+        assert!(pidf.starts_with("<?xml"), "{pidf}");
+        assert!(pidf.contains("entity=\"pres:13235550100@phone\""), "{pidf}");
+        for element in [
+            "<ca:country>US</ca:country>",
+            "<ca:A1>CA</ca:A1>",
+            "<ca:A3>Los Angeles</ca:A3>",
+            "<ca:RD>Sunset Blvd</ca:RD>",
+            "<ca:HNO>6000</ca:HNO>",
+            "<ca:LOC>Suite 2 &lt;rear&gt; &amp; &quot;B&quot;</ca:LOC>",
+            "<ca:PC>90028</ca:PC>",
+            "<gp:method>Manual</gp:method>",
+        ] {
+            assert!(pidf.contains(element), "{element} in {pidf}");
+        }
+        assert!(!pidf.contains("<ca:A2>"), "no empty elements: {pidf}");
     }
 }

@@ -289,6 +289,7 @@ fn peer_infos(sip: &SipConf, trunks: &[server::Trunk]) -> Vec<server::PeerInfo> 
                 .caller_id
                 .as_ref()
                 .map(|c| (c.number.clone(), c.name.clone())),
+            location: None,
         })
         .collect()
 }
@@ -557,6 +558,11 @@ impl Bound {
     /// Where SIP is served (UDP and TCP on the same port).
     pub fn sip_addr(&self) -> Option<SocketAddr> {
         self.udp.local_addr().ok()
+    }
+
+    /// The SIP side (tests: resource lines without an API server).
+    pub fn core(&self) -> Arc<Mutex<server::SipCore>> {
+        self.core.clone()
     }
 
     pub fn info(&self) -> ServiceInfo {

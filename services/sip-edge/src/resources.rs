@@ -153,6 +153,10 @@ fn resource_line(line: &Line, peer: &str, password: String) -> ResourceLine {
                 let parsed = asterisk_conf::CallerId::parse(text);
                 (parsed.number, parsed.name)
             }),
+            location: spec
+                .emergency_location
+                .as_ref()
+                .map(|address| address.pidf_lo(&format!("pres:{peer}@phone"))),
             ..PeerInfo::default()
         },
         mailboxes: spec.mailbox.iter().cloned().collect(),

@@ -198,6 +198,7 @@ async fn resolve(trunk: &Trunk, secrets: &Api<Secret>) -> Result<ResourceTrunk, 
             from_user: spec.from_user.clone(),
             from_domain: None,
             caller_id: None,
+            location: None,
         },
         registration,
     })

@@ -656,3 +656,152 @@ async fn nobody_answers_and_the_caller_leaves_a_voicemail_through_the_relay() {
     assert!(eml.contains("email@domain.com"), "{eml}");
     assert!(eml.contains("filename=\"msg0000.WAV\""), "{eml}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emergency_call_carries_the_lines_location_to_the_carrier() {
+    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let system = System::start(carrier.local_addr().unwrap(), None).await;
+    let carrier = Peer {
+        socket: carrier,
+        edge: system.edge_sip,
+    };
+    // A line as a Line resource gives it, with where the phone is.
+    let address = phone_kube::CivicAddress {
+        country: "US".into(),
+        state: Some("CA".into()),
+        city: Some("Los Angeles".into()),
+        street: Some("Sunset Blvd".into()),
+        house_number: Some("6000".into()),
+        location: Some("Suite 2".into()),
+        postal_code: Some("90028".into()),
+        ..Default::default()
+    };
+    system
+        .edge_core
+        .lock()
+        .unwrap()
+        .set_resource_lines(vec![sip_edge::server::ResourceLine {
+            line: sip_edge::registrar::Line {
+                name: "13235550177".into(),
+                secret: Some("k1tchen".into()),
+                nat: false,
+            },
+            peer: sip_edge::server::PeerInfo {
+                name: "13235550177".into(),
+                codecs: vec!["ulaw".into()],
+                context: "localexts".into(),
+                location: Some(address.pidf_lo("pres:13235550177@phone")),
+                ..Default::default()
+            },
+            mailboxes: Vec::new(),
+        }]);
+    let phone = Peer::new(system.edge_sip).await;
+    let rtp = rtp_socket().await;
+    let call = |number: &str, call_id: &str, auth: &str, cseq: u32| {
+        invite(
+            phone.addr(),
+            &format!("sip:{number}@{}", system.edge_sip),
+            "13235550177",
+            call_id,
+            rtp.local_addr().unwrap(),
+            auth,
+            cseq,
+        )
+    };
+    let authorized = async |number: &str, call_id: &str| {
+        let first = call(number, call_id, "", 1);
+        phone.send(&first).await;
+        let challenge = phone.expect_status(407).await;
+        phone
+            .send(
+                &in_dialog("ACK", &first, &challenge, 1, system.edge_sip)
+                    .replace("branch=z9hG4bKACK1x", &format!("branch=z9hG4bK{call_id}1")),
+            )
+            .await;
+        let challenge =
+            Challenge::parse(&header(&challenge, "Proxy-Authenticate").unwrap()).unwrap();
+        let ruri = format!("sip:{number}@{}", system.edge_sip);
+        let creds = digest::authorize(
+            &challenge,
+            "13235550177",
+            "k1tchen",
+            "INVITE",
+            &ruri,
+            "c",
+            1,
+        );
+        phone
+            .send(&call(
+                number,
+                call_id,
+                &format!("Proxy-Authorization: {}\r\n", creds.to_header()),
+                2,
+            ))
+            .await;
+    };
+
+    // 911: the carrier gets the location by value, beside the SDP (RFC 6442).
+    authorized("911", "e911").await;
+    let emergency = carrier.expect("INVITE ").await;
+    assert!(emergency.starts_with("INVITE sip:911@"), "{emergency}");
+    let geolocation = header(&emergency, "Geolocation").unwrap();
+    let cid = geolocation
+        .trim()
+        .strip_prefix("<cid:")
+        .and_then(|c| c.strip_suffix('>'))
+        .unwrap();
+    assert_eq!(header(&emergency, "Geolocation-Routing").unwrap(), "no");
+    let content_type = header(&emergency, "Content-Type").unwrap();
+    let boundary = content_type.split("boundary=").nth(1).unwrap().trim();
+    assert!(
+        content_type.starts_with("multipart/mixed"),
+        "{content_type}"
+    );
+    let parts: Vec<&str> = body(&emergency)
+        .split(&format!("--{boundary}"))
+        .filter(|p| p.starts_with("\r\n") && !p.trim().is_empty())
+        .collect();
+    assert_eq!(parts.len(), 2, "{emergency}");
+    assert!(
+        parts[0].contains("Content-Type: application/sdp"),
+        "{}",
+        parts[0]
+    );
+    assert!(parts[0].contains("m=audio "), "{}", parts[0]);
+    assert!(
+        parts[1].contains("Content-Type: application/pidf+xml"),
+        "{}",
+        parts[1]
+    );
+    assert!(
+        parts[1].contains(&format!("Content-ID: <{cid}>")),
+        "{}",
+        parts[1]
+    );
+    for element in [
+        "<ca:A3>Los Angeles</ca:A3>",
+        "<ca:HNO>6000</ca:HNO>",
+        "<ca:LOC>Suite 2</ca:LOC>",
+    ] {
+        assert!(parts[1].contains(element), "{element}: {}", parts[1]);
+    }
+    // The length counts the whole multipart body.
+    assert_eq!(
+        header(&emergency, "Content-Length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap(),
+        body(&emergency).len()
+    );
+    carrier
+        .send(&response_to(&emergency, 486, "Busy Here", "e1", ""))
+        .await;
+    carrier.expect("ACK ").await;
+
+    // An ordinary call from the same line carries none.
+    authorized("3105550123", "plain").await;
+    let plain = carrier.expect("INVITE ").await;
+    assert!(plain.starts_with("INVITE sip:13105550123@"), "{plain}");
+    assert!(header(&plain, "Geolocation").is_none(), "{plain}");
+    assert_eq!(header(&plain, "Content-Type").unwrap(), "application/sdp");
+}

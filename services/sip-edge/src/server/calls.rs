@@ -114,6 +114,9 @@ pub struct PeerInfo {
     /// `callerid=`: the caller ID of the peer's calls, (number, name), in place of what
     /// its From header says.
     pub caller_id: Option<(String, String)>,
+    /// Where the peer (a line) is, as a PIDF-LO document: sent with its emergency calls
+    /// to a trunk (RFC 6442).
+    pub location: Option<String>,
 }
 
 /// A Dial target, resolved by the task from the router's command.
@@ -150,6 +153,8 @@ struct Branch {
     /// Headers only some INVITEs carry (P-Asserted-Identity, credentials).
     extra: String,
     sdp: String,
+    /// The caller's location (PIDF-LO), conveyed by value with an emergency call.
+    location: Option<String>,
     path: Path,
     /// The To with the callee's tag, once it answered.
     remote_to: Option<String>,
@@ -764,6 +769,7 @@ impl SipCore {
         let call = self.calls.get(&id).ok_or("the call is gone")?;
         let offer = call.a_offer.clone().ok_or("no offer from the caller")?;
         let relay_b = call.relay_b.ok_or("no media session")?;
+        let caller_location = self.peers.get(&call.peer).and_then(|p| p.location.clone());
         let mut branches = Vec::new();
         for target in targets {
             let Some(info) = self.peers.get(&target.peer).cloned() else {
@@ -825,11 +831,22 @@ impl SipCore {
                 let transport = if path.reliable() { "TCP" } else { "UDP" };
                 let via = format!("SIP/2.0/{transport} {local};branch={via_branch};rport");
                 let mut extra = String::new();
+                let mut location = None;
                 if info.trunk.is_some() {
                     // RFC 3325: the caller ID as we assert it, for the carrier.
                     extra.push_str(&format!(
                         "P-Asserted-Identity: {display}<sip:{number}@{from_host}>\r\n"
                     ));
+                    // RFC 6442: an emergency call carries where the caller is, by value.
+                    if self.emergency_numbers.contains(&target.number) {
+                        location = caller_location.clone();
+                        if location.is_some() {
+                            extra.push_str(&format!(
+                                "Geolocation: <cid:{}>\r\nGeolocation-Routing: no\r\n",
+                                location_cid(&call_id)
+                            ));
+                        }
+                    }
                 }
                 let contact = self.contact(&from_user, &path);
                 branches.push(Branch {
@@ -845,6 +862,7 @@ impl SipCore {
                     contact,
                     extra,
                     sdp: sdp.clone(),
+                    location,
                     path,
                     remote_to: None,
                     remote_target: None,
@@ -1483,8 +1501,23 @@ impl Branch {
     /// The INVITE as it stands (a retry with credentials has a new Via, CSeq and
     /// `extra`).
     fn invite(&self) -> Vec<u8> {
+        // With a location, the SDP and the PIDF-LO go as two parts (RFC 6442 §4.1).
+        let (content_type, body) = match &self.location {
+            None => ("application/sdp".to_owned(), self.sdp.clone()),
+            Some(pidf) => {
+                let boundary = "phone-location-boundary";
+                (
+                    format!("multipart/mixed;boundary={boundary}"),
+                    format!(
+                        "--{boundary}\r\nContent-Type: application/sdp\r\n\r\n{}\r\n--{boundary}\r\nContent-Type: application/pidf+xml\r\nContent-ID: <{}>\r\n\r\n{pidf}\r\n--{boundary}--\r\n",
+                        self.sdp,
+                        location_cid(&self.call_id)
+                    ),
+                )
+            }
+        };
         format!(
-            "INVITE {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} INVITE\r\nContact: {}\r\n{}Allow: {}\r\nUser-Agent: phone-sip-edge\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
+            "INVITE {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} INVITE\r\nContact: {}\r\n{}Allow: {}\r\nUser-Agent: phone-sip-edge\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
             self.request_uri,
             self.via,
             self.from,
@@ -1494,11 +1527,15 @@ impl Branch {
             self.contact,
             self.extra,
             super::ALLOW,
-            self.sdp.len(),
-            self.sdp
+            body.len(),
         )
         .into_bytes()
     }
+}
+
+/// The Content-ID of an INVITE's location part (unique with its Call-ID).
+fn location_cid(call_id: &str) -> String {
+    format!("location-{}", call_id.replace(['<', '>', ' '], ""))
 }
 
 /// The ACK for a B leg's 2xx (§13.2.2.4): a new transaction to the remote target.

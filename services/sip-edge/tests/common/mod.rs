@@ -38,6 +38,8 @@ pub struct System {
     pub voicemail_messages: PathBuf,
     /// Where the mailer writes the emails (`<id>.email.eml`).
     pub mail: PathBuf,
+    /// The edge's SIP side, to give it lines as resources would.
+    pub edge_core: std::sync::Arc<std::sync::Mutex<sip_edge::server::SipCore>>,
     stops: Vec<Shutdown>,
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -137,12 +139,14 @@ impl System {
         config.media_relays = vec![relay_url.clone()];
         let edge = sip_edge::bind(config).await.unwrap();
         let edge_sip = edge.sip_addr().unwrap();
+        let edge_core = edge.core();
         let edge_grpc = format!("http://{}", edge.info().grpc);
         let stop = Shutdown::new();
         tokio::spawn(edge.run(stop.clone()));
         stops.push(stop);
         let system = Self {
             edge_sip,
+            edge_core,
             edge_grpc,
             relay: relay_url,
             voicemail_messages: voicemail_data.path().join("messages"),
