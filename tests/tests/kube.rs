@@ -707,6 +707,14 @@ async fn invite_statuses(edge: std::net::SocketAddr, tag: &str) -> Vec<u16> {
     statuses
 }
 
+/// The Trunk `carrier`, registering with the registrar on `port` with the password of
+/// the Secret `secret`.
+fn carrier_trunk(port: u16, secret: &str) -> String {
+    format!(
+        "apiVersion: phone.dev/v1alpha1\nkind: Trunk\nmetadata: {{name: carrier, namespace: default}}\nspec: {{host: 127.0.0.1, port: {port}, username: \"12345678\", secretRef: {{name: {secret}, key: password}}, register: true, context: inbound}}\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trunk_resource_registers_with_its_secret_shows_its_state_and_its_addresses_calls_are_the_carriers(
 ) {
@@ -728,22 +736,13 @@ stringData: {{password: "tr0nk"}}
 ---
 apiVersion: phone.dev/v1alpha1
 kind: Trunk
-metadata: {{name: carrier, namespace: default}}
-spec:
-  host: 127.0.0.1
-  port: {port}
-  username: "12345678"
-  secretRef: {{name: carrier-old, key: password}}
-  register: true
-  context: inbound
----
-apiVersion: phone.dev/v1alpha1
-kind: Trunk
 metadata: {{name: flowroute, namespace: default}}
 spec:
   host: 127.0.0.1
   context: inbound
-"#
+---
+{}"#,
+        carrier_trunk(port, "carrier-old")
     ));
     let edge = Edge::start_with(
         &api.kubeconfig,
@@ -785,20 +784,7 @@ spec:
     .await;
 
     // The Trunk names the right Secret: it registers at once, with that password.
-    api.apply(&format!(
-        r#"
-apiVersion: phone.dev/v1alpha1
-kind: Trunk
-metadata: {{name: carrier, namespace: default}}
-spec:
-  host: 127.0.0.1
-  port: {port}
-  username: "12345678"
-  secretRef: {{name: carrier-credentials, key: password}}
-  register: true
-  context: inbound
-"#
-    ));
+    api.apply(&carrier_trunk(port, "carrier-credentials"));
     let out = api.kubectl_until(&["get", "trunks"], &["Registered"]).await;
     let rows = table(&out);
     assert_eq!(rows[0], ["NAME", "HOST", "STATE", "OWNER", "AGE"], "{out}");
