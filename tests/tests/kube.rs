@@ -8,6 +8,7 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams};
 use phone_kube::{Line, Mailbox};
 use phone_test_support::kube::KubeApi;
+use phone_tests::wait_until;
 
 fn chart() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/phone")
@@ -230,19 +231,10 @@ async fn helm_install_with_default_values_succeeds_and_installs_the_crds() {
         assert!(out.contains(object), "{object} in:\n{out}");
     }
     // The chart's crds/ came with it: lines can be listed (none yet).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok, out) = api.kubectl(&["get", "lines", "-n", "phone"]);
-        if ok {
-            assert!(out.is_empty() || out.contains("No resources"), "{out}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "lines are not served: {out}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let out = api
+        .kubectl_until(&["get", "lines", "-n", "phone"], &[])
+        .await;
+    assert!(out.is_empty() || out.contains("No resources"), "{out}");
 }
 
 /// The sip-edge binary with the seed's sip.conf, using the `Line`s of `namespace` with
@@ -397,14 +389,11 @@ spec:
     // Deleting the Line ends the registration.
     let (ok, out) = api.kubectl(&["delete", "line", "kitchen"]);
     assert!(ok, "{out}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while edge.registrations().await != Some(0.0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the registration outlives its Line"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(Duration::from_secs(20), || async {
+        (edge.registrations().await == Some(0.0)).then_some(())
+    })
+    .await
+    .expect("the registration outlives its Line");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -859,14 +848,11 @@ async fn two_edges_register_the_trunk_once_and_the_lease_moves_when_the_owner_di
     );
 
     // One edge registers the trunk, and it is the Lease's holder.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while registrar.sources().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nobody registers the trunk"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(Duration::from_secs(20), || {
+        std::future::ready((!registrar.sources().is_empty()).then_some(()))
+    })
+    .await
+    .expect("nobody registers the trunk");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let mut sources = registrar.sources();
     sources.sort();
@@ -898,15 +884,16 @@ async fn two_edges_register_the_trunk_once_and_the_lease_moves_when_the_owner_di
     } else {
         drop(b);
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !registrar.sources().contains(&other_sip) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
+    wait_until(Duration::from_secs(20), || {
+        std::future::ready(registrar.sources().contains(&other_sip).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
             "the Lease did not move to {other_name}: holder {}",
             holder(&api)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        )
+    });
     assert_eq!(holder(&api), other_name);
     let (_, transitions) = api.kubectl(&[
         "get",
@@ -1163,14 +1150,11 @@ async fn the_router_follows_the_dialplans_configmap_with_its_own_account() {
         &dialplan,
         r##"{"data":{"extensions.conf":"#include more.conf\n","more.conf":"[inbound]\nexten => 13235550100,1,Dial(SIP/kitchen,20)\n"}}"##,
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while std::sync::Arc::ptr_eq(&started, &router.dialplan()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the ConfigMap's change never reached the router"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(20), || {
+        std::future::ready((!std::sync::Arc::ptr_eq(&started, &router.dialplan())).then_some(()))
+    })
+    .await
+    .expect("the ConfigMap's change never reached the router");
     let command = first_command(&url, "inbound", "13235550100").await;
     assert!(
         matches!(&command, Command::Dial(d) if d.targets[0].peer == "kitchen"),
@@ -1184,20 +1168,13 @@ async fn the_router_follows_the_dialplans_configmap_with_its_own_account() {
         &dialplan,
         r#"{"data":{"more.conf":"[inbound]\nexten => 13235550100,1,Dial(SIP/broken\n"}}"#,
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let metrics = loop {
-        let text = service_runtime::server::scrape_metrics(admin)
-            .await
-            .unwrap();
-        if text.contains("phone_router_dialplan_reloads_total{result=\"failed\"} 1") {
-            break text;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the broken version was not counted:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let metrics = wait_until(Duration::from_secs(20), || async {
+        let text = service_runtime::server::scrape_metrics(admin).await.ok()?;
+        text.contains("phone_router_dialplan_reloads_total{result=\"failed\"} 1")
+            .then_some(text)
+    })
+    .await
+    .expect("the broken version was not counted");
     assert!(std::sync::Arc::ptr_eq(&current, &router.dialplan()));
     // Loaded once: the version the pod started with was not loaded again.
     assert!(

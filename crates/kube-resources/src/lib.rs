@@ -348,31 +348,89 @@ pub struct MailboxStatus {
     pub problem: Option<String>,
 }
 
-/// The text a [`SecretKeyRef`] names, or why there is none (for a resource's
-/// `status.problem`).
-pub async fn read_secret(
-    secrets: &kube::Api<k8s_openapi::api::core::v1::Secret>,
-    key: &SecretKeyRef,
-) -> Result<String, String> {
-    let secret = secrets
-        .get_opt(&key.name)
-        .await
-        .map_err(|e| format!("cannot read Secret {}: {e}", key.name))?
-        .ok_or_else(|| format!("Secret {} does not exist", key.name))?;
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&key.key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(&key.key))
-                .map(|s| s.clone().into_bytes())
-        })
-        .ok_or_else(|| format!("Secret {} has no key {}", key.name, key.key))?;
-    String::from_utf8(bytes).map_err(|_| format!("Secret {} key {} is not text", key.name, key.key))
+/// Reads the Secrets that resources name, each Secret at most once: one reader serves
+/// one pass over the resources (a resync), so lines or boxes sharing a Secret cost one
+/// request, and the next pass reads it afresh.
+pub struct SecretReader {
+    api: kube::Api<k8s_openapi::api::core::v1::Secret>,
+    fetched: std::collections::HashMap<
+        String,
+        Result<Option<k8s_openapi::api::core::v1::Secret>, String>,
+    >,
+}
+
+impl SecretReader {
+    pub fn new(api: kube::Api<k8s_openapi::api::core::v1::Secret>) -> Self {
+        Self {
+            api,
+            fetched: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The text `key` names, or why there is none (for a resource's `status.problem`).
+    pub async fn read(&mut self, key: &SecretKeyRef) -> Result<String, String> {
+        if !self.fetched.contains_key(&key.name) {
+            let fetched = self
+                .api
+                .get_opt(&key.name)
+                .await
+                .map_err(|e| format!("cannot read Secret {}: {e}", key.name));
+            self.fetched.insert(key.name.clone(), fetched);
+        }
+        let secret = match &self.fetched[&key.name] {
+            Ok(Some(secret)) => secret,
+            Ok(None) => return Err(format!("Secret {} does not exist", key.name)),
+            Err(e) => return Err(e.clone()),
+        };
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&key.key))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(&key.key))
+                    .map(|s| s.clone().into_bytes())
+            })
+            .ok_or_else(|| format!("Secret {} has no key {}", key.name, key.key))?;
+        String::from_utf8(bytes)
+            .map_err(|_| format!("Secret {} key {} is not text", key.name, key.key))
+    }
+}
+
+/// Patches the status of each of `wanted` that differs from what was last written
+/// (`written`, kept by the caller between rounds), so that an unchanged status costs
+/// no request. `fields` gives every field of the status, nulls included: a merge patch
+/// leaves out what it omits, and a cleared field (gone contacts, a solved problem) must
+/// be written as null.
+pub async fn write_changed<K, S>(
+    api: &kube::Api<K>,
+    wanted: Vec<(String, S)>,
+    written: &mut std::collections::HashMap<String, S>,
+    fields: impl Fn(&S) -> serde_json::Value,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: PartialEq,
+{
+    use kube::api::{Patch, PatchParams};
+    for (name, status) in wanted {
+        if written.get(&name) == Some(&status) {
+            continue;
+        }
+        let patch = serde_json::json!({ "status": fields(&status) });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                written.insert(name, status);
+            }
+            // Deleted meanwhile, or the API server is away: the next round tries again.
+            Err(e) => tracing::debug!(resource = %name, error = %e, "status not written"),
+        }
+    }
 }
 
 impl Mailbox {

@@ -454,12 +454,23 @@ impl Outbox {
     }
 
     /// Adds the stored pending records the scheduler does not have yet; returns how
-    /// many were new.
+    /// many were new. A record whose final one exists too was finished by a sender that
+    /// stopped before removing it (a crash, or a replica that lost the Lease): it is
+    /// tidied, not sent again.
     async fn load_pending(&self) -> Result<usize, BlobError> {
-        let loaded = self.stored_pending().await?;
-        let mut entries = self.entries.lock().unwrap();
+        let mut loaded = self.stored_pending().await?;
+        {
+            let entries = self.entries.lock().unwrap();
+            loaded.retain(|record| !entries.contains_key(&record.id));
+        }
         let mut new = 0;
         for record in loaded {
+            if let Some(done) = self.finished(&record.id).await? {
+                tracing::info!(id = %record.id, state = ?done.state, "delivery already finished; not sent again");
+                self.persist(done, false).await;
+                continue;
+            }
+            let mut entries = self.entries.lock().unwrap();
             entries.entry(record.id.clone()).or_insert_with(|| {
                 new += 1;
                 Entry {
@@ -469,9 +480,20 @@ impl Outbox {
                 }
             });
         }
-        drop(entries);
         self.update_gauges();
         Ok(new)
+    }
+
+    /// The final (sent or failed) record of `id`, if there is one.
+    async fn finished(&self, id: &str) -> Result<Option<Record>, BlobError> {
+        for state in [State::Sent, State::Failed] {
+            if let Some(bytes) = self.read(&final_key(state, id)).await? {
+                if let Ok(done) = serde_json::from_slice::<Record>(&bytes) {
+                    return Ok(Some(done));
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn update_gauges(&self) {
@@ -621,17 +643,6 @@ impl Outbox {
 
     /// Each mail not sent yet, in order.
     async fn attempt_in_span(&self, mut record: Record, transport: &Transport) {
-        // Finished already, and stopped before its pending record was removed (a crash,
-        // or a replica that lost the Lease): tidy up instead of sending again.
-        for state in [State::Sent, State::Failed] {
-            if let Ok(Some(bytes)) = self.read(&final_key(state, &record.id)).await {
-                if let Ok(done) = serde_json::from_slice::<Record>(&bytes) {
-                    tracing::info!(id = %record.id, state = ?state, "delivery already finished; not sent again");
-                    self.persist(done, false).await;
-                    return;
-                }
-            }
-        }
         record.attempts += 1;
         let mut outcome = Outcome::Sent;
         for i in 0..record.mails.len() {

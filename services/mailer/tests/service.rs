@@ -448,3 +448,49 @@ async fn an_s3_outage_refuses_new_deliveries_and_delays_stored_ones_without_loss
     );
     mailer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_finished_before_a_crash_left_its_pending_record_is_not_sent_again() {
+    let files = Files::new();
+    let mut mailpit = Mailpit::stopped();
+    // SMTP is down: the delivery stays pending, its mails stored.
+    let mailer = Running::start(mailer::Config {
+        smtp: smtp_to(&mailpit),
+        ..config(&files)
+    })
+    .await;
+    let id = "01764198320-dddd";
+    let key = files.record("100", id, &tone(700.0, 8000));
+    let mut client = mailer.client.clone();
+    client.deliver(request("100", id, &key)).await.unwrap();
+    mailer.stop().await;
+
+    // A sender finished it (its final record is written) and died before removing the
+    // pending one.
+    let outbox = files.data().join("outbox");
+    let pending = outbox.join(format!("pending/{id}.json"));
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&pending).unwrap()).unwrap();
+    record["state"] = "sent".into();
+    std::fs::create_dir_all(outbox.join("sent")).unwrap();
+    std::fs::write(
+        outbox.join(format!("sent/{id}.json")),
+        serde_json::to_vec(&record).unwrap(),
+    )
+    .unwrap();
+
+    // The next mailer tidies the pending record and sends nothing.
+    mailpit.resume().await;
+    let mut next = Running::start(mailer::Config {
+        smtp: smtp_to(&mailpit),
+        ..config(&files)
+    })
+    .await;
+    // (A lookup finds the pending record first: SENT means it is gone.)
+    let done = next.settled(id, Duration::from_secs(10)).await;
+    assert_eq!(done.state(), pb::DeliveryState::Sent);
+    assert!(!pending.exists());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(mailpit.messages().await.is_empty(), "nothing sent again");
+    next.stop().await;
+}

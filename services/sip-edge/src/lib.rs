@@ -320,12 +320,9 @@ fn mwi_lines(sip: &SipConf) -> std::collections::HashMap<String, Vec<String>> {
     let mut map: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
     for peer in &sip.peers {
         for mailbox in &peer.mailboxes {
-            let key = if mailbox.contains('@') {
-                mailbox.clone()
-            } else {
-                format!("{mailbox}@default")
-            };
-            map.entry(key).or_default().push(peer.name.clone());
+            map.entry(server::mailbox_key(mailbox))
+                .or_default()
+                .push(peer.name.clone());
         }
     }
     map

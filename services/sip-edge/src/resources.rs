@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::ResourceExt;
-use phone_kube::{Contact, Line, LineStatus};
+use phone_kube::{Contact, Line, LineStatus, SecretReader};
 use service_runtime::Shutdown;
 
 use crate::registrar;
@@ -58,7 +58,7 @@ pub async fn run(
         let (secrets, file_peers) = (secrets.clone(), file_peers.clone());
         let (core, resolved) = (core.clone(), resolved.clone());
         async move {
-            let now = resolve(found, &secrets, &file_peers).await;
+            let now = resolve(found, SecretReader::new(secrets), &file_peers).await;
             let usable: Vec<ResourceLine> = now
                 .iter()
                 .filter_map(|r| r.outcome.as_ref().ok().cloned())
@@ -95,7 +95,7 @@ async fn status_task(
 /// Every line, with its password read from its Secret.
 async fn resolve(
     mut lines: Vec<Arc<Line>>,
-    secrets: &Api<Secret>,
+    mut secrets: SecretReader,
     file_peers: &HashSet<String>,
 ) -> Vec<Resolved> {
     let mut out = Vec::new();
@@ -115,7 +115,8 @@ async fn resolve(
         } else if !seen.insert(peer.clone()) {
             Err(format!("another Line defines the peer {peer}"))
         } else {
-            phone_kube::read_secret(secrets, &line.spec.secret_ref)
+            secrets
+                .read(&line.spec.secret_ref)
                 .await
                 .map(|password| resource_line(&line, &peer, password))
         };
@@ -180,7 +181,7 @@ async fn write_status(
             .map(|r| (r.name.clone(), status_of(&core, r)))
             .collect()
     };
-    write_changed(lines, wanted, written, |status| {
+    phone_kube::write_changed(lines, wanted, written, |status| {
         serde_json::json!({
             "registered": status.registered,
             "contacts": status.contacts,
@@ -191,36 +192,6 @@ async fn write_status(
         })
     })
     .await;
-}
-
-/// Patches the status of each of `wanted` that differs from what was last written.
-/// `fields` gives every field of the status, nulls included: a merge patch leaves out
-/// what it omits, and gone contacts or a solved problem must be cleared.
-pub(crate) async fn write_changed<K, S>(
-    api: &Api<K>,
-    wanted: Vec<(String, S)>,
-    written: &mut HashMap<String, S>,
-    fields: impl Fn(&S) -> serde_json::Value,
-) where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    S: PartialEq,
-{
-    for (name, status) in wanted {
-        if written.get(&name) == Some(&status) {
-            continue;
-        }
-        let patch = serde_json::json!({ "status": fields(&status) });
-        match api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {
-                written.insert(name, status);
-            }
-            // Deleted meanwhile, or the API server is away: the next tick tries again.
-            Err(e) => tracing::debug!(resource = %name, error = %e, "status not written"),
-        }
-    }
 }
 
 fn status_of(core: &SipCore, line: &Resolved) -> LineStatus {

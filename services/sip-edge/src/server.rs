@@ -226,9 +226,9 @@ pub struct SipCore {
     outbound_branches: HashMap<String, u64>,
     /// The address put in Via and Contact (`--advertise-ip`), if not the bound one.
     advertise: Option<std::net::IpAddr>,
-    /// sip.conf's trunks, then the Trunk resources'.
+    /// sip.conf's trunks, and the Trunk resources'.
     trunks: Vec<Trunk>,
-    file_trunks: usize,
+    resource_trunks: Vec<Trunk>,
     /// What calls need of the resource lines and trunks (sip.conf's are in `file`).
     line_peers: Vec<PeerInfo>,
     trunk_peers: Vec<PeerInfo>,
@@ -289,6 +289,15 @@ pub fn load_bindings(path: &std::path::Path) -> HashMap<String, Vec<Binding>> {
             HashMap::new()
         }),
         Err(_) => HashMap::new(),
+    }
+}
+
+/// A line's `mailbox=` as `box@context` (`box` alone is `box@default`).
+pub(crate) fn mailbox_key(mailbox: &str) -> String {
+    if mailbox.contains('@') {
+        mailbox.to_owned()
+    } else {
+        format!("{mailbox}@default")
     }
 }
 
@@ -356,7 +365,7 @@ impl SipCore {
             outbound_branches: HashMap::new(),
             advertise: None,
             trunks: Vec::new(),
-            file_trunks: 0,
+            resource_trunks: Vec::new(),
             line_peers: Vec::new(),
             trunk_peers: Vec::new(),
             mwi_counts: HashMap::new(),
@@ -437,18 +446,16 @@ impl SipCore {
 
     /// sip.conf's trunks, by address.
     pub fn set_trunks(&mut self, trunks: Vec<Trunk>) {
-        let resources = self.trunks.split_off(self.file_trunks);
-        self.file_trunks = trunks.len();
         self.trunks = trunks;
-        self.trunks.extend(resources);
     }
 
     /// The trunk a request from `source` belongs to, and whether its INVITEs go
     /// unchallenged (chan_sip's rule: by address and port, or by address alone with
-    /// `insecure=port`; a resource's `ipAddresses` by network).
+    /// `insecure=port`; a resource's `ipAddresses` by network). sip.conf's come first.
     fn trunk_for(&self, source: SocketAddr) -> Option<(&Trunk, bool)> {
         self.trunks
             .iter()
+            .chain(&self.resource_trunks)
             .find_map(|t| t.matches(source).map(|trusted| (t, trusted)))
     }
 
@@ -946,19 +953,12 @@ Content-Length: {}\r\n\r\n{body}",
     /// registration made from the same settings as before is kept as it is (a resync
     /// does not register again); a gone trunk's registration stops.
     pub fn set_resource_trunks(&mut self, resources: Vec<ResourceTrunk>) {
-        let mut kept: Vec<Outbound> = Vec::new();
-        let mut fresh = Vec::new();
-        let mut previous: Vec<Outbound> = Vec::new();
-        for outbound in self.outbound.drain(..) {
-            if outbound.trunk.is_some() {
-                previous.push(outbound);
-            } else {
-                kept.push(outbound);
-            }
-        }
+        let (mut previous, kept): (Vec<Outbound>, Vec<Outbound>) =
+            self.outbound.drain(..).partition(|o| o.trunk.is_some());
         self.outbound = kept;
-        self.trunks.truncate(self.file_trunks);
+        self.resource_trunks.clear();
         self.trunk_peers.clear();
+        let mut fresh = Vec::new();
         let mut nets = Vec::new();
         for resource in resources {
             nets.extend(resource.trunk.nets.iter().copied());
@@ -969,7 +969,7 @@ Content-Length: {}\r\n\r\n{body}",
                     .iter()
                     .map(|a| ipnet::IpNet::from(a.ip())),
             );
-            self.trunks.push(resource.trunk);
+            self.resource_trunks.push(resource.trunk);
             self.trunk_peers.push(resource.peer);
             let Some(wanted) = resource.registration else {
                 continue;

@@ -20,11 +20,11 @@ use asterisk_conf::sip::Registration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::ResourceExt;
-use phone_kube::{Trunk, TrunkStatus};
+use phone_kube::{SecretReader, Trunk, TrunkStatus};
 use service_runtime::Shutdown;
 
 use crate::outbound::{OutboundRegistration, Status};
-use crate::resources::{rfc3339, write_changed, RESYNC_EVERY, STATUS_EVERY};
+use crate::resources::{rfc3339, RESYNC_EVERY, STATUS_EVERY};
 use crate::server::{self, Outbound, PeerInfo, ResourceTrunk, SipCore};
 
 /// A trunk resource as the edge uses it, or why it cannot.
@@ -63,6 +63,7 @@ pub async fn run(
         let (secrets, file_peers) = (secrets.clone(), file_peers.clone());
         let (core, resolved) = (core.clone(), resolved.clone());
         async move {
+            let mut secrets = SecretReader::new(secrets);
             let mut usable = Vec::new();
             let mut now = Vec::new();
             let mut found = found;
@@ -74,7 +75,7 @@ pub async fn run(
                         "sip.conf defines the peer {name} too; the file's is used"
                     ))
                 } else {
-                    resolve(&trunk, &secrets).await
+                    resolve(&trunk, &mut secrets).await
                 };
                 let (addresses, problem) = match outcome {
                     Ok(resource) => {
@@ -107,7 +108,7 @@ pub async fn run(
 }
 
 /// The trunk as the SIP core uses it: its host resolved, its password read.
-async fn resolve(trunk: &Trunk, secrets: &Api<Secret>) -> Result<ResourceTrunk, String> {
+async fn resolve(trunk: &Trunk, secrets: &mut SecretReader) -> Result<ResourceTrunk, String> {
     let name = trunk.name_any();
     let spec = &trunk.spec;
     let nets = spec
@@ -120,7 +121,7 @@ async fn resolve(trunk: &Trunk, secrets: &Api<Secret>) -> Result<ResourceTrunk, 
         })
         .collect::<Result<Vec<_>, _>>()?;
     let secret = match &spec.secret_ref {
-        Some(key) => Some(phone_kube::read_secret(secrets, key).await?),
+        Some(key) => Some(secrets.read(key).await?),
         None => None,
     };
     let port = spec.port.unwrap_or(5060);
@@ -233,7 +234,7 @@ async fn status_task(
                 .map(|r| (r.name.clone(), status_of(&core, r, &identity)))
                 .collect()
         };
-        write_changed(&trunks, wanted, &mut written, |status| {
+        phone_kube::write_changed(&trunks, wanted, &mut written, |status| {
             serde_json::json!({
                 "registration": status.registration,
                 "owner": status.owner,

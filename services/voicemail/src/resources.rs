@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use asterisk_conf::voicemail::Mailbox as ConfMailbox;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::ResourceExt;
-use phone_kube::{Mailbox, MailboxStatus};
+use phone_kube::{Mailbox, MailboxStatus, SecretReader};
 use service_runtime::Shutdown;
 
 use crate::service::Shared;
@@ -45,7 +45,7 @@ pub async fn run(
     phone_kube::on_spec_changes(api, resync, shutdown.triggered(), |found| {
         let (secrets, shared, resolved) = (secrets.clone(), shared.clone(), resolved.clone());
         async move {
-            let (boxes, now) = resolve(found, &secrets, &shared).await;
+            let (boxes, now) = resolve(found, SecretReader::new(secrets), &shared).await;
             tracing::info!(mailboxes = boxes.len(), "mailbox resources applied");
             shared.set_resource_mailboxes(boxes);
             *resolved.lock().unwrap_or_else(|e| e.into_inner()) = now;
@@ -75,7 +75,7 @@ async fn status_task(
 /// The usable mailboxes, and each resource with its problem (if any).
 async fn resolve(
     mut resources: Vec<Arc<Mailbox>>,
-    secrets: &Api<Secret>,
+    mut secrets: SecretReader,
     shared: &Shared,
 ) -> (Vec<ConfMailbox>, Resolved) {
     let mut boxes = Vec::new();
@@ -97,7 +97,8 @@ async fn resolve(
                 spec.mailbox
             ))
         } else {
-            phone_kube::read_secret(secrets, &spec.pin_ref)
+            secrets
+                .read(&spec.pin_ref)
                 .await
                 .map(|pin| resource.to_conf(pin))
         };
@@ -123,12 +124,12 @@ async fn write_status(
     written: &mut HashMap<String, MailboxStatus>,
 ) {
     written.retain(|name, _| resolved.iter().any(|(m, _)| &m.name_any() == name));
+    let mut wanted = Vec::new();
     for (resource, problem) in resolved {
         let name = resource.name_any();
-        let context = resource.context();
         let (new, old) = if problem.is_none() {
             match shared
-                .message_counts(&context, &resource.spec.mailbox)
+                .message_counts(&resource.context(), &resource.spec.mailbox)
                 .await
             {
                 Ok(counts) => counts,
@@ -140,27 +141,15 @@ async fn write_status(
         } else {
             (0, 0)
         };
-        let status = MailboxStatus {
-            new,
-            old,
-            problem: problem.clone(),
-        };
-        if written.get(&name) == Some(&status) {
-            continue;
-        }
-        let patch = serde_json::json!({ "status": {
+        let problem = problem.clone();
+        wanted.push((name, MailboxStatus { new, old, problem }));
+    }
+    phone_kube::write_changed(api, wanted, written, |status| {
+        serde_json::json!({
             "new": status.new,
             "old": status.old,
             "problem": status.problem,
-        }});
-        match api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {
-                written.insert(name, status);
-            }
-            Err(e) => tracing::debug!(mailbox = %name, error = %e, "mailbox status not written"),
-        }
-    }
+        })
+    })
+    .await;
 }

@@ -99,6 +99,9 @@ pub struct Shared {
     announcing: Mutex<HashSet<String>>,
     /// Mailboxes defined by resources (Kubernetes `Mailbox`), by (context, box).
     resource_mailboxes: std::sync::RwLock<HashMap<(String, String), Mailbox>>,
+    /// The counts last read from storage, by (context, box): read again after each
+    /// change made here (MWI), so the resources' status needs no storage read of its own.
+    counted: Mutex<HashMap<(String, String), (u32, u32)>>,
 }
 
 struct Handle {
@@ -134,6 +137,7 @@ impl Shared {
             sessions: Mutex::default(),
             announcing: Mutex::default(),
             resource_mailboxes: std::sync::RwLock::default(),
+            counted: Mutex::default(),
         })
     }
 
@@ -160,13 +164,23 @@ impl Shared {
             .collect();
     }
 
-    /// New and old message counts of `number@context`, for status and MWI.
+    /// New and old message counts of `number@context`, for a resource's status: as
+    /// last read after a change here, else from storage.
     pub async fn message_counts(
         &self,
         context: &str,
         number: &str,
     ) -> Result<(u32, u32), store::StoreError> {
-        self.counts(context, number).await
+        let known = self
+            .counted
+            .lock()
+            .unwrap()
+            .get(&(context.to_owned(), number.to_owned()))
+            .copied();
+        match known {
+            Some(counts) => Ok(counts),
+            None => self.counts(context, number).await,
+        }
     }
 
     fn context(context: &str) -> &str {
@@ -227,6 +241,10 @@ impl Shared {
     async fn counts(&self, context: &str, mailbox: &str) -> Result<(u32, u32), store::StoreError> {
         let new = self.store.count(context, mailbox, "INBOX").await?;
         let old = self.store.count(context, mailbox, "Old").await?;
+        self.counted
+            .lock()
+            .unwrap()
+            .insert((context.to_owned(), mailbox.to_owned()), (new, old));
         Ok((new, old))
     }
 

@@ -314,12 +314,9 @@ impl SipCore {
         let mut mwi = self.file.mwi.clone();
         for resource in resources {
             for mailbox in &resource.mailboxes {
-                let key = if mailbox.contains('@') {
-                    mailbox.clone()
-                } else {
-                    format!("{mailbox}@default")
-                };
-                mwi.entry(key).or_default().push(resource.line.name.clone());
+                mwi.entry(super::mailbox_key(mailbox))
+                    .or_default()
+                    .push(resource.line.name.clone());
             }
             lines.push(resource.line);
             peers.push(resource.peer);
