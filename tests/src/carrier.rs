@@ -34,7 +34,7 @@ pub struct Carrier {
     _dir: tempfile::TempDir,
 }
 
-fn config(port: u16, pbx: SocketAddr) -> String {
+fn config(ip: std::net::IpAddr, port: u16, pbx: SocketAddr) -> String {
     format!(
         r#"#!KAMAILIO
 debug=2
@@ -42,8 +42,8 @@ log_stderror=yes
 children=2
 disable_tcp=yes
 auto_aliases=no
-listen=udp:127.0.0.1:{port}
-alias="127.0.0.1:{port}"
+listen=udp:{ip}:{port}
+alias="{ip}:{port}"
 
 loadmodule "tm.so"
 loadmodule "sl.so"
@@ -133,9 +133,15 @@ impl Carrier {
     /// Kamailio on `port` of loopback, sending DID calls to `pbx` (the edge's SIP
     /// address) and taking calls only from there.
     pub fn start(port: u16, pbx: SocketAddr) -> Self {
+        Self::start_on([127, 0, 0, 1].into(), port, pbx)
+    }
+
+    /// Kamailio on `ip:port` (an address of this machine), sending DID calls to `pbx`
+    /// and taking calls only from there.
+    pub fn start_on(ip: std::net::IpAddr, port: u16, pbx: SocketAddr) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("kamailio.cfg");
-        std::fs::write(&cfg, config(port, pbx)).unwrap();
+        std::fs::write(&cfg, config(ip, port, pbx)).unwrap();
         let mut child = Command::new("kamailio")
             .arg("-f")
             .arg(&cfg)
@@ -151,7 +157,7 @@ impl Carrier {
         let lines = crate::collect_lines(child.stderr.take().unwrap());
         Carrier {
             child: Some(child),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::new(ip, port),
             lines,
             _dir: dir,
         }

@@ -53,6 +53,22 @@ where
     }
 }
 
+/// One second of a sine tone at `hz`, 8 kHz: what a test phone says.
+pub fn tone(hz: f64) -> Vec<i16> {
+    (0..8000)
+        .map(|n| (8000.0 * (std::f64::consts::TAU * hz * f64::from(n) / 8000.0).sin()) as i16)
+        .collect()
+}
+
+/// Seconds (in 100 ms steps) of `audio` that are mostly the tone `hz`.
+pub fn seconds_of(audio: &[i16], hz: f64) -> f64 {
+    audio
+        .chunks_exact(800)
+        .filter(|c| phone_audio::analysis::tone_share(c, hz) > 0.7)
+        .count() as f64
+        / 10.0
+}
+
 /// A process's resident memory (VmRSS) in KiB, for the load tools' memory figures.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -20,15 +20,9 @@ use phone_test_support::otlp::{Received, Receiver};
 use phone_tests::baresip::{Phone, PhoneConfig};
 use phone_tests::carrier::Carrier;
 use phone_tests::system::{Mode, System};
-use phone_tests::wait_until;
+use phone_tests::{tone, wait_until};
 
 const DID: &str = "13235550100";
-
-fn tone(hz: f64) -> Vec<i16> {
-    (0..8000)
-        .map(|n| (8000.0 * (std::f64::consts::TAU * hz * f64::from(n) / 8000.0).sin()) as i16)
-        .collect()
-}
 
 /// The spans of one trace, with lookups that explain themselves when they fail.
 struct Trace(Vec<Received>);

@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use phone_audio::analysis::tone_share;
 use phone_test_support::free_port;
 use phone_tests::baresip::{Phone, PhoneConfig};
 use phone_tests::carrier::{Carrier, TRUNK_USER};
 use phone_tests::system::{Mode, System};
+use phone_tests::{seconds_of, tone};
 
 const DID: &str = "13235550100";
 /// What the desk phone says, and what the PSTN says.
@@ -19,21 +19,6 @@ const PSTN_HZ: f64 = 700.0;
 
 /// One system at a time (a test that fails does not stop the others' turns).
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn tone(hz: f64) -> Vec<i16> {
-    (0..8000)
-        .map(|n| (8000.0 * (std::f64::consts::TAU * hz * f64::from(n) / 8000.0).sin()) as i16)
-        .collect()
-}
-
-/// Seconds (in 100 ms steps) of `audio` that are mostly the tone `hz`.
-fn seconds_of(audio: &[i16], hz: f64) -> f64 {
-    audio
-        .chunks_exact(800)
-        .filter(|c| tone_share(c, hz) > 0.7)
-        .count() as f64
-        / 10.0
-}
 
 struct World {
     carrier: Carrier,

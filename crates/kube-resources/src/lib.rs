@@ -14,6 +14,7 @@
 // Several `printcolumn(type_ = "string", ...)` in one `#[kube]` are columns, not repeats.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod endpoints;
 pub mod lease;
 
 use std::collections::BTreeMap;

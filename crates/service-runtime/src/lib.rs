@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod grpc;
 pub mod server;
 pub mod settings;

@@ -14,13 +14,30 @@ use crate::{free_port, go_binary};
 pub const ADMIN_TOKEN: &str = "phone-test-admin";
 
 pub struct KubeApi {
-    /// `https://127.0.0.1:<port>`.
-    pub url: String,
-    /// A kubeconfig for the administrator (namespace `default`).
-    pub kubeconfig: PathBuf,
+    client: Kubectl,
     etcd: Child,
     apiserver: Child,
     dir: tempfile::TempDir,
+}
+
+/// `kubectl` against one API server as its administrator: what [`KubeApi`] and the
+/// test cluster ([`crate::cluster::Cluster`]) both offer (through `Deref`).
+pub struct Kubectl {
+    /// `https://<address>:<port>`.
+    pub url: String,
+    /// A kubeconfig for the administrator (namespace `default`).
+    pub kubeconfig: PathBuf,
+    /// Where [`Kubectl::kubeconfig_for`] writes.
+    dir: PathBuf,
+    /// The cluster's CA certificate, when the server has a real one.
+    ca: Option<PathBuf>,
+}
+
+impl std::ops::Deref for KubeApi {
+    type Target = Kubectl;
+    fn deref(&self) -> &Kubectl {
+        &self.client
+    }
 }
 
 impl KubeApi {
@@ -28,42 +45,12 @@ impl KubeApi {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name).display().to_string();
-        let (client, peer, secure) = (free_port(), free_port(), free_port());
-        let etcd_url = format!("http://127.0.0.1:{client}");
-        let etcd = Command::new("etcd")
-            .args([
-                "--data-dir",
-                &path("etcd"),
-                "--listen-client-urls",
-                &etcd_url,
-                "--advertise-client-urls",
-                &etcd_url,
-                "--listen-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-                "--initial-cluster",
-                &format!("default=http://127.0.0.1:{peer}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(log_file(dir.path(), "etcd.log"))
-            .spawn()
-            .expect("etcd starts (Debian's etcd-server; run scripts/install-deps)");
+        let secure = free_port();
+        let (etcd, etcd_url) = spawn_etcd(dir.path());
 
         // The service-account signing key, and the administrator's token.
         let key = path("sa.key");
-        let status = Command::new("openssl")
-            .args(["genrsa", "-out", &key, "2048"])
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "openssl genrsa");
-        let status = Command::new("openssl")
-            .args(["rsa", "-in", &key, "-pubout", "-out", &path("sa.pub")])
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "openssl rsa -pubout");
+        service_account_key(dir.path());
         std::fs::write(
             dir.path().join("tokens.csv"),
             format!("{ADMIN_TOKEN},admin,admin,system:masters\n"),
@@ -91,20 +78,39 @@ impl KubeApi {
             .spawn()
             .expect("kube-apiserver starts (run scripts/install-deps)");
 
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_text(&url, ADMIN_TOKEN)).unwrap();
+        let client = Kubectl::new(url, dir.path(), None);
         let api = KubeApi {
-            url,
-            kubeconfig,
+            client,
             etcd,
             apiserver,
             dir,
         };
-        api.wait_ready().await;
+        api.wait_ready(&api.dir.path().join("kube-apiserver.log"))
+            .await;
         api
     }
+}
 
-    async fn wait_ready(&self) {
+impl Kubectl {
+    /// A client of the server at `url` whose kubeconfigs are written into `dir`; with
+    /// `ca`, the server's certificate is verified against it.
+    pub fn new(url: String, dir: &Path, ca: Option<PathBuf>) -> Self {
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_text(&url, ADMIN_TOKEN, ca.as_deref()),
+        )
+        .unwrap();
+        Kubectl {
+            url,
+            kubeconfig,
+            dir: dir.to_owned(),
+            ca,
+        }
+    }
+
+    /// Waits until the API server is ready (60 s at most); panics with its log.
+    pub async fn wait_ready(&self, log: &Path) {
         for _ in 0..600 {
             let (ok, out) = self.kubectl(&["get", "--raw", "/readyz"]);
             if ok && out.trim() == "ok" {
@@ -114,7 +120,7 @@ impl KubeApi {
         }
         panic!(
             "kube-apiserver was not ready in 60 s:\n{}",
-            std::fs::read_to_string(self.dir.path().join("kube-apiserver.log")).unwrap_or_default()
+            std::fs::read_to_string(log).unwrap_or_default()
         );
     }
 
@@ -191,8 +197,8 @@ impl KubeApi {
 
     /// A kubeconfig for another user's bearer token (to test RBAC as a service account).
     pub fn kubeconfig_for(&self, name: &str, token: &str) -> PathBuf {
-        let path = self.dir.path().join(format!("kubeconfig-{name}"));
-        std::fs::write(&path, kubeconfig_text(&self.url, token)).unwrap();
+        let path = self.dir.join(format!("kubeconfig-{name}"));
+        std::fs::write(&path, kubeconfig_text(&self.url, token, self.ca.as_deref())).unwrap();
         path
     }
 }
@@ -206,8 +212,63 @@ impl Drop for KubeApi {
     }
 }
 
+/// Debian's etcd on free loopback ports with its data in `dir`: the process and its
+/// client URL.
+pub(crate) fn spawn_etcd(dir: &Path) -> (Child, String) {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (client, peer) = (free_port(), free_port());
+    let etcd_url = format!("http://127.0.0.1:{client}");
+    let etcd = Command::new("etcd")
+        .args([
+            "--data-dir",
+            &path("etcd"),
+            "--listen-client-urls",
+            &etcd_url,
+            "--advertise-client-urls",
+            &etcd_url,
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+            "--initial-cluster",
+            &format!("default=http://127.0.0.1:{peer}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, "etcd.log"))
+        .spawn()
+        .expect("etcd starts (Debian's etcd-server; run scripts/install-deps)");
+    (etcd, etcd_url)
+}
+
+/// The service-account signing key pair: `dir/sa.key` and `dir/sa.pub`.
+pub(crate) fn service_account_key(dir: &Path) {
+    let path = |name: &str| dir.join(name).display().to_string();
+    openssl(&["genrsa", "-out", &path("sa.key"), "2048"]);
+    openssl(&[
+        "rsa",
+        "-in",
+        &path("sa.key"),
+        "-pubout",
+        "-out",
+        &path("sa.pub"),
+    ]);
+}
+
+/// Runs `openssl <args>`; panics when it fails.
+pub(crate) fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Whether a command succeeded, and its stdout (or its stderr when it failed).
-fn outcome(out: std::process::Output) -> (bool, String) {
+pub(crate) fn outcome(out: std::process::Output) -> (bool, String) {
     let text = if out.status.success() {
         out.stdout
     } else {
@@ -219,15 +280,19 @@ fn outcome(out: std::process::Output) -> (bool, String) {
     )
 }
 
-fn log_file(dir: &Path, name: &str) -> Stdio {
+pub(crate) fn log_file(dir: &Path, name: &str) -> Stdio {
     std::fs::File::create(dir.join(name))
         .map(Stdio::from)
         .unwrap_or_else(|_| Stdio::null())
 }
 
-/// The API server's certificate is its own self-signed one, so the test clients skip
-/// its verification (loopback only).
-fn kubeconfig_text(url: &str, token: &str) -> String {
+/// A kubeconfig for `token` at `url`. Without a CA the API server's certificate is its
+/// own self-signed one, so the client skips its verification (loopback only).
+pub(crate) fn kubeconfig_text(url: &str, token: &str, ca: Option<&Path>) -> String {
+    let trust = match ca {
+        Some(ca) => format!("certificate-authority: {}", ca.display()),
+        None => "insecure-skip-tls-verify: true".to_owned(),
+    };
     format!(
         "apiVersion: v1
 kind: Config
@@ -235,7 +300,7 @@ clusters:
 - name: test
   cluster:
     server: {url}
-    insecure-skip-tls-verify: true
+    {trust}
 users:
 - name: user
   user:

@@ -2,10 +2,12 @@
 //! on loopback ports from the binaries `scripts/install-deps` builds with `go install`
 //! (MinIO for S3, Mailpit for SMTP), each with its data in a temporary folder, stoppable
 //! and restartable on the same port to stage outages. [`kube`] starts a real Kubernetes
-//! API server (etcd and kube-apiserver), and [`otlp`] a trace collector.
+//! API server (etcd and kube-apiserver), [`cluster`] a real one-node cluster that runs
+//! pods, and [`otlp`] a trace collector.
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod kube;
 pub mod otlp;
 
@@ -37,6 +39,25 @@ pub fn go_binary(name: &str) -> PathBuf {
         "{name} is not installed: run scripts/install-deps"
     );
     path
+}
+
+/// Polls `condition` (every 200 ms) until it gives `Some`, or gives up after `deadline`
+/// with `None`.
+pub async fn wait_for<T, F, Fut>(deadline: Duration, mut condition: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = condition().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A TCP port free on loopback right now.
@@ -142,6 +163,17 @@ impl Minio {
         kill(&mut self.child);
     }
 
+    /// A MinIO this harness did not start (a pod's, forwarded to `port` on loopback),
+    /// with the harness's credentials.
+    pub fn remote(port: u16, bucket: &str) -> Self {
+        Minio {
+            child: None,
+            port,
+            bucket: bucket.to_owned(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
     pub fn client(&self) -> aws_sdk_s3::Client {
         let config = aws_sdk_s3::config::Builder::new()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
@@ -231,6 +263,14 @@ impl Mailpit {
         let mut mailpit = Self::stopped();
         mailpit.args = args.iter().map(|a| (*a).to_owned()).collect();
         mailpit.resume().await;
+        mailpit
+    }
+
+    /// The API of a Mailpit this harness did not start (a pod's, forwarded to
+    /// `http` on loopback).
+    pub fn remote(http: u16) -> Self {
+        let mut mailpit = Self::stopped();
+        mailpit.http = http;
         mailpit
     }
 

@@ -82,7 +82,7 @@ impl TraceService for Collector {
 
 /// The receiver; stops when dropped.
 pub struct Receiver {
-    /// `http://127.0.0.1:<port>`, for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    /// `http://<ip>:<port>`, for `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub endpoint: String,
     collector: Collector,
     server: tokio::task::JoinHandle<()>,
@@ -90,7 +90,13 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on([127, 0, 0, 1].into()).await
+    }
+
+    /// On a port of `ip`, an address of this machine (the test cluster's node address,
+    /// which pods reach).
+    pub async fn start_on(ip: std::net::IpAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let collector = Collector::default();
         let service = TraceServiceServer::new(collector.clone());

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod guide;
+pub mod probe;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -81,6 +82,14 @@ pub struct Config {
     /// 0 when there is none, 1 otherwise. Nothing starts.
     #[arg(long, env = "PHONE_CHECK_DIALPLAN")]
     pub check_dialplan: bool,
+    /// Check a running deployment and exit (the chart's `helm test`): each of these
+    /// gRPC URLs must report SERVING on its health service. Nothing starts.
+    #[arg(long, env = "PHONE_PROBE_GRPC", value_delimiter = ',')]
+    pub probe_grpc: Vec<String>,
+    /// With the probe: this SIP address (`host:port`) must answer OPTIONS over UDP
+    /// with 200.
+    #[arg(long, env = "PHONE_PROBE_SIP")]
+    pub probe_sip: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +112,8 @@ pub enum Error {
     Voicemail(#[from] voicemail::Error),
     #[error(transparent)]
     Mailer(#[from] mailer::Error),
+    #[error(transparent)]
+    Probe(#[from] probe::Failed),
     #[error("{service} did not report SERVING within {timeout:?}")]
     NotServing {
         service: &'static str,
@@ -115,6 +126,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the five services until `shutdown`, then drains them.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    if !config.probe_grpc.is_empty() || config.probe_sip.is_some() {
+        let sip = config.probe_sip.as_deref();
+        return Ok(probe::run(&config.probe_grpc, sip, probe::CHECK_TIMEOUT).await?);
+    }
     let config_dir = match &config.config_dir {
         Some(dir) => dir.clone(),
         None => write_example_config(&config.data_dir)?,

@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use service_runtime::grpc::client_channel;
+use service_runtime::balance::Balanced;
 use service_runtime::settings::parse_duration;
 use service_runtime::{CommonArgs, GrpcServer, ServiceInfo, Shutdown};
 
@@ -84,6 +84,11 @@ pub struct Config {
     /// --config-dir's file all the same, and stops checking that file for changes.
     #[arg(long, env = "PHONE_DIALPLAN_CONFIGMAP", requires = "kube_namespace")]
     pub dialplan_configmap: Option<String>,
+    /// Spread the voicemail sessions over the ready pods of this Service (in
+    /// --kube-namespace, from its EndpointSlices), each session on the pod it started
+    /// on, instead of one connection to --voicemail-url.
+    #[arg(long, env = "PHONE_VOICEMAIL_SERVICE", requires = "kube_namespace")]
+    pub voicemail_service: Option<String>,
     /// The namespace of --dialplan-configmap (the chart sets the pod's own). The API
     /// server and credentials come from the pod's service account, or from KUBECONFIG.
     #[arg(long, env = "PHONE_KUBE_NAMESPACE")]
@@ -105,6 +110,7 @@ impl Config {
             voicemail_url: "http://127.0.0.1:9".into(),
             reload_interval: Duration::ZERO,
             dialplan_configmap: None,
+            voicemail_service: None,
             kube_namespace: None,
             check_dialplan: false,
         }
@@ -163,6 +169,9 @@ pub struct Bound {
     reload: Option<service::Reloader>,
     /// The ConfigMap followed instead: the API client, its namespace and name.
     configmap: Option<(kube::Client, String, String)>,
+    /// The voicemail Service whose ready pods get the sessions: the API client, its
+    /// namespace and name, and the pool it fills.
+    voicemail_service: Option<(kube::Client, String, String, Balanced)>,
     config_dir: PathBuf,
     contexts: usize,
 }
@@ -176,14 +185,25 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     }
     let mut server = GrpcServer::bind(NAME, &config.common).await?;
     let metrics = service::Metrics::register(server.registry());
-    let voicemail = client_channel(&config.voicemail_url)?;
-    let router = service::Router::new(dialplan, voicemail, metrics, server.in_flight());
-    let configmap = match (config.dialplan_configmap, config.kube_namespace) {
-        (Some(name), Some(namespace)) => {
-            Some((kube::Client::try_default().await?, namespace, name))
+    let voicemail = Balanced::new(&config.voicemail_url)?;
+    let router = service::Router::new(dialplan, voicemail.clone(), metrics, server.in_flight());
+    let kube = match (
+        &config.kube_namespace,
+        &config.dialplan_configmap,
+        &config.voicemail_service,
+    ) {
+        (Some(namespace), Some(_), _) | (Some(namespace), _, Some(_)) => {
+            Some((kube::Client::try_default().await?, namespace.clone()))
         }
         _ => None,
     };
+    let configmap = kube
+        .clone()
+        .zip(config.dialplan_configmap)
+        .map(|((client, namespace), name)| (client, namespace, name));
+    let voicemail_service = kube
+        .zip(config.voicemail_service)
+        .map(|((client, namespace), service)| (client, namespace, service, voicemail));
     let file_reload = !config.reload_interval.is_zero() && configmap.is_none();
     let reload = file_reload.then(|| {
         service::Reloader::new(
@@ -198,6 +218,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         router,
         reload,
         configmap,
+        voicemail_service,
         config_dir: config.config_dir,
         contexts: ast.contexts.len(),
     })
@@ -219,6 +240,14 @@ impl Bound {
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
         if let Some(reload) = self.reload {
             tokio::spawn(reload.run(shutdown.clone()));
+        }
+        if let Some((client, namespace, service, pool)) = self.voicemail_service {
+            tokio::spawn(phone_kube::endpoints::watch_balanced(
+                kube::Api::namespaced(client, &namespace),
+                service,
+                pool,
+                shutdown.clone(),
+            ));
         }
         if let Some((client, namespace, name)) = self.configmap {
             tokio::spawn(resources::follow_configmap(

@@ -18,6 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use service_runtime::balance::{Balanced, Lease};
 use service_runtime::grpc::TracedChannel;
 use service_runtime::Shutdown;
 use tokio::sync::mpsc;
@@ -96,7 +97,8 @@ impl Metrics {
 
 struct Shared {
     dialplan: RwLock<Arc<Dialplan>>,
-    voicemail: TracedChannel,
+    /// The voicemail pods; a call's session stays on the one it started on.
+    voicemail: Balanced,
     metrics: Metrics,
     in_flight: TaskTracker,
 }
@@ -110,7 +112,7 @@ pub struct Router {
 impl Router {
     pub fn new(
         dialplan: Arc<Dialplan>,
-        voicemail: TracedChannel,
+        voicemail: Balanced,
         metrics: Metrics,
         in_flight: TaskTracker,
     ) -> Self {
@@ -270,6 +272,8 @@ async fn drive(
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(16);
     let mut inbound_open = true;
     let mut edge_gone = false;
+    // The voicemail pod of this call's session: its stop goes where its start went.
+    let mut voicemail: Option<(TracedChannel, Lease)> = None;
     // The application running now, as a span (a child of the call's): it ends when the
     // next step starts, so its length is the application's.
     let mut app = tracing::Span::none();
@@ -286,19 +290,19 @@ async fn drive(
                     }
                 }
                 Action::StartVoicemail { id, request } => {
+                    let (channel, lease) = shared.voicemail.pick();
+                    voicemail = Some((channel.clone(), lease));
                     tokio::spawn(
-                        voicemail_session(
-                            shared.voicemail.clone(),
-                            id,
-                            request,
-                            codec,
-                            events_tx.clone(),
-                        )
-                        .instrument(app.clone()),
+                        voicemail_session(channel, id, request, codec, events_tx.clone())
+                            .instrument(app.clone()),
                     );
                 }
                 Action::StopVoicemail { session_id } => {
-                    let mut client = VoicemailClient::new(shared.voicemail.clone());
+                    let channel = match &voicemail {
+                        Some((channel, _)) => channel.clone(),
+                        None => shared.voicemail.channel(),
+                    };
+                    let mut client = VoicemailClient::new(channel);
                     tokio::spawn(
                         async move {
                             if let Err(e) = client

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use phone_proto::media::v1 as media;
 use phone_proto::router::v1 as router;
 use phone_proto::router::v1::{channel_event, dialplan_command};
+use service_runtime::balance::Balanced;
 use service_runtime::grpc::TracedChannel;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -101,7 +102,7 @@ impl MediaWatch {
 /// Starts the task spawner: every new call gets its task, tracked for the drain.
 pub fn spawner(
     core: Arc<Mutex<SipCore>>,
-    router: TracedChannel,
+    router: Balanced,
     relays: RelayPool,
     in_flight: TaskTracker,
 ) -> mpsc::UnboundedSender<NewCall> {
@@ -142,7 +143,8 @@ pub fn spawner(
 struct Call {
     core: Arc<Mutex<SipCore>>,
     relays: RelayPool,
-    router: TracedChannel,
+    /// The routers; each call's stream stays on the one it was given.
+    router: Balanced,
     epoch: u64,
     watch: MediaWatch,
 }
@@ -245,7 +247,10 @@ impl Call {
                 codecs: call.codecs.clone(),
             })),
         }));
-        let commands = open_call_control(self.router.clone(), events).await;
+        // The router with the fewest calls; the lease counts this call there until the
+        // call's task ends.
+        let (router_channel, _router_lease) = self.router.pick();
+        let commands = open_call_control(router_channel, events).await;
         let mut commands = match commands {
             Ok(stream) => stream.into_inner(),
             Err(e) => {

@@ -48,6 +48,7 @@ use phone_proto::edge::v1::{
     Registration,
 };
 use registrar::{Line, Registrar, RegistrarConfig};
+use service_runtime::balance::Balanced;
 use service_runtime::grpc::{client_channel, TracedChannel};
 use service_runtime::{CommonArgs, GrpcServer, ServiceInfo, Shutdown};
 use tokio::net::{TcpListener, UdpSocket};
@@ -132,6 +133,11 @@ pub struct Config {
     /// --kube-namespace; ready endpoints only) instead of --media-relays.
     #[arg(long, env = "PHONE_MEDIA_RELAY_SERVICE", requires = "kube_namespace")]
     pub media_relay_service: Option<String>,
+    /// Spread the calls over the ready routers of this Service (in --kube-namespace,
+    /// from its EndpointSlices), each call's stream on the pod it started on, instead
+    /// of one connection to --router-url (which goes to one pod whatever the replicas).
+    #[arg(long, env = "PHONE_ROUTER_SERVICE", requires = "kube_namespace")]
+    pub router_service: Option<String>,
     /// This replica's name in the Lease: the pod's name (default: the host name).
     #[arg(long, env = "PHONE_POD_NAME")]
     pub pod_name: Option<String>,
@@ -162,6 +168,7 @@ impl Config {
             trunk_lease_duration: std::time::Duration::from_secs(15),
             pod_name: None,
             media_relay_service: None,
+            router_service: None,
         }
     }
 }
@@ -207,6 +214,7 @@ pub struct Bound {
     lease: Option<(String, phone_kube::lease::Timing)>,
     /// The Service whose EndpointSlices list the relays.
     relay_service: Option<String>,
+    router_service: Option<String>,
     /// Clients of the services the edge drives; used by the call path (issue #4).
     #[allow(dead_code)]
     peers: Peers,
@@ -214,7 +222,7 @@ pub struct Bound {
 
 #[allow(dead_code)]
 struct Peers {
-    router: TracedChannel,
+    router: Balanced,
     media_relays: relays::RelayPool,
     voicemail: TracedChannel,
 }
@@ -519,7 +527,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     core.set_file_config(file_lines(&sip), peer_infos(&sip, &trunks), mwi_lines(&sip));
     core.set_trunks(trunks);
     let peers = Peers {
-        router: client_channel(&config.router_url)?,
+        router: Balanced::new(&config.router_url)?,
         media_relays: relays::RelayPool::new(&config.media_relays)?,
         voicemail: client_channel(&config.voicemail_url)?,
     };
@@ -542,6 +550,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         identity,
         lease,
         relay_service: config.media_relay_service,
+        router_service: config.router_service,
         advertise_ip: config.advertise_ip,
         sip,
         udp: Arc::new(udp),
@@ -587,8 +596,17 @@ impl Bound {
             identity,
             lease,
             relay_service,
+            router_service,
             ..
         } = self;
+        if let (Some((client, namespace)), Some(service)) = (&kube, router_service) {
+            tokio::spawn(phone_kube::endpoints::watch_balanced(
+                kube::Api::namespaced(client.clone(), namespace),
+                service,
+                peers.router.clone(),
+                shutdown.clone(),
+            ));
+        }
         if let (Some((client, namespace)), Some(service)) = (&kube, relay_service) {
             tokio::spawn(discovery::watch_relays(
                 kube::Api::namespaced(client.clone(), namespace),

@@ -1,0 +1,339 @@
+//! The seed's phone system in pods (issue #18): `helm install` of the chart with its
+//! try-out values into a real one-node cluster built on this machine
+//! (`phone_test_support::cluster`), the images from `scripts/build-images`. The edge
+//! and the relays run on the node's network at the node's address; the phones
+//! (baresip) and the carrier (Kamailio) run on the host, as they would outside a real
+//! cluster. The tests of this file take turns: one cluster per machine.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use phone_test_support::cluster::{Cluster, NODE_IP};
+use phone_test_support::otlp::Receiver;
+use phone_test_support::{free_port, Mailpit, Minio, MINIO_PASSWORD, MINIO_USER};
+use phone_tests::baresip::{Phone, PhoneConfig};
+use phone_tests::carrier::{Carrier, TRUNK_USER};
+use phone_tests::{seconds_of, tone};
+
+const DID: &str = "13235550100";
+const DESK_HZ: f64 = 440.0;
+const PSTN_HZ: f64 = 700.0;
+const NAMESPACE: &str = "phone";
+
+fn chart() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/phone")
+}
+
+/// The try-out values with this cluster's images, the carrier on the host at
+/// `carrier`, no desk phone in sip.conf (it comes as a Line resource), and traces to
+/// `otel`.
+fn values(carrier: SocketAddr, otel: &str) -> String {
+    format!(
+        r#"image: {{repository: docker.io/local/phone, tag: test, pullPolicy: Never}}
+minio:
+  image: docker.io/local/minio:test
+  mcImage: docker.io/local/mc:test
+  rootUser: {MINIO_USER}
+  rootPassword: {MINIO_PASSWORD}
+mailpit:
+  image: docker.io/local/mailpit:test
+otel:
+  endpoint: {otel}
+networkPolicy:
+  nodeCIDRs: ["{NODE_IP}/32"]
+config:
+  sipConf: |
+    [flowroute]
+    host={ip}
+    port={port}
+    username=12345678
+    secret=password
+    context=inbound
+    type=friend
+    nat=no
+    qualify=yes
+    dtmfmode=rfc2833
+    canreinvite=no
+    disallow=all
+    allow=ulaw
+    insecure=port,invite
+"#,
+        ip = carrier.ip(),
+        port = carrier.port(),
+    )
+}
+
+/// The desk phone as a Line resource, its password and PIN in a Secret.
+const DESK_LINE: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: desk-phone, namespace: phone}
+stringData: {password: desk-secret, pin: "1234"}
+---
+apiVersion: phone.dev/v1alpha1
+kind: Line
+metadata: {name: desk, namespace: phone}
+spec:
+  number: "13235550100"
+  secretRef: {name: desk-phone, key: password}
+  context: localexts
+  nat: true
+  mailbox: 13235550100@default
+"#;
+
+/// Every pod of the release, as `name phase ready hostIP podIP` lines.
+fn pods(cluster: &Cluster) -> String {
+    cluster
+        .kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name} {.status.phase} {.status.conditions[?(@.type=="Ready")].status} {.status.hostIP} {.status.podIP}{"\n"}{end}"#,
+        ])
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_runs_in_pods_after_helm_install() {
+    let cluster = Cluster::start().await;
+    let otlp = Receiver::start_on(IpAddr::V4(NODE_IP)).await;
+    let sip = SocketAddr::from((NODE_IP, 5060));
+    let carrier = Carrier::start_on(IpAddr::V4(NODE_IP), free_port(), sip);
+    carrier.ready().await;
+    let values_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(values_file.path(), values(carrier.addr, &otlp.endpoint)).unwrap();
+    let tryout = chart().join("examples/values-tryout.yaml");
+
+    // helm install, then every pod Ready.
+    let started = Instant::now();
+    let (ok, out) = cluster.helm(&[
+        "install",
+        "phone",
+        chart().to_str().unwrap(),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "-f",
+        tryout.to_str().unwrap(),
+        "-f",
+        values_file.path().to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "5m",
+    ]);
+    let ready_after = started.elapsed();
+    assert!(ok, "helm install --wait:\n{out}\n{}", pods(&cluster));
+    eprintln!("helm install to every pod Ready: {ready_after:?}");
+    let listed = pods(&cluster);
+    let components = [
+        "sip-edge",
+        "router",
+        "media-relay",
+        "voicemail",
+        "mailer",
+        "minio",
+        "mailpit",
+    ];
+    for component in components {
+        assert!(
+            listed.lines().any(|l| l.contains(component)),
+            "a {component} pod:\n{listed}"
+        );
+    }
+    for line in listed.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields.get(1..3), Some(&["Running", "True"][..]), "{line}");
+        // The edge and the relays on the node's network, at the node's address.
+        if line.contains("sip-edge") || line.contains("media-relay") {
+            let node = NODE_IP.to_string();
+            assert_eq!(
+                fields.get(3..5),
+                Some(&[&node[..], &node[..]][..]),
+                "{line}"
+            );
+        }
+    }
+
+    // `helm test`: each service's gRPC health, and OPTIONS to the edge.
+    let (ok, out) = cluster.helm(&[
+        "test",
+        "phone",
+        "--namespace",
+        NAMESPACE,
+        "--logs",
+        "--timeout",
+        "2m",
+    ]);
+    let (_, logs) = cluster.kubectl(&["logs", "-n", NAMESPACE, "phone-test"]);
+    assert!(ok, "helm test:\n{out}\n{logs}");
+    assert_eq!(out.matches("ok      gRPC health").count(), 5, "{out}");
+    assert!(
+        out.contains("ok      SIP OPTIONS phone-sip-edge:5060: SIP/2.0 200"),
+        "{out}"
+    );
+
+    // The desk phone as a Line: it registers at the node's address and kubectl shows it.
+    cluster.apply(DESK_LINE);
+    let desk = Phone::start(PhoneConfig {
+        aor: format!("{DID}@{sip}"),
+        password: "desk-secret",
+        auto_answer: false,
+        mwi: true,
+        voice: tone(DESK_HZ),
+    });
+    desk.subscribe_mwi().await;
+    desk.assert_registers("desk").await;
+    cluster
+        .kubectl_until(&["get", "lines", "-n", NAMESPACE], &["desk", DID, "true"])
+        .await;
+    let pstn = Phone::start(PhoneConfig {
+        aor: format!("pstn@{}", carrier.addr),
+        password: "pstn",
+        auto_answer: true,
+        mwi: false,
+        voice: tone(PSTN_HZ),
+    });
+    pstn.assert_registers("pstn").await;
+    let did_uri = format!("sip:{DID}@{}", carrier.addr);
+
+    // The carrier calls the DID; the phone rings, is answered, both ends hear the other.
+    pstn.dial(&did_uri).await;
+    assert!(
+        desk.wait_for_output("ncoming call", Duration::from_secs(15))
+            .await,
+        "the desk phone rings:\n{}\n{}",
+        desk.output(),
+        carrier.log().join("\n")
+    );
+    desk.answer().await;
+    assert!(
+        desk.wait_for_output("established", Duration::from_secs(10))
+            .await,
+        "the desk phone answers:\n{}",
+        desk.output()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pstn.hangup().await;
+    let heard = phone_tests::wait_until(Duration::from_secs(5), || async {
+        let desk_got = seconds_of(&desk.heard().concat(), PSTN_HZ);
+        let pstn_got = seconds_of(&pstn.heard().concat(), DESK_HZ);
+        (desk_got >= 2.0 && pstn_got >= 2.0).then_some((desk_got, pstn_got))
+    })
+    .await;
+    assert!(
+        heard.is_some(),
+        "both ends hear each other: the desk {} s, the caller {} s",
+        seconds_of(&desk.heard().concat(), PSTN_HZ),
+        seconds_of(&pstn.heard().concat(), DESK_HZ)
+    );
+
+    // Unanswered: the voicemail takes the message; it lands in MinIO, the email with its
+    // attachment in Mailpit, and the lamp lights.
+    let calls_before = pstn.heard().len();
+    pstn.dial(&did_uri).await;
+    let established = pstn.output().matches("established").count();
+    let answered = phone_tests::wait_until(Duration::from_secs(40), || async {
+        (pstn.output().matches("established").count() > established).then_some(())
+    })
+    .await;
+    assert!(
+        answered.is_some(),
+        "the voicemail answers:\n{}",
+        pstn.output()
+    );
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    pstn.hangup().await;
+    assert!(pstn.heard().len() > calls_before);
+
+    let s3 = cluster
+        .port_forward(NAMESPACE, "service/phone-minio", 9000)
+        .await;
+    let minio = Minio::remote(s3.port, "phone");
+    let inbox = format!("voicemail/default/{DID}/INBOX/");
+    let keys = phone_tests::wait_until(Duration::from_secs(20), || async {
+        let keys = minio.keys(&inbox).await;
+        keys.iter().any(|k| k.ends_with(".json")).then_some(keys)
+    })
+    .await
+    .expect("the message lands in MinIO");
+    let wav = keys
+        .iter()
+        .find(|k| k.ends_with(".wav"))
+        .expect("its recording");
+    let recorded = phone_audio::wav::decode(&minio.get(wav).await).unwrap();
+    assert!(
+        seconds_of(&recorded, PSTN_HZ) >= 2.0,
+        "the message holds the caller"
+    );
+
+    let web = cluster
+        .port_forward(NAMESPACE, "service/phone-mailpit", 8025)
+        .await;
+    let mailpit = Mailpit::remote(web.port);
+    let mails = mailpit.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(mails.len(), 1, "one email");
+    let id = mails[0]["ID"].as_str().unwrap().to_owned();
+    let mail = mailpit.message(&id).await;
+    assert_eq!(mail["To"][0]["Address"], "email@domain.com");
+    let attachment = &mail["Attachments"][0];
+    assert_eq!(attachment["FileName"], "msg0000.WAV");
+    let bytes = mailpit
+        .part(&id, attachment["PartID"].as_str().unwrap())
+        .await;
+    let attached = phone_audio::wav::decode(&bytes).unwrap();
+    assert!(
+        seconds_of(&attached, PSTN_HZ) >= 2.0,
+        "the attachment holds the caller"
+    );
+    assert!(
+        desk.wait_for_output("Messages-Waiting: yes", Duration::from_secs(20))
+            .await,
+        "the lamp lights:\n{}",
+        desk.output()
+    );
+
+    // The phone dials out through the carrier (the trunk's digest, the line's caller
+    // ID), and 911.
+    for (i, (dialled, expected)) in [("3105550123", "13105550123"), ("911", "911")]
+        .iter()
+        .enumerate()
+    {
+        desk.dial(&format!("sip:{dialled}@{sip}")).await;
+        let seen = phone_tests::wait_until(Duration::from_secs(15), || async {
+            let seen = carrier.outbound();
+            (seen.len() > i).then_some(seen)
+        })
+        .await
+        .unwrap_or_else(|| panic!("the carrier gets {dialled}:\n{}", carrier.log().join("\n")));
+        let call = &seen[i];
+        assert_eq!(&call.number, expected, "{call:?}");
+        assert_eq!(call.auth_user, TRUNK_USER, "{call:?}");
+        assert!(
+            call.from_user == DID || call.asserted.contains(DID),
+            "the line's caller ID: {call:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        desk.hangup().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The calls' traces reached the receiver set in the values, from every service.
+    let services = phone_tests::wait_until(Duration::from_secs(30), || async {
+        let spans = otlp.spans();
+        let mut services: Vec<String> = spans.iter().map(|s| s.service.clone()).collect();
+        services.sort();
+        services.dedup();
+        (services.len() >= 5).then_some(services)
+    })
+    .await;
+    assert!(
+        services.is_some(),
+        "spans from the five services: {:?}",
+        otlp.spans()
+            .iter()
+            .map(|s| &s.service)
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+}
