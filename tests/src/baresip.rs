@@ -63,6 +63,16 @@ fn free_tcp_port() -> u16 {
 
 impl Phone {
     pub fn start(config: PhoneConfig<'_>) -> Self {
+        Self::spawn(None, [127, 0, 0, 1].into(), config)
+    }
+
+    /// A phone in the network namespace `netns` at its address `ip` (the test
+    /// cluster's outside world); its control socket listens there too.
+    pub fn start_in(netns: &str, ip: std::net::IpAddr, config: PhoneConfig<'_>) -> Self {
+        Self::spawn(Some(netns), ip, config)
+    }
+
+    fn spawn(netns: Option<&str>, ip: std::net::IpAddr, config: PhoneConfig<'_>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let voice = dir.path().join("voice.wav");
         // The file is played once; make it long enough for any call of a test.
@@ -73,13 +83,20 @@ impl Phone {
         std::fs::write(&voice, wav(&samples)).unwrap();
         let heard = dir.path().join("heard");
         std::fs::create_dir_all(&heard).unwrap();
-        let control = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let control = SocketAddr::new(
+            if netns.is_some() {
+                ip
+            } else {
+                [127, 0, 0, 1].into()
+            },
+            free_tcp_port(),
+        );
         std::fs::write(
             dir.path().join("config"),
             format!(
                 "poll_method\tepoll\n\
-                 net_interface\t127.0.0.1\n\
-                 sip_listen\t127.0.0.1:0\n\
+                 net_interface\t{ip}\n\
+                 sip_listen\t{ip}:0\n\
                  module_path\t/usr/lib/baresip/modules\n\
                  module\tg711.so\n\
                  module\taufile.so\n\
@@ -121,7 +138,13 @@ impl Phone {
         let mut child = Command::new("script")
             .args([
                 "-qfec",
-                &format!("baresip -f {}", dir.path().display()),
+                &format!(
+                    "{}baresip -f {}",
+                    netns
+                        .map(|n| format!("ip netns exec {n} "))
+                        .unwrap_or_default(),
+                    dir.path().display()
+                ),
                 "/dev/null",
             ])
             .stdin(Stdio::piped())

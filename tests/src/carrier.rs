@@ -133,16 +133,29 @@ impl Carrier {
     /// Kamailio on `port` of loopback, sending DID calls to `pbx` (the edge's SIP
     /// address) and taking calls only from there.
     pub fn start(port: u16, pbx: SocketAddr) -> Self {
-        Self::start_on([127, 0, 0, 1].into(), port, pbx)
+        Self::spawn(None, [127, 0, 0, 1].into(), port, pbx)
     }
 
-    /// Kamailio on `ip:port` (an address of this machine), sending DID calls to `pbx`
-    /// and taking calls only from there.
-    pub fn start_on(ip: std::net::IpAddr, port: u16, pbx: SocketAddr) -> Self {
+    /// Kamailio in the network namespace `netns` on its address `ip` (the test
+    /// cluster's outside world), sending DID calls to `pbx` and taking calls only from
+    /// there.
+    pub fn start_in(netns: &str, ip: std::net::IpAddr, port: u16, pbx: SocketAddr) -> Self {
+        Self::spawn(Some(netns), ip, port, pbx)
+    }
+
+    fn spawn(netns: Option<&str>, ip: std::net::IpAddr, port: u16, pbx: SocketAddr) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("kamailio.cfg");
         std::fs::write(&cfg, config(ip, port, pbx)).unwrap();
-        let mut child = Command::new("kamailio")
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, "kamailio"]);
+                command
+            }
+            None => Command::new("kamailio"),
+        };
+        let mut child = command
             .arg("-f")
             .arg(&cfg)
             .args(["-D", "-E", "-m", "64", "-M", "8", "-Y"])

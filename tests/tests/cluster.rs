@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use phone_test_support::cluster::{Cluster, NODE_IP};
+use phone_test_support::cluster::{Cluster, CARRIER_IP, NODE_IP, OUTSIDE_NETNS, PHONES_IP};
 use phone_test_support::otlp::Receiver;
 use phone_test_support::{free_port, Mailpit, Minio, MINIO_PASSWORD, MINIO_USER};
 use phone_tests::baresip::{Phone, PhoneConfig};
@@ -95,12 +95,40 @@ fn pods(cluster: &Cluster) -> String {
         .1
 }
 
+/// The relay's counters of packets not forwarded, for failure messages.
+async fn relay_drops() -> String {
+    let text = service_runtime::server::scrape_metrics(SocketAddr::from((NODE_IP, 9461)))
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("dropped") && !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The last lines each pod of the release logged, for failure messages.
+fn pod_logs(cluster: &Cluster) -> String {
+    cluster
+        .kubectl(&[
+            "logs",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "app.kubernetes.io/instance=phone",
+            "--all-containers",
+            "--prefix",
+            "--tail=40",
+            "--max-log-requests=20",
+        ])
+        .1
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_runs_in_pods_after_helm_install() {
     let cluster = Cluster::start().await;
     let otlp = Receiver::start_on(IpAddr::V4(NODE_IP)).await;
     let sip = SocketAddr::from((NODE_IP, 5060));
-    let carrier = Carrier::start_on(IpAddr::V4(NODE_IP), free_port(), sip);
+    let carrier = Carrier::start_in(OUTSIDE_NETNS, IpAddr::V4(CARRIER_IP), free_port(), sip);
     carrier.ready().await;
     let values_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(values_file.path(), values(carrier.addr, &otlp.endpoint)).unwrap();
@@ -176,25 +204,50 @@ async fn the_seed_runs_in_pods_after_helm_install() {
 
     // The desk phone as a Line: it registers at the node's address and kubectl shows it.
     cluster.apply(DESK_LINE);
-    let desk = Phone::start(PhoneConfig {
-        aor: format!("{DID}@{sip}"),
-        password: "desk-secret",
-        auto_answer: false,
-        mwi: true,
-        voice: tone(DESK_HZ),
-    });
+    // The edge has read the Line (it says so in its status) before the phone registers:
+    // a REGISTER before that is told to retry, and baresip 1.0 then resubscribes its
+    // MWI in a loop.
+    cluster
+        .kubectl_until(
+            &[
+                "get",
+                "line",
+                "desk",
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.status.observedGeneration}",
+            ],
+            &["1"],
+        )
+        .await;
+    let desk = Phone::start_in(
+        OUTSIDE_NETNS,
+        IpAddr::V4(PHONES_IP),
+        PhoneConfig {
+            aor: format!("{DID}@{sip}"),
+            password: "desk-secret",
+            auto_answer: false,
+            mwi: true,
+            voice: tone(DESK_HZ),
+        },
+    );
     desk.subscribe_mwi().await;
     desk.assert_registers("desk").await;
     cluster
         .kubectl_until(&["get", "lines", "-n", NAMESPACE], &["desk", DID, "true"])
         .await;
-    let pstn = Phone::start(PhoneConfig {
-        aor: format!("pstn@{}", carrier.addr),
-        password: "pstn",
-        auto_answer: true,
-        mwi: false,
-        voice: tone(PSTN_HZ),
-    });
+    let pstn = Phone::start_in(
+        OUTSIDE_NETNS,
+        IpAddr::V4(PHONES_IP),
+        PhoneConfig {
+            aor: format!("pstn@{}", carrier.addr),
+            password: "pstn",
+            auto_answer: true,
+            mwi: false,
+            voice: tone(PSTN_HZ),
+        },
+    );
     pstn.assert_registers("pstn").await;
     let did_uri = format!("sip:{DID}@{}", carrier.addr);
 
@@ -224,9 +277,11 @@ async fn the_seed_runs_in_pods_after_helm_install() {
     .await;
     assert!(
         heard.is_some(),
-        "both ends hear each other: the desk {} s, the caller {} s",
+        "both ends hear each other: the desk {} s, the caller {} s\n{}\n{}",
         seconds_of(&desk.heard().concat(), PSTN_HZ),
-        seconds_of(&pstn.heard().concat(), DESK_HZ)
+        seconds_of(&pstn.heard().concat(), DESK_HZ),
+        relay_drops().await,
+        pod_logs(&cluster)
     );
 
     // Unanswered: the voicemail takes the message; it lands in MinIO, the email with its
@@ -243,9 +298,16 @@ async fn the_seed_runs_in_pods_after_helm_install() {
         "the voicemail answers:\n{}",
         pstn.output()
     );
-    tokio::time::sleep(Duration::from_secs(14)).await;
+    // The greeting, then the beep (1 kHz); then the caller speaks for 3 s.
+    let beep = phone_tests::wait_until(Duration::from_secs(40), || async {
+        let heard = pstn.heard();
+        let this_call = heard.get(calls_before..).unwrap_or_default().concat();
+        (seconds_of(&this_call, 1000.0) >= 0.1).then_some(())
+    })
+    .await;
+    assert!(beep.is_some(), "the caller hears the greeting and the beep");
+    tokio::time::sleep(Duration::from_secs(3)).await;
     pstn.hangup().await;
-    assert!(pstn.heard().len() > calls_before);
 
     let s3 = cluster
         .port_forward(NAMESPACE, "service/phone-minio", 9000)
@@ -263,9 +325,13 @@ async fn the_seed_runs_in_pods_after_helm_install() {
         .find(|k| k.ends_with(".wav"))
         .expect("its recording");
     let recorded = phone_audio::wav::decode(&minio.get(wav).await).unwrap();
+    let got = seconds_of(&recorded, PSTN_HZ);
     assert!(
-        seconds_of(&recorded, PSTN_HZ) >= 2.0,
-        "the message holds the caller"
+        got >= 2.0,
+        "the message holds the caller: {got} s of {} s\n{}\n{}",
+        recorded.len() / 8000,
+        relay_drops().await,
+        pod_logs(&cluster)
     );
 
     let web = cluster

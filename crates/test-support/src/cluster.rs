@@ -30,6 +30,17 @@ use crate::kube::{kubeconfig_text, log_file, openssl, outcome, service_account_k
 pub const BASE: &str = "/var/tmp/phone-test-cluster";
 /// The node's address, on [`INTERFACE`].
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+/// The world outside the cluster: a network namespace of its own, joined to the host by
+/// a veth pair and routed to the node, where the tests run the phones and the carrier.
+/// Their packets then reach the node from their own addresses, as a real deployment's
+/// do (a process on the node itself sends to a node address from that same address).
+pub const OUTSIDE_NETNS: &str = "phone-outside";
+/// The phones' address in [`OUTSIDE_NETNS`].
+pub const PHONES_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 1, 2);
+/// The carrier's address in [`OUTSIDE_NETNS`].
+pub const CARRIER_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 1, 3);
+/// The host's end of the veth pair to [`OUTSIDE_NETNS`].
+const OUTSIDE_LINK: &str = "phoneout0";
 pub const NODE_NAME: &str = "phone-test-node";
 /// The node's interface.
 const INTERFACE: &str = "phonenode0";
@@ -162,7 +173,6 @@ impl Cluster {
     /// The node's interface and address, the routes that keep the cluster's traffic on
     /// this machine, and the forwarding the pods need.
     fn network(&self) {
-        let _ = host("ip", &["link", "delete", INTERFACE]);
         // A bridge with no ports: an interface of its own for the address (this kernel
         // has no dummy links), and no carrier, so what is routed to it goes nowhere.
         must("ip", &["link", "add", INTERFACE, "type", "bridge"]);
@@ -174,6 +184,36 @@ impl Cluster {
         // Services and pods (before the bridge exists) route to the node itself.
         must("ip", &["route", "add", SERVICE_CIDR, "dev", INTERFACE]);
         must("ip", &["route", "add", "10.244.0.0/16", "dev", INTERFACE]);
+        // The outside world's namespace, at 10.250.1.0/24 behind the host's 10.250.1.1.
+        must("ip", &["netns", "add", OUTSIDE_NETNS]);
+        must(
+            "ip",
+            &[
+                "link",
+                "add",
+                OUTSIDE_LINK,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "out0",
+                "netns",
+                OUTSIDE_NETNS,
+            ],
+        );
+        must("ip", &["addr", "add", "10.250.1.1/24", "dev", OUTSIDE_LINK]);
+        must("ip", &["link", "set", OUTSIDE_LINK, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", OUTSIDE_NETNS, "ip"];
+            all.extend_from_slice(args);
+            must("ip", &all);
+        };
+        for ip in [PHONES_IP, CARRIER_IP] {
+            inside(&["addr", "add", &format!("{ip}/24"), "dev", "out0"]);
+        }
+        inside(&["link", "set", "out0", "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        inside(&["route", "add", "default", "via", "10.250.1.1"]);
         write_sysctl("net/ipv4/ip_forward", "1");
         write_sysctl("net/bridge/bridge-nf-call-iptables", "1");
         // Pods reach the node and each other, nothing else.
@@ -643,6 +683,13 @@ fn snapshot_host() {
     if Path::new("/var/log/containers").exists() {
         std::fs::write(dir.join("had-container-logs"), "").unwrap();
     }
+    // `ip netns add` makes /run/netns a mount point of its own the first time.
+    if mount_points().iter().any(|m| m == "/run/netns") {
+        std::fs::write(dir.join("had-netns-mount"), "").unwrap();
+    }
+    if Path::new("/run/netns").exists() {
+        std::fs::write(dir.join("had-netns-dir"), "").unwrap();
+    }
     // Written last: teardown restores only from a whole snapshot.
     std::fs::write(dir.join("complete"), "").unwrap();
 }
@@ -669,10 +716,8 @@ fn teardown() {
             let _ = host("ip", &["netns", "delete", netns]);
         }
     }
-    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+    let mut mounts: Vec<String> = mount_points()
+        .into_iter()
         .filter(|m| m.starts_with(BASE))
         .collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
@@ -682,9 +727,17 @@ fn teardown() {
     remove_pod_cgroups();
     let _ = host("ip", &["link", "delete", "cni0"]);
     let _ = host("ip", &["link", "delete", INTERFACE]);
+    let _ = host("ip", &["link", "delete", OUTSIDE_LINK]);
+    let _ = host("ip", &["netns", "delete", OUTSIDE_NETNS]);
     if base("host/complete").exists() {
         for (family, file) in [("iptables", "iptables"), ("ip6tables", "ip6tables")] {
             restore_tables(family, &base(&format!("host/{file}")));
+        }
+        if !base("host/had-netns-mount").exists() {
+            let _ = host("umount", &["/run/netns"]);
+        }
+        if !base("host/had-netns-dir").exists() {
+            let _ = std::fs::remove_dir("/run/netns");
         }
         let sysctls = std::fs::read_to_string(base("host/sysctls")).unwrap_or_default();
         for line in sysctls.lines() {
@@ -723,6 +776,15 @@ fn restore_tables(family: &str, saved: &Path) {
             .stdin(std::fs::File::open(saved).map_or(Stdio::null(), Stdio::from))
             .output();
     }
+}
+
+/// Every mount point of this machine.
+fn mount_points() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .collect()
 }
 
 /// SIGKILL to every process of the kubelet's pod cgroups, until none is left.
