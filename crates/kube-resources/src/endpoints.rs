@@ -25,7 +25,7 @@ pub async fn watch_ready<F, Fut>(
     slices: Api<EndpointSlice>,
     service: String,
     port_name: String,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: Shutdown,
     found: F,
 ) where
     F: Fn(Vec<SocketAddr>) -> Fut,
@@ -38,10 +38,9 @@ pub async fn watch_ready<F, Fut>(
         .reflect(writer)
         .boxed();
     let mut ready = false;
-    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let event = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = shutdown.triggered() => return,
             event = events.next() => event,
         };
         match event {
@@ -101,8 +100,7 @@ pub async fn watch_balanced(
     pool: Balanced,
     shutdown: Shutdown,
 ) {
-    let stop = async move { shutdown.triggered().await };
-    watch_ready(slices, service, "grpc".into(), stop, |addrs| {
+    watch_ready(slices, service, "grpc".into(), shutdown, |addrs| {
         pool.set_endpoints(&addrs);
         async {}
     })

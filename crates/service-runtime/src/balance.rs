@@ -28,6 +28,9 @@ pub struct Balanced {
     /// `http` or `https`, for the endpoints' URLs.
     scheme: String,
     endpoints: Arc<Mutex<BTreeMap<SocketAddr, Endpoint>>>,
+    /// Turns among endpoints with equally few calls, so that calls one after another
+    /// (each ended before the next) still go round the pods.
+    turn: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
@@ -60,6 +63,7 @@ impl Balanced {
             fallback: client_channel(url)?,
             scheme,
             endpoints: Arc::default(),
+            turn: Arc::default(),
         })
     }
 
@@ -95,13 +99,21 @@ impl Balanced {
         endpoints.keys().copied().collect()
     }
 
-    /// The channel for one new call, on the endpoint with the fewest open calls (the
-    /// lowest address among equals), and the lease that counts the call there.
+    /// The channel for one new call, on the endpoint with the fewest open calls (taking
+    /// turns among equals), and the lease that counts the call there.
     pub fn pick(&self) -> (TracedChannel, Lease) {
         let endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let start = match endpoints.len() {
+            0 => 0,
+            n => self.turn.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        // The first with the fewest calls, starting from this turn's endpoint.
         let least = endpoints
             .iter()
-            .min_by_key(|(addr, e)| (e.calls.load(Ordering::Relaxed), **addr));
+            .cycle()
+            .skip(start)
+            .take(endpoints.len())
+            .min_by_key(|(_, e)| e.calls.load(Ordering::Relaxed));
         match least {
             Some((addr, endpoint)) => {
                 endpoint.calls.fetch_add(1, Ordering::Relaxed);
@@ -174,10 +186,21 @@ mod tests {
         assert_eq!(on(&leases, 1) + on(&leases, 3), 4 + 10 + 12);
         drop(leases);
 
-        // 2 comes back with a fresh count; everything gone: the fallback again.
+        // Calls one after another (each ended before the next) take turns.
         pool.set_endpoints(&[addr(1), addr(2), addr(3)]);
-        let (_, lease) = pool.pick();
-        assert_eq!(lease.endpoint, Some(addr(1)));
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            seen.push(pool.pick().1.endpoint.unwrap());
+        }
+        for n in 1..=3 {
+            assert_eq!(
+                seen.iter().filter(|a| **a == addr(n)).count(),
+                2,
+                "{seen:?}"
+            );
+        }
+
+        // Everything gone: the fallback again.
         pool.set_endpoints(&[]);
         assert_eq!(pool.pick().1.endpoint, None);
     }

@@ -537,6 +537,45 @@ protectKernelDefaults: false
         forward
     }
 
+    /// Each pod of `namespace` with its memory working set in bytes (as the kubelet
+    /// counts it: the pod cgroup's usage less its inactive file cache), by pod name.
+    pub fn pod_memory(&self, namespace: &str) -> Vec<(String, u64)> {
+        let (_, pods) = self.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            namespace,
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name} {.metadata.uid}{"\n"}{end}"#,
+        ]);
+        let cgroups: Vec<PathBuf> = pod_cgroups()
+            .into_iter()
+            .filter(|p| p.starts_with("/sys/fs/cgroup/memory/"))
+            .collect();
+        let mut out = Vec::new();
+        for line in pods.lines() {
+            let Some((name, uid)) = line.split_once(' ') else {
+                continue;
+            };
+            let wanted = format!("pod{uid}");
+            let Some(cgroup) = cgroups
+                .iter()
+                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == wanted))
+            else {
+                continue;
+            };
+            let read = |file: &str| std::fs::read_to_string(cgroup.join(file)).unwrap_or_default();
+            let usage: u64 = read("memory.usage_in_bytes").trim().parse().unwrap_or(0);
+            let inactive: u64 = read("memory.stat")
+                .lines()
+                .find_map(|l| l.strip_prefix("total_inactive_file "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            out.push((name.to_owned(), usage.saturating_sub(inactive)));
+        }
+        out
+    }
+
     /// A component's log so far (`kubelet`, `containerd`, `kube-apiserver`, ...).
     pub fn log(&self, name: &str) -> String {
         log(name)

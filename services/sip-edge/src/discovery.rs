@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
-use phone_kube::endpoints::watch_ready;
+pub use phone_kube::endpoints::watch_ready;
 use service_runtime::Shutdown;
 
 use crate::relays::RelayPool;
@@ -20,20 +20,13 @@ pub async fn watch_relays(
     pool: RelayPool,
     shutdown: Shutdown,
 ) {
-    let stop = shutdown.clone();
-    watch_ready(
-        slices,
-        service,
-        port_name,
-        async move { stop.triggered().await },
-        |addrs| {
-            let pool = pool.clone();
-            async move {
-                pool.set_discovered(addrs);
-                // Poll the new set now, not at the next refresh.
-                pool.refresh().await;
-            }
-        },
-    )
+    watch_ready(slices, service, port_name, shutdown, |addrs| {
+        let pool = pool.clone();
+        async move {
+            pool.set_discovered(addrs);
+            // Poll the new set now, not at the next refresh.
+            pool.refresh().await;
+        }
+    })
     .await;
 }
