@@ -412,8 +412,18 @@ async fn the_charts_role_is_what_the_edge_needs_and_no_more() {
         (router_account, "update", "configmaps/phone-config", "no"),
         (router_account, "get", "secrets", "no"),
         // The voicemail pods that are ready, to spread the sessions over.
-        (router_account, "watch", "endpointslices.discovery.k8s.io", "yes"),
-        (router_account, "create", "endpointslices.discovery.k8s.io", "no"),
+        (
+            router_account,
+            "watch",
+            "endpointslices.discovery.k8s.io",
+            "yes",
+        ),
+        (
+            router_account,
+            "create",
+            "endpointslices.discovery.k8s.io",
+            "no",
+        ),
         (voicemail_account, "watch", "mailboxes.phone.dev", "yes"),
         (
             voicemail_account,
