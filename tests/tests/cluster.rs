@@ -123,6 +123,189 @@ fn pod_logs(cluster: &Cluster) -> String {
         .1
 }
 
+/// Each router pod (Running, terminating ones too) with its calls so far
+/// (`phone_router_calls_total`) and its calls running now, read from its metrics.
+async fn router_calls(cluster: &Cluster) -> Vec<(String, f64, f64)> {
+    let (_, pods) = cluster.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        NAMESPACE,
+        "-l",
+        "app.kubernetes.io/component=router",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.name} {.status.podIP}{"\n"}{end}"#,
+    ]);
+    let mut out = Vec::new();
+    for line in pods.lines() {
+        let Some((name, Ok(ip))) = line
+            .split_once(' ')
+            .map(|(n, ip)| (n, ip.parse::<IpAddr>()))
+        else {
+            continue;
+        };
+        let Ok(text) = service_runtime::server::scrape_metrics(SocketAddr::new(ip, 9090)).await
+        else {
+            continue;
+        };
+        let sample = |metric: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(metric)
+                        .filter(|rest| rest.starts_with(' '))
+                        .and_then(|rest| rest.trim().parse::<f64>().ok())
+                })
+                .unwrap_or(0.0)
+        };
+        out.push((
+            name.to_owned(),
+            sample("phone_router_calls_total"),
+            sample("phone_router_active_calls"),
+        ));
+    }
+    out
+}
+
+/// How many calls the phone has seen end.
+fn ended(phone: &Phone) -> usize {
+    phone.output().matches(" terminated (duration").count()
+}
+
+/// Calls spread over three routers (issue #18, gRPC across replicas): thirty calls
+/// from the carrier, each answered by the desk phone; halfway, the router running the call that is up is
+/// deleted: that call goes on to its end, and the pod takes no new call.
+async fn calls_spread_over_the_routers(
+    cluster: &Cluster,
+    release: &[&str],
+    (pstn, desk): (&Phone, &Phone),
+    did_uri: &str,
+) {
+    let mut upgrade = vec!["upgrade"];
+    upgrade.extend_from_slice(release);
+    upgrade.extend(["--set", "router.replicas=3"]);
+    let (ok, out) = cluster.helm(&upgrade);
+    assert!(ok, "helm upgrade to three routers:\n{out}");
+    let three = phone_tests::wait_until(Duration::from_secs(30), || async {
+        let slices = cluster
+            .kubectl(&[
+                "get",
+                "endpointslices",
+                "-n",
+                NAMESPACE,
+                "-l",
+                "kubernetes.io/service-name=phone-router",
+                "-o",
+                r#"jsonpath={range .items[*].endpoints[*]}{.conditions.ready}{" "}{end}"#,
+            ])
+            .1;
+        (slices.matches("true").count() == 3).then_some(())
+    })
+    .await;
+    assert!(three.is_some(), "three ready routers");
+    let before: std::collections::HashMap<String, f64> = router_calls(cluster)
+        .await
+        .into_iter()
+        .map(|(pod, calls, _)| (pod, calls))
+        .collect();
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    let mut deleted: Option<(String, f64)> = None;
+    for i in 0..30 {
+        let established = pstn.output().matches("Call established").count();
+        let rings = desk.output().matches("ncoming call").count();
+        let ends = ended(pstn);
+        pstn.dial(did_uri).await;
+        let ringing = phone_tests::wait_until(Duration::from_secs(15), || async {
+            (desk.output().matches("ncoming call").count() > rings).then_some(())
+        })
+        .await;
+        assert!(ringing.is_some(), "call {i} rings:\n{}", pod_logs(cluster));
+        desk.answer().await;
+        let up = phone_tests::wait_until(Duration::from_secs(15), || async {
+            (pstn.output().matches("Call established").count() > established).then_some(())
+        })
+        .await;
+        assert!(up.is_some(), "call {i} is answered:\n{}", pod_logs(cluster));
+        if i == 15 {
+            // The router running this call is deleted while the call is up.
+            let running = router_calls(cluster).await;
+            let (victim, calls, _) = running
+                .iter()
+                .find(|(_, _, active)| *active >= 1.0)
+                .cloned()
+                .expect("a router runs the call");
+            let (ok, out) =
+                cluster.kubectl(&["delete", "pod", "-n", NAMESPACE, &victim, "--wait=false"]);
+            assert!(ok, "{out}");
+            // Its endpoint stops being ready; the call goes on meanwhile.
+            cluster
+                .kubectl_until(
+                    &[
+                        "get",
+                        "endpointslices",
+                        "-n",
+                        NAMESPACE,
+                        "-l",
+                        "kubernetes.io/service-name=phone-router",
+                        "-o",
+                        r#"jsonpath={range .items[*].endpoints[*]}{.targetRef.name}={.conditions.terminating}{" "}{end}"#,
+                    ],
+                    &[&format!("{victim}=true")],
+                )
+                .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert_eq!(ended(pstn), ends, "the call on the deleted router goes on");
+            deleted = Some((victim, calls));
+        }
+        // A second of conversation.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        pstn.hangup().await;
+        let down = phone_tests::wait_until(Duration::from_secs(10), || async {
+            (ended(pstn) > ends).then_some(())
+        })
+        .await;
+        assert!(
+            down.is_some(),
+            "call {i} ends:\nPSTN:\n{}\nDESK:\n{}\n{}",
+            pstn.output(),
+            desk.output(),
+            pod_logs(cluster)
+        );
+    }
+
+    let (victim, victim_calls) = deleted.expect("a router was deleted");
+    let after = router_calls(cluster).await;
+    let mut ran: Vec<(String, f64)> = before
+        .iter()
+        .map(|(pod, calls)| {
+            let now = after
+                .iter()
+                .find(|(p, _, _)| p == pod)
+                .map(|(_, c, _)| *c)
+                .unwrap_or(victim_calls);
+            (pod.clone(), now - calls)
+        })
+        .collect();
+    ran.sort_by(|a, b| a.0.cmp(&b.0));
+    eprintln!("calls per router: {ran:?}, after: {after:?}");
+    for (pod, calls) in &ran {
+        assert!(*calls >= 5.0, "{pod} ran {calls} of 30 calls: {ran:?}");
+    }
+    // The deleted router took no call after it was deleted (while it drained).
+    if let Some((_, calls, active)) = after.iter().find(|(p, _, _)| *p == victim) {
+        assert_eq!(*calls, victim_calls, "the deleted router took no new call");
+        assert_eq!(*active, 0.0, "and finished its own");
+    }
+    // Every call ran on some router: the three, and the deleted one's replacement.
+    let total: f64 = ran.iter().map(|(_, c)| c).sum::<f64>()
+        + after
+            .iter()
+            .filter(|(p, _, _)| !before.contains_key(p))
+            .map(|(_, c, _)| c)
+            .sum::<f64>();
+    assert_eq!(total, 30.0, "{ran:?} {after:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_runs_in_pods_after_helm_install() {
     let cluster = Cluster::start().await;
@@ -136,13 +319,12 @@ async fn the_seed_runs_in_pods_after_helm_install() {
 
     // helm install, then every pod Ready.
     let started = Instant::now();
-    let (ok, out) = cluster.helm(&[
-        "install",
+    let chart_dir = chart();
+    let release = [
         "phone",
-        chart().to_str().unwrap(),
+        chart_dir.to_str().unwrap(),
         "--namespace",
         NAMESPACE,
-        "--create-namespace",
         "-f",
         tryout.to_str().unwrap(),
         "-f",
@@ -150,7 +332,10 @@ async fn the_seed_runs_in_pods_after_helm_install() {
         "--wait",
         "--timeout",
         "5m",
-    ]);
+    ];
+    let mut install = vec!["install", "--create-namespace"];
+    install.extend_from_slice(&release);
+    let (ok, out) = cluster.helm(&install);
     let ready_after = started.elapsed();
     assert!(ok, "helm install --wait:\n{out}\n{}", pods(&cluster));
     eprintln!("helm install to every pod Ready: {ready_after:?}");
@@ -267,7 +452,7 @@ async fn the_seed_runs_in_pods_after_helm_install() {
     );
     desk.answer().await;
     assert!(
-        desk.wait_for_output("established", Duration::from_secs(10))
+        desk.wait_for_output("Call established", Duration::from_secs(10))
             .await,
         "the desk phone answers:\n{}",
         desk.output()
@@ -289,13 +474,15 @@ async fn the_seed_runs_in_pods_after_helm_install() {
         pod_logs(&cluster)
     );
 
+    calls_spread_over_the_routers(&cluster, &release, (&pstn, &desk), &did_uri).await;
+
     // Unanswered: the voicemail takes the message; it lands in MinIO, the email with its
     // attachment in Mailpit, and the lamp lights.
     let calls_before = pstn.heard().len();
     pstn.dial(&did_uri).await;
-    let established = pstn.output().matches("established").count();
+    let established = pstn.output().matches("Call established").count();
     let answered = phone_tests::wait_until(Duration::from_secs(40), || async {
-        (pstn.output().matches("established").count() > established).then_some(())
+        (pstn.output().matches("Call established").count() > established).then_some(())
     })
     .await;
     assert!(
@@ -371,6 +558,7 @@ async fn the_seed_runs_in_pods_after_helm_install() {
         .iter()
         .enumerate()
     {
+        let ends = ended(&pstn);
         desk.dial(&format!("sip:{dialled}@{sip}")).await;
         let seen = phone_tests::wait_until(Duration::from_secs(15), || async {
             let seen = carrier.outbound();
@@ -385,9 +573,26 @@ async fn the_seed_runs_in_pods_after_helm_install() {
             call.from_user == DID || call.asserted.contains(DID),
             "the line's caller ID: {call:?}"
         );
+        // The PSTN phone answers; the desk phone hangs up; the hang-up reaches the far
+        // end through the carrier (the edge's BYE follows the route set Kamailio
+        // recorded).
+        let answered = phone_tests::wait_until(Duration::from_secs(10), || async {
+            (pstn.output().matches("Call established").count() > 0).then_some(())
+        })
+        .await;
+        assert!(answered.is_some(), "the PSTN answers {dialled}");
         tokio::time::sleep(Duration::from_secs(1)).await;
         desk.hangup().await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let down = phone_tests::wait_until(Duration::from_secs(10), || async {
+            (ended(&pstn) > ends).then_some(())
+        })
+        .await;
+        assert!(
+            down.is_some(),
+            "the hang-up of {dialled} reaches the PSTN:\n{}\n{}",
+            carrier.log().join("\n"),
+            pod_logs(&cluster)
+        );
     }
 
     // The calls' traces reached the receiver set in the values, from every service.
