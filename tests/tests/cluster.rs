@@ -370,8 +370,13 @@ async fn the_seed_runs_in_pods_after_helm_install() {
     }
 
     // Each pod's memory with no call up (BENCHMARKS.md, scripts/bench-cluster).
-    for (pod, bytes) in cluster.pod_memory(NAMESPACE) {
-        eprintln!("idle memory: {pod} {:.1} MiB", bytes as f64 / 1048576.0);
+    for pod in cluster.pod_memory(NAMESPACE) {
+        eprintln!(
+            "idle memory: {} {:.1} MiB working set, {:.1} MiB RSS",
+            pod.pod,
+            pod.working_set as f64 / 1048576.0,
+            pod.rss as f64 / 1048576.0
+        );
     }
 
     // `helm test`: each service's gRPC health, and OPTIONS to the edge.

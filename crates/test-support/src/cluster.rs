@@ -537,9 +537,11 @@ protectKernelDefaults: false
         forward
     }
 
-    /// Each pod of `namespace` with its memory working set in bytes (as the kubelet
-    /// counts it: the pod cgroup's usage less its inactive file cache), by pod name.
-    pub fn pod_memory(&self, namespace: &str) -> Vec<(String, u64)> {
+    /// Each pod of `namespace` with its memory in bytes, two ways: the working set as
+    /// the kubelet counts it (`kubectl top`: the pod cgroup's usage less its inactive
+    /// file cache; the binaries' pages are charged to whoever read them first) and the
+    /// resident set of its processes (VmRSS, shared pages included).
+    pub fn pod_memory(&self, namespace: &str) -> Vec<PodMemory> {
         let (_, pods) = self.kubectl(&[
             "get",
             "pods",
@@ -571,7 +573,29 @@ protectKernelDefaults: false
                 .find_map(|l| l.strip_prefix("total_inactive_file "))
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0);
-            out.push((name.to_owned(), usage.saturating_sub(inactive)));
+            let rss_kib: u64 = cgroups
+                .iter()
+                .filter(|c| c.starts_with(cgroup))
+                .flat_map(|c| {
+                    std::fs::read_to_string(c.join("cgroup.procs"))
+                        .unwrap_or_default()
+                        .lines()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .filter_map(|pid| {
+                    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                })
+                .sum();
+            out.push(PodMemory {
+                pod: name.to_owned(),
+                working_set: usage.saturating_sub(inactive),
+                rss: rss_kib * 1024,
+            });
         }
         out
     }
@@ -580,6 +604,14 @@ protectKernelDefaults: false
     pub fn log(&self, name: &str) -> String {
         log(name)
     }
+}
+
+/// One pod's memory ([`Cluster::pod_memory`]), in bytes.
+#[derive(Debug, Clone)]
+pub struct PodMemory {
+    pub pod: String,
+    pub working_set: u64,
+    pub rss: u64,
 }
 
 /// A `kubectl port-forward` to a pod or Service, stopped on drop.
