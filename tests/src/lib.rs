@@ -10,7 +10,6 @@ pub mod carrier;
 pub mod system;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Collects a child's output lines as they come, on a thread of their own.
 pub fn collect_lines(
@@ -35,23 +34,7 @@ pub fn example_config_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/freelancer")
 }
 
-/// Polls `condition` until it returns `Some`, or gives up after `deadline` with `None`.
-pub async fn wait_until<T, F, Fut>(deadline: Duration, mut condition: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(value) = condition().await {
-            return Some(value);
-        }
-        if tokio::time::Instant::now() >= end {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub use phone_test_support::wait_until;
 
 /// One second of a sine tone at `hz`, 8 kHz: what a test phone says.
 pub fn tone(hz: f64) -> Vec<i16> {

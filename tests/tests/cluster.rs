@@ -166,6 +166,22 @@ async fn router_calls(cluster: &Cluster) -> Vec<(String, f64, f64)> {
     out
 }
 
+/// The router Service's endpoints as `pod=ready/terminating` words.
+fn router_endpoints(cluster: &Cluster) -> String {
+    cluster
+        .kubectl(&[
+            "get",
+            "endpointslices",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "kubernetes.io/service-name=phone-router",
+            "-o",
+            r#"jsonpath={range .items[*].endpoints[*]}{.targetRef.name}={.conditions.ready}/{.conditions.terminating}{" "}{end}"#,
+        ])
+        .1
+}
+
 /// How many calls the phone has seen end.
 fn ended(phone: &Phone) -> usize {
     phone.output().matches(" terminated (duration").count()
@@ -186,19 +202,7 @@ async fn calls_spread_over_the_routers(
     let (ok, out) = cluster.helm(&upgrade);
     assert!(ok, "helm upgrade to three routers:\n{out}");
     let three = phone_tests::wait_until(Duration::from_secs(30), || async {
-        let slices = cluster
-            .kubectl(&[
-                "get",
-                "endpointslices",
-                "-n",
-                NAMESPACE,
-                "-l",
-                "kubernetes.io/service-name=phone-router",
-                "-o",
-                r#"jsonpath={range .items[*].endpoints[*]}{.conditions.ready}{" "}{end}"#,
-            ])
-            .1;
-        (slices.matches("true").count() == 3).then_some(())
+        (router_endpoints(cluster).matches("=true/").count() == 3).then_some(())
     })
     .await;
     assert!(three.is_some(), "three ready routers");
@@ -238,21 +242,18 @@ async fn calls_spread_over_the_routers(
                 cluster.kubectl(&["delete", "pod", "-n", NAMESPACE, &victim, "--wait=false"]);
             assert!(ok, "{out}");
             // Its endpoint stops being ready; the call goes on meanwhile.
-            cluster
-                .kubectl_until(
-                    &[
-                        "get",
-                        "endpointslices",
-                        "-n",
-                        NAMESPACE,
-                        "-l",
-                        "kubernetes.io/service-name=phone-router",
-                        "-o",
-                        r#"jsonpath={range .items[*].endpoints[*]}{.targetRef.name}={.conditions.terminating}{" "}{end}"#,
-                    ],
-                    &[&format!("{victim}=true")],
-                )
-                .await;
+            let gone = phone_tests::wait_until(Duration::from_secs(30), || async {
+                let endpoints = router_endpoints(cluster);
+                endpoints
+                    .contains(&format!("{victim}=false/true"))
+                    .then_some(())
+            })
+            .await;
+            assert!(
+                gone.is_some(),
+                "the deleted router's endpoint: {}",
+                router_endpoints(cluster)
+            );
             tokio::time::sleep(Duration::from_secs(2)).await;
             assert_eq!(ended(pstn), ends, "the call on the deleted router goes on");
             deleted = Some((victim, calls));

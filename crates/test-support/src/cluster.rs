@@ -370,7 +370,7 @@ state = "{state}"
         .unwrap();
         let args = vec!["--config".to_owned(), base_str("containerd/config.toml")];
         self.spawn("containerd", Path::new("containerd"), &args);
-        let ready = crate::wait_for(Duration::from_secs(30), || async {
+        let ready = crate::wait_until(Duration::from_secs(30), || async {
             self.ctr(&["version"]).0.then_some(())
         })
         .await;
@@ -457,7 +457,7 @@ protectKernelDefaults: false
     }
 
     async fn wait_node_ready(&self) {
-        let ready = crate::wait_for(Duration::from_secs(90), || async {
+        let ready = crate::wait_until(Duration::from_secs(90), || async {
             let (ok, out) = self.kubectl(&[
                 "get",
                 "node",
@@ -480,7 +480,7 @@ protectKernelDefaults: false
     /// nothing. Waits until it resolves the `kubernetes` Service.
     async fn dns(&self) {
         self.apply(COREDNS);
-        let resolved = crate::wait_for(Duration::from_secs(90), || async {
+        let resolved = crate::wait_until(Duration::from_secs(90), || async {
             resolve(DNS_IP, "kubernetes.default.svc.cluster.local").await
         })
         .await;
@@ -526,7 +526,7 @@ protectKernelDefaults: false
             .spawn()
             .expect("kubectl runs");
         let forward = PortForward { child, port: local };
-        let open = crate::wait_for(Duration::from_secs(30), || async {
+        let open = crate::wait_until(Duration::from_secs(30), || async {
             tokio::net::TcpStream::connect(("127.0.0.1", local))
                 .await
                 .ok()

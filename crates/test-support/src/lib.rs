@@ -41,9 +41,8 @@ pub fn go_binary(name: &str) -> PathBuf {
     path
 }
 
-/// Polls `condition` (every 200 ms) until it gives `Some`, or gives up after `deadline`
-/// with `None`.
-pub async fn wait_for<T, F, Fut>(deadline: Duration, mut condition: F) -> Option<T>
+/// Polls `condition` until it returns `Some`, or gives up after `deadline` with `None`.
+pub async fn wait_until<T, F, Fut>(deadline: Duration, mut condition: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -56,7 +55,7 @@ where
         if tokio::time::Instant::now() >= end {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
