@@ -276,7 +276,13 @@ impl RelayPool {
         &self,
         request: pb::CreateSessionRequest,
     ) -> Result<(Arc<Relay>, pb::Session), RelayError> {
-        let candidates = self.candidates();
+        let mut candidates = self.candidates();
+        if candidates.is_empty() {
+            // What the last poll saw may be stale (an edge that started before its
+            // relays, a relay back from a restart): ask them now rather than refuse.
+            self.refresh().await;
+            candidates = self.candidates();
+        }
         if candidates.is_empty() {
             return Err(RelayError::NoneAvailable);
         }

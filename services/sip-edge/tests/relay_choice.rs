@@ -146,3 +146,26 @@ async fn least_loaded_first_and_refusals_fall_through() {
         relay.task.await.unwrap().unwrap();
     }
 }
+
+/// A relay that came up after the last poll takes the call at once: with no candidate,
+/// the pool polls again before it refuses (an edge that starts before its relays, as
+/// in Kubernetes, places its first call without waiting for the next poll).
+#[tokio::test]
+async fn with_no_candidate_the_pool_polls_again_before_refusing() {
+    let late = relay("24500-24519").await;
+    let pool = RelayPool::new(std::slice::from_ref(&late.url)).unwrap();
+    assert!(pool.candidates().is_empty(), "no poll yet");
+    let (_, session) = pool
+        .create_session(request("late-1"))
+        .await
+        .expect("the pool asks the relay, which has room");
+    assert!(session.a.is_some() && session.b.is_some());
+
+    // Nothing to find: still refused, with the reason.
+    let nobody = RelayPool::new(&["http://127.0.0.1:9".to_owned()]).unwrap();
+    assert!(matches!(
+        nobody.create_session(request("none-1")).await,
+        Err(RelayError::NoneAvailable)
+    ));
+    late.shutdown.trigger();
+}
