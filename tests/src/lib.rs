@@ -34,7 +34,7 @@ pub fn example_config_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/freelancer")
 }
 
-pub use phone_test_support::wait_until;
+pub use phone_test_support::{rss_kib, wait_until};
 
 /// One second of a sine tone at `hz`, 8 kHz: what a test phone says.
 pub fn tone(hz: f64) -> Vec<i16> {
@@ -50,13 +50,4 @@ pub fn seconds_of(audio: &[i16], hz: f64) -> f64 {
         .filter(|c| phone_audio::analysis::tone_share(c, hz) > 0.7)
         .count() as f64
         / 10.0
-}
-
-/// A process's resident memory (VmRSS) in KiB, for the load tools' memory figures.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }

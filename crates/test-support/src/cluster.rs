@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::go_binary;
-use crate::kube::{kubeconfig_text, log_file, openssl, outcome, service_account_key, Kubectl};
+use crate::kube::{kubeconfig_text, log_file, outcome, service_account_key, Kubectl};
 
 /// Where the cluster keeps everything (a fixed place, so that the next start finds what
 /// a killed run left).
@@ -140,14 +140,16 @@ impl Cluster {
         // What a killed run left, first.
         teardown();
         snapshot_host();
+        // The API server's address is chosen first, so the client is made once.
+        let port = crate::free_port();
+        let url = format!("https://{NODE_IP}:{port}");
         let mut cluster = Cluster {
-            client: Kubectl::new(String::new(), &base("kube"), None),
+            client: Kubectl::new(url, &base("kube"), Some(base("pki/ca.crt"))),
             children: Vec::new(),
             _turn: turn,
         };
         cluster.network();
-        let url = cluster.control_plane().await;
-        cluster.client = Kubectl::new(url, &base("kube"), Some(base("pki/ca.crt")));
+        cluster.control_plane(port);
         cluster
             .client
             .wait_ready(&base("logs/kube-apiserver.log"))
@@ -233,9 +235,9 @@ impl Cluster {
         );
     }
 
-    /// Certificates and tokens, etcd, kube-apiserver, the controller manager and the
-    /// scheduler. Returns the API server's URL.
-    async fn control_plane(&mut self) -> String {
+    /// Certificates and tokens, etcd, kube-apiserver (on `port` of the node's address),
+    /// the controller manager and the scheduler.
+    fn control_plane(&mut self, port: u16) {
         certificates();
         service_account_key(&base("pki"));
         let tokens: String = TOKENS
@@ -245,8 +247,7 @@ impl Cluster {
         std::fs::write(base("pki/tokens.csv"), tokens).unwrap();
         let (etcd, etcd_url) = crate::kube::spawn_etcd(&base("etcd"));
         self.children.push(("etcd".into(), etcd));
-        let port = crate::free_port();
-        let url = format!("https://{NODE_IP}:{port}");
+        let url = self.client.url.clone();
         let pki = |name: &str| base_str(&format!("pki/{name}"));
         let args: Vec<String> = vec![
             format!("--etcd-servers={etcd_url}"),
@@ -298,7 +299,6 @@ impl Cluster {
             "--secure-port=0".into(),
         ];
         self.spawn("kube-scheduler", &go_binary("kube-scheduler"), &args);
-        url
     }
 
     /// containerd with its state in the cluster's folder, then the images imported.
@@ -580,16 +580,10 @@ protectKernelDefaults: false
                     std::fs::read_to_string(c.join("cgroup.procs"))
                         .unwrap_or_default()
                         .lines()
-                        .map(str::to_owned)
-                        .collect::<Vec<_>>()
+                        .filter_map(|pid| pid.parse().ok())
+                        .collect::<Vec<u32>>()
                 })
-                .filter_map(|pid| {
-                    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-                    status
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                })
+                .filter_map(crate::rss_kib)
                 .sum();
             out.push(PodMemory {
                 pod: name.to_owned(),
@@ -652,53 +646,16 @@ impl Drop for Cluster {
 /// A CA, the API server's serving certificate (its addresses and the `kubernetes`
 /// Service's names) and its client certificate for the kubelet, in `BASE/pki`.
 fn certificates() {
-    let pki = |name: &str| base_str(&format!("pki/{name}"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-keyout",
-        &pki("ca.key"),
-        "-out",
-        &pki("ca.crt"),
-        "-subj",
-        "/CN=phone-test-ca",
-    ]);
+    let pki = |name: &str| base(&format!("pki/{name}"));
+    let ca = (pki("ca.key"), pki("ca.crt"));
+    crate::make_ca(&ca.0, &ca.1, "/CN=phone-test-ca");
     let sign = |name: &str, subject: &str, extensions: &str| {
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &pki(&format!("{name}.key")),
-            "-out",
-            &pki(&format!("{name}.csr")),
-            "-subj",
+        crate::sign_certificate(
+            (&ca.0, &ca.1),
+            (&pki(&format!("{name}.key")), &pki(&format!("{name}.crt"))),
             subject,
-        ]);
-        std::fs::write(pki(&format!("{name}.ext")), extensions).unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &pki(&format!("{name}.csr")),
-            "-CA",
-            &pki("ca.crt"),
-            "-CAkey",
-            &pki("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            &pki(&format!("{name}.crt")),
-            "-extfile",
-            &pki(&format!("{name}.ext")),
-        ]);
+            extensions,
+        );
     };
     sign(
         "apiserver",

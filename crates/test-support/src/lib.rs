@@ -59,6 +59,16 @@ where
     }
 }
 
+/// A process's resident memory (VmRSS) in KiB, for the load tools' and the cluster's
+/// memory figures.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// A TCP port free on loopback right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -374,63 +384,65 @@ impl Drop for Mailpit {
 /// A private CA and a server certificate it signed for `127.0.0.1` and `localhost`,
 /// made with the `openssl` command: `ca.pem`, `cert.pem`, `key.pem` in `dir`.
 pub fn test_certificates(dir: &Path) {
-    let run = |args: &[&str]| {
-        let status = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl runs (scripts/install-deps installs it)");
-        assert!(status.success(), "openssl {args:?}");
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=phone test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
+    let (ca_key, ca) = (dir.join("ca.key"), dir.join("ca.pem"));
+    make_ca(&ca_key, &ca, "/CN=phone test CA");
+    sign_certificate(
+        (&ca_key, &ca),
+        (&dir.join("key.pem"), &dir.join("cert.pem")),
         "/CN=localhost",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
+    );
+}
+
+/// A self-signed CA (2 days, RSA 2048): its key and certificate at `key` and `cert`.
+pub(crate) fn make_ca(key: &Path, cert: &Path, subject: &str) {
+    let (key, cert) = (key.display().to_string(), cert.display().to_string());
+    kube::openssl(&[
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", subject, "-keyout",
+        &key, "-out", &cert,
+    ]);
+}
+
+/// A new key at `key` and a certificate for `subject` at `cert`, signed by the CA
+/// `(ca_key, ca_cert)`, with the X.509 `extensions` (an openssl extfile's lines); the
+/// request and the extensions are kept beside the key.
+pub(crate) fn sign_certificate(
+    (ca_key, ca_cert): (&Path, &Path),
+    (key, cert): (&Path, &Path),
+    subject: &str,
+    extensions: &str,
+) {
+    let csr = key.with_extension("csr");
+    let ext = key.with_extension("ext");
+    std::fs::write(&ext, extensions).unwrap();
+    let text = |p: &Path| p.display().to_string();
+    kube::openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        subject,
+        "-keyout",
+        &text(key),
+        "-out",
+        &text(&csr),
+    ]);
+    kube::openssl(&[
         "x509",
         "-req",
         "-in",
-        "server.csr",
+        &text(&csr),
         "-CA",
-        "ca.pem",
+        &text(ca_cert),
         "-CAkey",
-        "ca.key",
+        &text(ca_key),
         "-CAcreateserial",
         "-days",
         "2",
         "-extfile",
-        "ext.cnf",
+        &text(&ext),
         "-out",
-        "cert.pem",
+        &text(cert),
     ]);
 }

@@ -175,6 +175,9 @@ pub struct RelayPool {
     /// The ready relays of a Service's EndpointSlices (see `discover`), which replace
     /// the DNS targets once set.
     discovered: Arc<Mutex<Option<Vec<SocketAddr>>>>,
+    /// Held by the one poll a call with no relay to choose may start: the calls that
+    /// find it running wait for its answer rather than start polls of their own.
+    on_demand: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl RelayPool {
@@ -188,6 +191,7 @@ impl RelayPool {
             targets: Arc::new(targets),
             relays: Arc::new(Mutex::new(HashMap::new())),
             discovered: Arc::new(Mutex::new(None)),
+            on_demand: Arc::default(),
         })
     }
 
@@ -280,7 +284,12 @@ impl RelayPool {
         if candidates.is_empty() {
             // What the last poll saw may be stale (an edge that started before its
             // relays, a relay back from a restart): ask them now rather than refuse.
-            self.refresh().await;
+            // One such poll at a time, so that an outage does not turn each call into
+            // a poll of every relay.
+            match self.on_demand.try_lock() {
+                Ok(_polling) => self.refresh().await,
+                Err(_) => drop(self.on_demand.lock().await),
+            }
             candidates = self.candidates();
         }
         if candidates.is_empty() {
