@@ -248,21 +248,142 @@ impl Phone {
     /// Everything the phone heard in its calls so far (the decoded far end, in the
     /// order of the calls).
     pub fn heard(&self) -> Vec<Vec<i16>> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("heard"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
-        files.iter().filter_map(|p| read_wav(p)).collect()
+        dec_files(&self.dir.path().join("heard"))
+            .iter()
+            .filter_map(|p| read_wav(p))
+            .collect()
     }
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Starts watching the next call's audio as it arrives: see [`HeardWatch`].
+    pub fn watch_heard(&self) -> HeardWatch {
+        HeardWatch::start(self.dir.path().join("heard"))
+    }
+}
+
+/// Watches, in a thread of its own, how the WAV file of what a phone hears in its next
+/// call grows (baresip writes each decoded packet as it comes, and nothing while no
+/// packet comes): the longest time the file did not grow is the longest the phone
+/// heard nothing. Polled every 5 ms; how late the polls ran is reported too, so that a
+/// stall of the test machine is not taken for a gap in the call.
+pub struct HeardWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Gaps>>,
+    state: Arc<Mutex<Gaps>>,
+}
+
+/// What a [`HeardWatch`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct Gaps {
+    /// The file it followed.
+    pub file: Option<PathBuf>,
+    /// How much audio arrived.
+    pub bytes: u64,
+    /// The longest time without new audio, after the first, and when it ended
+    /// (from the first audio).
+    pub longest: Duration,
+    pub longest_ended_after: Duration,
+    /// The longest time between two polls (the watch's own lateness).
+    pub worst_poll: Duration,
+}
+
+impl HeardWatch {
+    fn start(folder: PathBuf) -> Self {
+        let existing = dec_files(&folder);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let state = Arc::new(Mutex::new(Gaps::default()));
+        let thread = {
+            let stop = stop.clone();
+            let state = state.clone();
+            std::thread::spawn(move || {
+                let mut file: Option<PathBuf> = None;
+                let mut size = 0u64;
+                let mut first: Option<std::time::Instant> = None;
+                let mut changed = std::time::Instant::now();
+                let mut polled = std::time::Instant::now();
+                let mut seen = Gaps::default();
+                loop {
+                    let now = std::time::Instant::now();
+                    seen.worst_poll = seen.worst_poll.max(now - polled);
+                    polled = now;
+                    if file.is_none() {
+                        file = dec_files(&folder)
+                            .into_iter()
+                            .find(|f| !existing.contains(f));
+                    }
+                    if let Some(path) = &file {
+                        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                        if len > size {
+                            if let Some(first) = first {
+                                let quiet = now - changed;
+                                if quiet > seen.longest {
+                                    seen.longest = quiet;
+                                    seen.longest_ended_after = now - first;
+                                }
+                            } else {
+                                first = Some(now);
+                            }
+                            size = len;
+                            changed = now;
+                        }
+                    }
+                    seen.file.clone_from(&file);
+                    seen.bytes = size;
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        // Up to the end: silence before the stop counts too.
+                        if first.is_some() && now - changed > seen.longest {
+                            seen.longest = now - changed;
+                            seen.longest_ended_after = now - first.unwrap_or(now);
+                        }
+                        return seen;
+                    }
+                    *state.lock().unwrap() = seen.clone();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        HeardWatch {
+            stop,
+            thread: Some(thread),
+            state,
+        }
+    }
+
+    /// What it saw so far.
+    pub fn now(&self) -> Gaps {
+        self.state.lock().unwrap().clone()
+    }
+
+    /// Stops watching: what it saw, the silence up to now included.
+    pub fn stop(mut self) -> Gaps {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for HeardWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn dec_files(folder: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
 }
 
 /// A WAV file's samples (baresip's sndfile writes 16-bit PCM; a file still being

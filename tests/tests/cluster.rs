@@ -307,6 +307,360 @@ async fn calls_spread_over_the_routers(
     assert_eq!(total, 30.0, "{ran:?} {after:?}");
 }
 
+/// Restarts a Deployment of the release (`kubectl rollout restart`), waiting for the
+/// rollout: the new pods are Ready and the old ones are terminating or gone.
+fn rollout(cluster: &Cluster, component: &str) {
+    let deployment = format!("deployment/phone-{component}");
+    let (ok, out) = cluster.kubectl(&["rollout", "restart", "-n", NAMESPACE, &deployment]);
+    assert!(ok, "rollout restart {component}: {out}");
+    let (ok, out) = cluster.kubectl(&[
+        "rollout",
+        "status",
+        "-n",
+        NAMESPACE,
+        &deployment,
+        "--timeout=180s",
+    ]);
+    assert!(ok, "rollout of {component}: {out}\n{}", pods(cluster));
+}
+
+/// The pods of one component, terminating ones too.
+fn component_pods(cluster: &Cluster, component: &str) -> Vec<String> {
+    cluster
+        .kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-l",
+            &format!("app.kubernetes.io/component={component}"),
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name}{"\n"}{end}"#,
+        ])
+        .1
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Each relay as it publishes itself (its own EndpointSlice): pod, ready, terminating,
+/// and the calls it forwards now (`phone_media_sessions_active` at its admin port).
+async fn relays(cluster: &Cluster) -> Vec<(String, bool, bool, f64)> {
+    let (_, text) = cluster.kubectl(&[
+        "get",
+        "endpointslices",
+        "-n",
+        NAMESPACE,
+        "-l",
+        "kubernetes.io/service-name=phone-media-relay",
+        "-o",
+        r#"jsonpath={range .items[*]}{.endpoints[0].targetRef.name} {.endpoints[0].conditions.ready} {.endpoints[0].conditions.terminating} {.ports[?(@.name=="admin")].port}{"\n"}{end}"#,
+    ]);
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [pod, ready, terminating, port] = fields[..] else {
+            continue;
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        let sessions = service_runtime::server::scrape_metrics(SocketAddr::from((NODE_IP, port)))
+            .await
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|l| {
+                    l.strip_prefix("phone_media_sessions_active ")
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                })
+            })
+            .unwrap_or(-1.0);
+        out.push((
+            pod.to_owned(),
+            ready == "true",
+            terminating == "true",
+            sessions,
+        ));
+    }
+    out
+}
+
+/// How many incoming calls the phone has been offered.
+fn offered(phone: &Phone) -> usize {
+    phone.output().matches("ncoming call").count()
+}
+
+fn established(phone: &Phone) -> usize {
+    phone.output().matches("Call established").count()
+}
+
+/// The carrier's caller calls the DID and the desk phone answers: the call is up.
+async fn desk_answers(cluster: &Cluster, pstn: &Phone, desk: &Phone, did_uri: &str) {
+    let (rings, up) = (offered(desk), established(pstn));
+    pstn.dial(did_uri).await;
+    let ringing = phone_tests::wait_until(Duration::from_secs(15), || async {
+        (offered(desk) > rings).then_some(())
+    })
+    .await;
+    assert!(ringing.is_some(), "the desk rings:\n{}", pod_logs(cluster));
+    desk.answer().await;
+    let answered = phone_tests::wait_until(Duration::from_secs(15), || async {
+        (established(pstn) > up).then_some(())
+    })
+    .await;
+    assert!(
+        answered.is_some(),
+        "the desk answers:\n{}",
+        pod_logs(cluster)
+    );
+}
+
+/// While the desk phone is on a call, a second caller reaches the voicemail (the desk
+/// does not answer it; after the dialplan's 20 s it goes to the mailbox) and hears
+/// the beep.
+async fn caller_reaches_voicemail(cluster: &Cluster, caller: &Phone, did_uri: &str) {
+    let (up, calls) = (established(caller), caller.heard().len());
+    caller.dial(did_uri).await;
+    let answered = phone_tests::wait_until(Duration::from_secs(45), || async {
+        (established(caller) > up).then_some(())
+    })
+    .await;
+    assert!(
+        answered.is_some(),
+        "the voicemail answers the second caller:\n{}\n{}",
+        caller.output(),
+        pod_logs(cluster)
+    );
+    let beep = phone_tests::wait_until(Duration::from_secs(40), || async {
+        let heard = caller.heard();
+        let this_call = heard.get(calls..).unwrap_or_default().concat();
+        (seconds_of(&this_call, 1000.0) >= 0.1).then_some(())
+    })
+    .await;
+    assert!(beep.is_some(), "the second caller hears the beep");
+}
+
+/// Checks a watched call's audio: it came, and never stopped for more than 200 ms.
+fn no_gap(who: &str, gaps: &phone_tests::baresip::Gaps) {
+    eprintln!("{who}: {gaps:?}");
+    assert!(gaps.bytes > 8000 * 2 * 10, "{who} heard the call: {gaps:?}");
+    assert!(
+        gaps.longest <= Duration::from_millis(200),
+        "{who} heard nothing for {:?}, {:?} into the call (the watch's own worst poll \
+         interval: {:?})",
+        gaps.longest,
+        gaps.longest_ended_after,
+        gaps.worst_poll
+    );
+}
+
+/// Rollouts with a call up (issue #18): during an answered call with tones both ways,
+/// the router, the voicemail, the mailer and the media relays are restarted one after
+/// another; the call's audio never stops for more than 200 ms and its hang-up goes
+/// through. A message left while the mailer restarts is emailed exactly once. Then
+/// the relays are scaled from 2 to 1 while each carries a call: neither drops, and the
+/// draining relay exits when its call ends.
+async fn rollouts_drop_no_call(
+    cluster: &Cluster,
+    release: &[&str],
+    (pstn, desk, caller): (&Phone, &Phone, &Phone),
+    did_uri: &str,
+    mailpit: &phone_test_support::Mailpit,
+) {
+    let mails = mailpit.messages().await.len();
+    let (desk_hears, pstn_hears) = (desk.watch_heard(), pstn.watch_heard());
+    let ends = ended(pstn);
+    desk_answers(cluster, pstn, desk, did_uri).await;
+    let flowing = phone_tests::wait_until(Duration::from_secs(10), || async {
+        (desk_hears.now().bytes > 0 && pstn_hears.now().bytes > 0).then_some(())
+    })
+    .await;
+    assert!(flowing.is_some(), "the call's audio flows both ways");
+    let old_relays = component_pods(cluster, "media-relay");
+
+    for component in ["router", "voicemail"] {
+        rollout(cluster, component);
+        assert_eq!(
+            ended(pstn),
+            ends,
+            "the call goes on after the {component}'s rollout"
+        );
+    }
+
+    // The mailer restarts while a message is left: it is emailed once.
+    caller_reaches_voicemail(cluster, caller, did_uri).await;
+    let deployment = "deployment/phone-mailer";
+    let (ok, out) = cluster.kubectl(&["rollout", "restart", "-n", NAMESPACE, deployment]);
+    assert!(ok, "{out}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    caller.hangup().await;
+    let (ok, out) = cluster.kubectl(&[
+        "rollout",
+        "status",
+        "-n",
+        NAMESPACE,
+        deployment,
+        "--timeout=180s",
+    ]);
+    assert!(ok, "rollout of the mailer: {out}");
+    let got = mailpit.wait_for(mails + 1, Duration::from_secs(60)).await;
+    assert_eq!(
+        got.len(),
+        mails + 1,
+        "the message is emailed\n{}",
+        pod_logs(cluster)
+    );
+    // And only once: the old mailer has drained and exited, the new one holds the
+    // outbox.
+    let one = phone_tests::wait_until(Duration::from_secs(90), || async {
+        (component_pods(cluster, "mailer").len() == 1).then_some(())
+    })
+    .await;
+    assert!(one.is_some(), "the old mailer exits: {}", pods(cluster));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        mailpit.messages().await.len(),
+        mails + 1,
+        "the message is emailed exactly once"
+    );
+    assert_eq!(
+        ended(pstn),
+        ends,
+        "the call goes on after the mailer's rollout"
+    );
+
+    // The relays: the new one starts beside the old (another port slot on the node);
+    // the old one keeps forwarding the call.
+    rollout(cluster, "media-relay");
+    let now = relays(cluster).await;
+    let draining: Vec<_> = now
+        .iter()
+        .filter(|(pod, ..)| old_relays.contains(pod))
+        .collect();
+    assert!(
+        matches!(draining[..], [(_, false, true, sessions)] if *sessions >= 1.0),
+        "the old relay drains with the call: {now:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let desk_ends = ended(desk);
+    pstn.hangup().await;
+    let down = phone_tests::wait_until(Duration::from_secs(10), || async {
+        (ended(pstn) > ends && ended(desk) > desk_ends).then_some(())
+    })
+    .await;
+    assert!(
+        down.is_some(),
+        "the hang-up reaches the desk:\n{}\n{}",
+        desk.output(),
+        pod_logs(cluster)
+    );
+    no_gap("the desk", &desk_hears.stop());
+    no_gap("the caller", &pstn_hears.stop());
+    // Its call ended, the old relay exits.
+    let exited = phone_tests::wait_until(Duration::from_secs(30), || async {
+        let pods = component_pods(cluster, "media-relay");
+        (!pods.iter().any(|p| old_relays.contains(p))).then_some(())
+    })
+    .await;
+    assert!(
+        exited.is_some(),
+        "the drained relay exits: {}",
+        pods(cluster)
+    );
+
+    // Two relays, a call on each; down to one: neither call drops.
+    let mut upgrade = vec!["upgrade"];
+    upgrade.extend_from_slice(release);
+    upgrade.extend([
+        "--reuse-values",
+        "--set",
+        "mediaRelay.autoscaling.enabled=false",
+        "--set",
+        "mediaRelay.replicas=2",
+    ]);
+    let (ok, out) = cluster.helm(&upgrade);
+    assert!(ok, "two relays: {out}");
+    let two = phone_tests::wait_until(Duration::from_secs(60), || async {
+        let now = relays(cluster).await;
+        (now.iter()
+            .filter(|(_, ready, _, s)| *ready && *s == 0.0)
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        two.is_some(),
+        "two ready relays: {:?}",
+        relays(cluster).await
+    );
+    let mails = mailpit.messages().await.len();
+    let (desk_hears, pstn_hears) = (desk.watch_heard(), pstn.watch_heard());
+    let ends = ended(pstn);
+    desk_answers(cluster, pstn, desk, did_uri).await;
+    caller_reaches_voicemail(cluster, caller, did_uri).await;
+    let both = relays(cluster).await;
+    assert!(
+        both.iter().filter(|(_, _, _, s)| *s == 1.0).count() == 2,
+        "a call on each relay: {both:?}"
+    );
+    let last = upgrade.len() - 1;
+    upgrade[last] = "mediaRelay.replicas=1";
+    let (ok, out) = cluster.helm(&upgrade);
+    assert!(ok, "one relay: {out}");
+    let draining = phone_tests::wait_until(Duration::from_secs(30), || async {
+        let now = relays(cluster).await;
+        now.iter()
+            .find(|(_, ready, terminating, s)| !ready && *terminating && *s == 1.0)
+            .map(|(pod, ..)| pod.clone())
+    })
+    .await;
+    let Some(draining) = draining else {
+        panic!("a relay drains its call: {:?}", relays(cluster).await);
+    };
+    // The caller goes on speaking for a while after the scale-down.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(ended(pstn), ends, "the desk's call goes on");
+    let desk_ends = ended(desk);
+    caller.hangup().await;
+    pstn.hangup().await;
+    let down = phone_tests::wait_until(Duration::from_secs(10), || async {
+        (ended(pstn) > ends && ended(desk) > desk_ends).then_some(())
+    })
+    .await;
+    assert!(
+        down.is_some(),
+        "the desk's call ends:\n{}",
+        pod_logs(cluster)
+    );
+    no_gap("the desk, relays 2 to 1", &desk_hears.stop());
+    no_gap("the caller, relays 2 to 1", &pstn_hears.stop());
+    let exited = phone_tests::wait_until(Duration::from_secs(30), || async {
+        (!component_pods(cluster, "media-relay").contains(&draining)).then_some(())
+    })
+    .await;
+    assert!(
+        exited.is_some(),
+        "the drained relay {draining} exits: {}",
+        pods(cluster)
+    );
+    // The second caller's message, over the scale-down, holds its voice.
+    let got = mailpit.wait_for(mails + 1, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), mails + 1, "the second message is emailed");
+    let id = got[0]["ID"].as_str().unwrap().to_owned();
+    let mail = mailpit.message(&id).await;
+    let attachment = &mail["Attachments"][0];
+    let bytes = mailpit
+        .part(&id, attachment["PartID"].as_str().unwrap())
+        .await;
+    let attached = phone_audio::wav::decode(&bytes).unwrap();
+    let voice = seconds_of(&attached, PSTN_HZ);
+    assert!(
+        voice >= 5.0,
+        "the message holds the caller across the scale-down: {voice} s"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_runs_in_pods_after_helm_install() {
     let cluster = Cluster::start().await;
@@ -557,6 +911,28 @@ async fn the_seed_runs_in_pods_after_helm_install() {
         "the lamp lights:\n{}",
         desk.output()
     );
+
+    // Rollouts with a call up. A second caller at the carrier leaves messages meanwhile.
+    let caller = Phone::start_in(
+        OUTSIDE_NETNS,
+        IpAddr::V4(PHONES_IP),
+        PhoneConfig {
+            aor: format!("caller@{}", carrier.addr),
+            password: "caller",
+            auto_answer: false,
+            mwi: false,
+            voice: tone(PSTN_HZ),
+        },
+    );
+    caller.assert_registers("caller").await;
+    rollouts_drop_no_call(
+        &cluster,
+        &release,
+        (&pstn, &desk, &caller),
+        &did_uri,
+        &mailpit,
+    )
+    .await;
 
     // The phone dials out through the carrier (the trunk's digest, the line's caller
     // ID), and 911.

@@ -106,3 +106,185 @@ pub async fn watch_balanced(
     })
     .await;
 }
+
+/// Where a self-published endpoint is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    /// Takes new work.
+    Ready,
+    /// Draining: finishes its work in flight, takes no new work.
+    Terminating,
+}
+
+/// The field manager of the slices a pod publishes for itself.
+const MANAGER: &str = "phone-self-endpoint";
+
+/// One pod's own EndpointSlice in a Service without a selector. A pod whose ports
+/// are not those of its template (relays sharing a node's network each take their own
+/// pair) cannot be described by a selector's slices, so it publishes itself: its
+/// address, the ports it took, and its state; it is owned by the pod, so Kubernetes
+/// removes it with the pod, and a restarted container writes it again.
+#[derive(Debug, Clone)]
+pub struct OwnSlice {
+    api: Api<EndpointSlice>,
+    /// The slice's name: the pod's.
+    name: String,
+    namespace: String,
+    service: String,
+    pod_uid: String,
+    ip: IpAddr,
+    ports: Vec<(String, u16)>,
+}
+
+impl OwnSlice {
+    /// The slice of pod `pod_name` (`pod_uid`) in `namespace`, listed under `service`,
+    /// at `ip` with the named `ports`.
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        service: &str,
+        pod_name: &str,
+        pod_uid: &str,
+        ip: IpAddr,
+        ports: Vec<(String, u16)>,
+    ) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: pod_name.to_owned(),
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            pod_uid: pod_uid.to_owned(),
+            ip,
+            ports,
+        }
+    }
+
+    /// The object as it is published in `state`.
+    pub fn object(&self, state: Serving) -> EndpointSlice {
+        use k8s_openapi::api::core::v1::ObjectReference;
+        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+        let ready = state == Serving::Ready;
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([
+                    (SERVICE_LABEL.to_owned(), self.service.clone()),
+                    (
+                        "endpointslice.kubernetes.io/managed-by".to_owned(),
+                        format!("{MANAGER}.phone.dev"),
+                    ),
+                ])),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Pod".into(),
+                    name: self.name.clone(),
+                    uid: self.pod_uid.clone(),
+                    ..OwnerReference::default()
+                }]),
+                ..ObjectMeta::default()
+            },
+            address_type: if self.ip.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
+            endpoints: vec![Endpoint {
+                addresses: vec![self.ip.to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(ready),
+                    // A draining pod still serves its work in flight.
+                    serving: Some(true),
+                    terminating: Some(!ready),
+                }),
+                target_ref: Some(ObjectReference {
+                    kind: Some("Pod".into()),
+                    name: Some(self.name.clone()),
+                    namespace: Some(self.namespace.clone()),
+                    uid: Some(self.pod_uid.clone()),
+                    ..ObjectReference::default()
+                }),
+                ..Endpoint::default()
+            }],
+            ports: Some(
+                self.ports
+                    .iter()
+                    .map(|(name, port)| EndpointPort {
+                        name: Some(name.clone()),
+                        port: Some(i32::from(*port)),
+                        protocol: Some("TCP".into()),
+                        ..EndpointPort::default()
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Writes the slice in `state` (server-side apply: creates or replaces it).
+    pub async fn apply(&self, state: Serving) -> Result<(), kube::Error> {
+        use kube::api::{Patch, PatchParams};
+        let mut object = self.object(state);
+        object.metadata.managed_fields = None;
+        let mut value = serde_json::to_value(&object).map_err(kube::Error::SerdeError)?;
+        value["apiVersion"] = "discovery.k8s.io/v1".into();
+        value["kind"] = "EndpointSlice".into();
+        let params = PatchParams::apply(MANAGER).force();
+        self.api
+            .patch(&self.name, &params, &Patch::Apply(value))
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes the slice (gone already counts as removed).
+    pub async fn delete(&self) -> Result<(), kube::Error> {
+        match self
+            .api
+            .delete(&self.name, &kube::api::DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keeps the slice published as ready until `shutdown` (written again every
+    /// `refresh`, so a slice deleted by hand or lost with the API's storage comes
+    /// back; an API that does not answer is retried), then marks it terminating and
+    /// returns. The caller deletes it once its work in flight has ended.
+    pub async fn publish_until(&self, shutdown: Shutdown, refresh: std::time::Duration) {
+        let mut failing = false;
+        loop {
+            match self.apply(Serving::Ready).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!(slice = %self.name, service = %self.service, "own EndpointSlice published again");
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(slice = %self.name, service = %self.service, error = %e, "cannot publish own EndpointSlice; retrying");
+                    }
+                    failing = true;
+                }
+            }
+            let wait = if failing {
+                std::time::Duration::from_secs(2).min(refresh)
+            } else {
+                refresh
+            };
+            tokio::select! {
+                _ = shutdown.triggered() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Terminating: the pod takes no new work. Tried for a while; the readers also
+        // stop choosing a pod whose health says NOT_SERVING.
+        for _ in 0..5 {
+            match self.apply(Serving::Terminating).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(slice = %self.name, error = %e, "cannot mark own EndpointSlice terminating; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}

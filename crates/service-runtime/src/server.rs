@@ -31,6 +31,10 @@ use crate::settings::CommonArgs;
 use crate::shutdown::Shutdown;
 use crate::Error;
 
+/// How long a drained server waits for the streams still open (watches) to close
+/// before it closes them.
+const STREAMS_LINGER: Duration = Duration::from_secs(2);
+
 /// What a running service tells `phone` and the logs about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
@@ -85,6 +89,61 @@ impl Listeners {
             admin: addr(&admin)?,
             inner: Arc::new(Mutex::new(Some((grpc, admin)))),
         })
+    }
+
+    /// Binds the first of `slots` port pairs that is free: the gRPC port of `grpc` and
+    /// the admin port of `admin`, each plus `k`, for `k` from 0. Several processes on
+    /// one host (pods on a node's network) each take their own pair this way, the bind
+    /// itself deciding who has which; the pair is held until the process ends. Returns
+    /// the listeners and `k`.
+    pub fn bind_first_free(
+        grpc: SocketAddr,
+        admin: SocketAddr,
+        slots: u16,
+    ) -> Result<(Self, u16), Error> {
+        let bind = |addr: SocketAddr| {
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| Error::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })
+        };
+        let shifted = |addr: SocketAddr, k: u16| match addr.port() {
+            0 => Some(addr),
+            port => port.checked_add(k).map(|p| SocketAddr::new(addr.ip(), p)),
+        };
+        let mut last = None;
+        for k in 0..slots.max(1) {
+            let (Some(g), Some(a)) = (shifted(grpc, k), shifted(admin, k)) else {
+                break;
+            };
+            let pair = bind(g).and_then(|g| Ok((g, bind(a)?)));
+            match pair {
+                Ok((g, a)) => {
+                    let addr = |l: &std::net::TcpListener| {
+                        l.local_addr().map_err(|source| Error::Bind {
+                            addr: "a bound listener".into(),
+                            source,
+                        })
+                    };
+                    let listeners = Self {
+                        grpc: addr(&g)?,
+                        admin: addr(&a)?,
+                        inner: Arc::new(Mutex::new(Some((g, a)))),
+                    };
+                    return Ok((listeners, k));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(Error::Bind {
+            addr: grpc.to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                "no port slot left below 65536",
+            ),
+        }))
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -299,11 +358,28 @@ impl GrpcServer {
                     () = in_flight.wait() => {}
                 }
                 stop_accepting.trigger();
-                grpc.await
             } else {
                 stop_accepting.trigger();
-                let (result, ()) = tokio::join!(&mut grpc, in_flight.wait());
-                result
+                tokio::select! {
+                    result = &mut grpc => {
+                        in_flight.wait().await;
+                        return result;
+                    }
+                    () = in_flight.wait() => {}
+                }
+            }
+            // The work is done. Streams still open are subscriptions (a relay's event
+            // watch, health watches) that never end by themselves: the graceful stop
+            // would wait for them until the deadline.
+            match tokio::time::timeout(STREAMS_LINGER, &mut grpc).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::info!(
+                        service = name,
+                        "drained; closing the watch streams still open"
+                    );
+                    Ok(())
+                }
             }
         })
         .await;
@@ -406,5 +482,36 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_second_process_on_the_host_takes_the_next_port_pair() {
+        let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let grpc = squatter.local_addr().unwrap();
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // One slot, taken: refused with the address.
+        let refused = Listeners::bind_first_free(grpc, admin, 1).unwrap_err();
+        assert!(refused.to_string().contains(&grpc.to_string()), "{refused}");
+        // More slots: the first whose two ports are free.
+        let (listeners, k) = Listeners::bind_first_free(grpc, admin, 4).unwrap();
+        assert!((1..4).contains(&k), "slot {k}");
+        assert_eq!(listeners.grpc_addr().port(), grpc.port() + k);
+        assert_eq!(listeners.admin_addr().port(), admin.port() + k);
+        // While it holds them, the next one goes further.
+        let (next, j) = Listeners::bind_first_free(grpc, admin, 8).unwrap();
+        assert!(j > k, "slot {j} after {k}");
+        assert_eq!(next.grpc_addr().port(), grpc.port() + j);
     }
 }

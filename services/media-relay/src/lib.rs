@@ -10,6 +10,7 @@
 //! - [`session`]: one call's two legs as a state machine without IO (latching, the
 //!   forwarding verdict, timeouts), tested on simulated time;
 //! - [`ports`]: the even/odd port pair pool;
+//! - [`probe`]: the exec probe of a relay whose ports are not fixed;
 //! - `worker`: one thread per core, each owning its sessions' sockets (no lock per
 //!   packet);
 //! - `control`: the gRPC service, which places sessions on workers.
@@ -20,6 +21,7 @@ mod control;
 pub mod fuzzing;
 mod metrics;
 pub mod ports;
+pub mod probe;
 pub mod rtp;
 pub mod session;
 pub mod stats;
@@ -31,9 +33,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use phone_kube::endpoints::OwnSlice;
 use phone_proto::media::v1::media_relay_server::MediaRelayServer;
+use service_runtime::server::Listeners;
 use service_runtime::settings::{parse_duration, PortRange};
 use service_runtime::{CommonArgs, GrpcServer, ServiceInfo, Shutdown};
+
+/// How often a published relay writes its EndpointSlice again.
+const SLICE_REFRESH: Duration = Duration::from_secs(30);
 
 pub const NAME: &str = "media-relay";
 
@@ -63,6 +70,35 @@ pub struct Config {
     /// longest a session may wait to be set up.
     #[arg(long, env = "PHONE_HOLD_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub hold_timeout: Duration,
+    /// How many relays may share this host's network (pods on a node's network): this
+    /// one takes the first slot `k` below this whose gRPC and admin ports (those of
+    /// --grpc-bind and --admin-bind, plus `k`) are free. RTP ports need no slot: each
+    /// relay skips the pairs another holds.
+    #[arg(long, env = "PHONE_PORT_SLOTS", default_value_t = 1)]
+    pub port_slots: u16,
+    /// Publish this relay in the EndpointSlices of this Service (one without a
+    /// selector) with a slice of its own, owned by its pod: the advertised address, the
+    /// ports it took, ready while it serves and terminating while it drains. With
+    /// --port-slots the ports differ from pod to pod, which a selector cannot say.
+    #[arg(
+        long,
+        env = "PHONE_PUBLISH_SERVICE",
+        requires_all = ["kube_namespace", "pod_name", "pod_uid"]
+    )]
+    pub publish_service: Option<String>,
+    /// The namespace of --publish-service.
+    #[arg(long, env = "PHONE_KUBE_NAMESPACE")]
+    pub kube_namespace: Option<String>,
+    /// This relay's pod (its slice's name and owner).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// The uid of --pod-name.
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<String>,
+    /// Write the gRPC and admin addresses taken to this file (`grpc=IP:PORT` and
+    /// `admin=IP:PORT` lines), for `media-relay probe` and operators.
+    #[arg(long, env = "PHONE_ADDRESS_FILE")]
+    pub address_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -78,6 +114,12 @@ impl Config {
             workers: 0,
             media_timeout: Duration::from_secs(60),
             hold_timeout: Duration::from_secs(3600),
+            port_slots: 1,
+            publish_service: None,
+            kube_namespace: None,
+            pod_name: None,
+            pod_uid: None,
+            address_file: None,
         }
     }
 
@@ -99,6 +141,13 @@ pub enum Error {
     UnusableAdvertiseIp(IpAddr),
     #[error("cannot start a forwarding worker: {0}")]
     Worker(#[source] std::io::Error),
+    #[error("no Kubernetes API client for --publish-service: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("cannot write --address-file {path}: {source}")]
+    AddressFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The relay with its gRPC port bound and its workers running.
@@ -106,6 +155,7 @@ pub struct Bound {
     server: GrpcServer,
     config: Config,
     control: control::Control,
+    own_slice: Option<OwnSlice>,
 }
 
 /// Checks the settings, binds the gRPC port and starts the forwarding workers.
@@ -114,7 +164,50 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     if advertised.is_unspecified() || advertised.is_multicast() {
         return Err(Error::UnusableAdvertiseIp(advertised));
     }
-    let mut server = GrpcServer::bind(NAME, &config.common).await?;
+    let mut common = config.common.clone();
+    if config.port_slots > 1 && common.handed_over.is_none() {
+        let (listeners, slot) =
+            Listeners::bind_first_free(common.grpc_bind, common.admin_bind, config.port_slots)?;
+        tracing::info!(
+            slot,
+            grpc = %listeners.grpc_addr(),
+            admin = %listeners.admin_addr(),
+            "took a port slot on this host"
+        );
+        common.handed_over = Some(listeners);
+    }
+    let mut server = GrpcServer::bind(NAME, &common).await?;
+    let info = server.info();
+    if let Some(path) = &config.address_file {
+        let text = format!("grpc={}\nadmin={}\n", info.grpc, info.admin);
+        std::fs::write(path, text).map_err(|source| Error::AddressFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let own_slice = match (
+        &config.publish_service,
+        &config.kube_namespace,
+        &config.pod_name,
+        &config.pod_uid,
+    ) {
+        (Some(service), Some(namespace), Some(pod), Some(uid)) => {
+            let client = kube::Client::try_default().await.map_err(Error::Kube)?;
+            Some(OwnSlice::new(
+                client,
+                namespace,
+                service,
+                pod,
+                uid,
+                advertised,
+                vec![
+                    ("grpc".into(), info.grpc.port()),
+                    ("admin".into(), info.admin.port()),
+                ],
+            ))
+        }
+        _ => None,
+    };
     // Sessions are in-flight work: a draining relay keeps its API up until they end.
     server.accept_while_draining();
     let metrics = metrics::Metrics::register(server.registry());
@@ -150,6 +243,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         server,
         config,
         control,
+        own_slice,
     })
 }
 
@@ -171,7 +265,10 @@ impl Bound {
     /// ones until they are deleted or the drain deadline passes, and stops the workers.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
         let Bound {
-            server, control, ..
+            server,
+            control,
+            own_slice,
+            ..
         } = self;
         let draining = control.draining.clone();
         let watch = shutdown.clone();
@@ -179,11 +276,27 @@ impl Bound {
             watch.triggered().await;
             draining.store(true, std::sync::atomic::Ordering::SeqCst);
         });
+        let publisher = own_slice.clone().map(|slice| {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { slice.publish_until(shutdown, SLICE_REFRESH).await })
+        });
         let workers = control.workers.clone();
         let served = server
             .serve_one(MediaRelayServer::new(control), shutdown)
             .await;
         let _ = tokio::task::spawn_blocking(move || workers.iter().for_each(|w| w.stop())).await;
+        if let Some(slice) = own_slice {
+            // Its sessions have ended (or the deadline passed): no reader should poll
+            // a relay that is about to exit.
+            if let Some(publisher) = publisher {
+                publisher.abort();
+            }
+            match tokio::time::timeout(Duration::from_secs(5), slice.delete()).await {
+                Ok(Ok(())) => tracing::info!("own EndpointSlice removed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove own EndpointSlice (its pod's deletion will)"),
+                Err(_) => tracing::warn!("the API did not answer the removal of the own EndpointSlice (its pod's deletion will)"),
+            }
+        }
         served?;
         Ok(())
     }

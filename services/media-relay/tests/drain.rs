@@ -1,6 +1,7 @@
 //! The `media-relay` binary drains on SIGTERM: health turns NOT_SERVING, new sessions
 //! are refused with UNAVAILABLE, and a call in progress keeps its audio until the edge
-//! deletes it; then the process exits by itself, long before its drain deadline.
+//! deletes it; then the process exits by itself, long before its drain deadline, even
+//! with the edge's event watch still open.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -90,6 +91,13 @@ async fn sigterm_keeps_the_active_call_forwarding_and_refuses_new_ones() {
     let channel = connect(grpc).await;
     let mut relay = MediaRelayClient::new(channel.clone());
     assert_eq!(serving(&channel).await, 1, "SERVING before SIGTERM");
+    // The edge watches each relay's events for as long as it knows the relay: a stream
+    // that never ends by itself, which must not hold the drained relay up.
+    let _events = MediaRelayClient::new(channel.clone())
+        .watch_events(pb::WatchEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
 
     let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
