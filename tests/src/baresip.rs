@@ -411,3 +411,32 @@ impl Drop for Phone {
             .status();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_pause_in_the_heard_file_is_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = HeardWatch::start(dir.path().to_owned());
+        let mut file = std::fs::File::create(dir.path().join("dump-1-dec.wav")).unwrap();
+        let mut write = |packets: usize| {
+            for _ in 0..packets {
+                file.write_all(&[0; 320]).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        write(10);
+        std::thread::sleep(Duration::from_millis(300));
+        write(10);
+        let gaps = watch.stop();
+        assert_eq!(gaps.bytes, 20 * 320);
+        assert!(gaps.longest >= Duration::from_millis(290), "{gaps:?}");
+        assert!(
+            gaps.longest_ended_after >= Duration::from_millis(490),
+            "{gaps:?}"
+        );
+    }
+}

@@ -661,6 +661,177 @@ async fn rollouts_drop_no_call(
     );
 }
 
+/// A second line for the load: SIPp's built-in UAS answers its calls.
+const LOAD_LINE: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: load-line, namespace: phone}
+stringData: {password: load-secret}
+---
+apiVersion: phone.dev/v1alpha1
+kind: Line
+metadata: {name: load, namespace: phone}
+spec:
+  number: "13235550199"
+  secretRef: {name: load-line, key: password}
+  context: localexts
+"#;
+
+/// A SIPp process in the outside world's network namespace, ended with the test; its
+/// errors and final screen go to files of its own.
+struct Sipp {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Sipp {
+    fn spawn(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", OUTSIDE_NETNS, "sipp"])
+            .args(args)
+            .args(["-nostdin", "-trace_err", "-trace_screen"])
+            .arg("-error_file")
+            .arg(dir.path().join("errors"))
+            .arg("-screen_file")
+            .arg(dir.path().join("screen"))
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("SIPp is installed (scripts/install-deps)");
+        Sipp { child, dir }
+    }
+
+    /// Waits for it to end: its exit status (0: every call succeeded), and its last
+    /// screen and errors.
+    async fn finish(mut self, within: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status.code();
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        let errors = read("errors");
+        let errors: Vec<&str> = errors.lines().take(20).collect();
+        (status, format!("{}\n{}", read("screen"), errors.join("\n")))
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Each pod's memory with `calls` calls up (BENCHMARKS.md): SIPp, the field's load
+/// generator, calls the second line from the trunk's address at 20 calls/s and holds
+/// each call 20 s (signalling through the edge, a router and a relay session each;
+/// no RTP); SIPp's built-in UAS, registered as that line, answers.
+async fn memory_with_calls_up(cluster: &Cluster, calls: usize) {
+    cluster.apply(LOAD_LINE);
+    cluster
+        .kubectl_until(
+            &[
+                "get",
+                "line",
+                "load",
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.status.observedGeneration}",
+            ],
+            &["1"],
+        )
+        .await;
+    let scenarios = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sipp");
+    let edge = format!("{NODE_IP}:5060");
+    let uas_port = free_port().to_string();
+    let phones = PHONES_IP.to_string();
+    let _uas = Sipp::spawn(&["-sn", "uas", "-i", &phones, "-p", &uas_port]);
+    let contact = format!("{PHONES_IP}:{uas_port}");
+    let register = Sipp::spawn(&[
+        &edge,
+        "-sf",
+        scenarios.join("register.xml").to_str().unwrap(),
+        "-s",
+        "13235550199",
+        "-au",
+        "13235550199",
+        "-ap",
+        "load-secret",
+        "-set",
+        "contact",
+        &contact,
+        "-i",
+        &phones,
+        "-p",
+        &free_port().to_string(),
+        "-m",
+        "1",
+        "-timeout",
+        "20s",
+    ]);
+    let (status, errors) = register.finish(Duration::from_secs(30)).await;
+    assert_eq!(status, Some(0), "SIPp registers the load line: {errors}");
+    let total = calls.to_string();
+    let carrier = CARRIER_IP.to_string();
+    let uac = Sipp::spawn(&[
+        &edge,
+        "-sn",
+        "uac",
+        "-s",
+        "13235550199",
+        "-i",
+        &carrier,
+        "-p",
+        &free_port().to_string(),
+        "-r",
+        "20",
+        "-l",
+        &total,
+        "-m",
+        &total,
+        "-d",
+        "20000",
+        "-timeout",
+        "120s",
+    ]);
+    let up = phone_tests::wait_until(Duration::from_secs(30), || async {
+        let sessions: f64 = relays(cluster).await.iter().map(|r| r.3.max(0.0)).sum();
+        (sessions >= calls as f64).then_some(())
+    })
+    .await;
+    assert!(
+        up.is_some(),
+        "{calls} calls up: {:?}\n{}",
+        relays(cluster).await,
+        pod_logs(cluster)
+    );
+    for pod in cluster.pod_memory(NAMESPACE) {
+        eprintln!(
+            "memory with {calls} calls up: {} {:.1} MiB working set, {:.1} MiB RSS",
+            pod.pod,
+            pod.working_set as f64 / 1048576.0,
+            pod.rss as f64 / 1048576.0
+        );
+    }
+    let (status, errors) = uac.finish(Duration::from_secs(120)).await;
+    assert_eq!(
+        status,
+        Some(0),
+        "SIPp: every call answered and ended: {errors}\n{}",
+        pod_logs(cluster)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_runs_in_pods_after_helm_install() {
     let cluster = Cluster::start().await;
@@ -976,6 +1147,8 @@ async fn the_seed_runs_in_pods_after_helm_install() {
             pod_logs(&cluster)
         );
     }
+
+    memory_with_calls_up(&cluster, 100).await;
 
     // The calls' traces reached the receiver set in the values, from every service.
     let services = phone_tests::wait_until(Duration::from_secs(30), || async {
