@@ -213,6 +213,10 @@ async fn helm_install_with_default_values_succeeds_and_installs_the_crds() {
         notes.contains("kind: Line") && notes.contains("kubectl get lines -n phone"),
         "NOTES tell how to add a Line: {notes}"
     );
+    assert!(
+        notes.contains("TCP 50061-50064 (the relays' gRPC") && notes.contains("9461-9464"),
+        "NOTES list the relays' port slots for the firewall: {notes}"
+    );
 
     let (ok, out) = api.kubectl(&[
         "get",
