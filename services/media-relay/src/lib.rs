@@ -90,10 +90,10 @@ pub struct Config {
     #[arg(long, env = "PHONE_KUBE_NAMESPACE")]
     pub kube_namespace: Option<String>,
     /// This relay's pod (its slice's name and owner).
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = "PHONE_POD_NAME")]
     pub pod_name: Option<String>,
     /// The uid of --pod-name.
-    #[arg(long, env = "POD_UID")]
+    #[arg(long, env = "PHONE_POD_UID")]
     pub pod_uid: Option<String>,
     /// Write the gRPC and admin addresses taken to this file (`grpc=IP:PORT` and
     /// `admin=IP:PORT` lines), for `media-relay probe` and operators.
