@@ -797,7 +797,7 @@ Content-Length: {}\r\n\r\n{body}",
         self.dirty = true;
     }
 
-    /// Writes the bindings if they changed (atomically: a temporary file, then rename).
+    /// Writes the bindings now if they changed (at shutdown).
     pub fn flush(&mut self) {
         if !self.dirty {
             return;
@@ -805,15 +805,34 @@ Content-Length: {}\r\n\r\n{body}",
         self.dirty = false;
         self.last_write = Instant::now();
         let Some(path) = &self.persist else { return };
-        let tmp = path.with_extension("json.tmp");
-        let result = serde_json::to_vec(&self.registrar.snapshot())
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = result {
+        if let Err(e) = write_registrations(path, &self.registrar.snapshot()) {
             self.dirty = true;
             tracing::error!(path = %path.display(), error = %e, "cannot persist registrations");
         }
+    }
+
+    /// The bindings to write, when they changed and the last write is `PERSIST_EVERY`
+    /// old: a copy, which the driver serializes and writes outside the core's lock (with
+    /// thousands of lines that took long enough for the SIP socket's receive buffer to
+    /// overflow). Updates the registrations gauge as well.
+    pub fn due_persistence(
+        &mut self,
+        now: Instant,
+    ) -> Option<(std::path::PathBuf, HashMap<String, Vec<Binding>>)> {
+        if !self.dirty || now.duration_since(self.last_write) < PERSIST_EVERY {
+            return None;
+        }
+        self.update_gauge();
+        self.dirty = false;
+        self.last_write = now;
+        let path = self.persist.clone()?;
+        Some((path, self.registrar.snapshot()))
+    }
+
+    /// A write of [`Self::due_persistence`] that failed or was not made: the bindings
+    /// are written again later.
+    pub fn persistence_failed(&mut self) {
+        self.dirty = true;
     }
 
     /// One message from `path`.
@@ -1352,10 +1371,6 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         for (line, contact) in self.qualifier.check(now) {
             tracing::warn!(%line, %contact, "unreachable: no answer to OPTIONS in time");
         }
-        if self.dirty && now.duration_since(self.last_write) >= PERSIST_EVERY {
-            self.update_gauge();
-            self.flush();
-        }
     }
 
     /// Open server transactions (tests, metrics).
@@ -1572,19 +1587,65 @@ async fn connection(
     let _ = write_task.await;
 }
 
+/// Writes bindings atomically: a temporary file, then a rename.
+pub fn write_registrations(
+    path: &std::path::Path,
+    bindings: &HashMap<String, Vec<Binding>>,
+) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(bindings).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Runs transaction timers, expiry and persistence until `stop`, then writes what
-/// changed.
+/// changed. The bindings are written by a task of their own, one write at a time, off
+/// the core's lock.
 pub async fn tick(core: Arc<Mutex<SipCore>>, stop: service_runtime::Shutdown) {
+    type Due = (std::path::PathBuf, HashMap<String, Vec<Binding>>);
+    let (to_writer, mut writes) = mpsc::channel::<Due>(1);
+    let writer = {
+        let core = core.clone();
+        tokio::spawn(async move {
+            while let Some((path, bindings)) = writes.recv().await {
+                let shown = path.display().to_string();
+                let written =
+                    tokio::task::spawn_blocking(move || write_registrations(&path, &bindings))
+                        .await;
+                let error = match written {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(path = %shown, %error, "cannot persist registrations");
+                core.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .persistence_failed();
+            }
+        })
+    };
     let mut interval = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
-            _ = stop.triggered() => {
-                core.lock().unwrap_or_else(|e| e.into_inner()).flush();
-                return;
+            _ = stop.triggered() => break,
+            _ = interval.tick() => {
+                let due = {
+                    let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
+                    core.tick();
+                    core.due_persistence(Instant::now())
+                };
+                // A write still in progress: this copy waits for the next turn.
+                if let Some(due) = due {
+                    if to_writer.try_send(due).is_err() {
+                        core.lock().unwrap_or_else(|e| e.into_inner()).persistence_failed();
+                    }
+                }
             }
-            _ = interval.tick() => core.lock().unwrap_or_else(|e| e.into_inner()).tick(),
         }
     }
+    drop(to_writer);
+    let _ = writer.await;
+    core.lock().unwrap_or_else(|e| e.into_inner()).flush();
 }
 
 #[cfg(test)]
