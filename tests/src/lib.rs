@@ -51,3 +51,13 @@ pub fn seconds_of(audio: &[i16], hz: f64) -> f64 {
         .count() as f64
         / 10.0
 }
+
+/// One sample of a Prometheus text page: the value of the first line that is `name`
+/// followed by a space.
+pub fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .filter(|rest| rest.starts_with(' '))
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}

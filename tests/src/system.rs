@@ -295,11 +295,7 @@ impl System {
         let text = service_runtime::server::scrape_metrics(self.admins[service])
             .await
             .ok()?;
-        text.lines().find_map(|l| {
-            l.strip_prefix(sample)
-                .filter(|rest| rest.starts_with(' '))
-                .and_then(|rest| rest.trim().parse().ok())
-        })
+        crate::sample(&text, sample)
     }
 
     /// The keys under `prefix` in the bucket.

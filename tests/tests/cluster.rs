@@ -148,15 +148,7 @@ async fn router_calls(cluster: &Cluster) -> Vec<(String, f64, f64)> {
         else {
             continue;
         };
-        let sample = |metric: &str| {
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix(metric)
-                        .filter(|rest| rest.starts_with(' '))
-                        .and_then(|rest| rest.trim().parse::<f64>().ok())
-                })
-                .unwrap_or(0.0)
-        };
+        let sample = |metric: &str| phone_tests::sample(&text, metric).unwrap_or(0.0);
         out.push((
             name.to_owned(),
             sample("phone_router_calls_total"),
@@ -215,18 +207,18 @@ async fn calls_spread_over_the_routers(
 
     let mut deleted: Option<(String, f64)> = None;
     for i in 0..30 {
-        let established = pstn.output().matches("Call established").count();
-        let rings = desk.output().matches("ncoming call").count();
+        let up_before = established(pstn);
+        let rings = offered(desk);
         let ends = ended(pstn);
         pstn.dial(did_uri).await;
         let ringing = phone_tests::wait_until(Duration::from_secs(15), || async {
-            (desk.output().matches("ncoming call").count() > rings).then_some(())
+            (offered(desk) > rings).then_some(())
         })
         .await;
         assert!(ringing.is_some(), "call {i} rings:\n{}", pod_logs(cluster));
         desk.answer().await;
         let up = phone_tests::wait_until(Duration::from_secs(15), || async {
-            (pstn.output().matches("Call established").count() > established).then_some(())
+            (established(pstn) > up_before).then_some(())
         })
         .await;
         assert!(up.is_some(), "call {i} is answered:\n{}", pod_logs(cluster));
@@ -368,12 +360,7 @@ async fn relays(cluster: &Cluster) -> Vec<(String, bool, bool, f64)> {
         let sessions = service_runtime::server::scrape_metrics(SocketAddr::from((NODE_IP, port)))
             .await
             .ok()
-            .and_then(|text| {
-                text.lines().find_map(|l| {
-                    l.strip_prefix("phone_media_sessions_active ")
-                        .and_then(|v| v.trim().parse::<f64>().ok())
-                })
-            })
+            .and_then(|text| phone_tests::sample(&text, "phone_media_sessions_active"))
             .unwrap_or(-1.0);
         out.push((
             pod.to_owned(),
@@ -383,6 +370,41 @@ async fn relays(cluster: &Cluster) -> Vec<(String, bool, bool, f64)> {
         ));
     }
     out
+}
+
+/// Waits until the edge has read the Line `name` (its status says so): a REGISTER
+/// before that is told to retry.
+async fn line_read(cluster: &Cluster, name: &str) {
+    cluster
+        .kubectl_until(
+            &[
+                "get",
+                "line",
+                name,
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.status.observedGeneration}",
+            ],
+            &["1"],
+        )
+        .await;
+}
+
+/// A phone of the public network, registered at the carrier as `user`, saying the
+/// PSTN tone.
+fn carrier_phone(carrier: SocketAddr, user: &str, auto_answer: bool) -> Phone {
+    Phone::start_in(
+        OUTSIDE_NETNS,
+        IpAddr::V4(PHONES_IP),
+        PhoneConfig {
+            aor: format!("{user}@{carrier}"),
+            password: user,
+            auto_answer,
+            mwi: false,
+            voice: tone(PSTN_HZ),
+        },
+    )
 }
 
 /// How many incoming calls the phone has been offered.
@@ -737,20 +759,7 @@ impl Drop for Sipp {
 /// no RTP); SIPp's built-in UAS, registered as that line, answers.
 async fn memory_with_calls_up(cluster: &Cluster, calls: usize) {
     cluster.apply(LOAD_LINE);
-    cluster
-        .kubectl_until(
-            &[
-                "get",
-                "line",
-                "load",
-                "-n",
-                NAMESPACE,
-                "-o",
-                "jsonpath={.status.observedGeneration}",
-            ],
-            &["1"],
-        )
-        .await;
+    line_read(cluster, "load").await;
     let scenarios = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sipp");
     let edge = format!("{NODE_IP}:5060");
     let uas_port = free_port().to_string();
@@ -928,20 +937,7 @@ async fn the_seed_runs_in_pods_after_helm_install() {
     // The edge has read the Line (it says so in its status) before the phone registers:
     // a REGISTER before that is told to retry, and baresip 1.0 then resubscribes its
     // MWI in a loop.
-    cluster
-        .kubectl_until(
-            &[
-                "get",
-                "line",
-                "desk",
-                "-n",
-                NAMESPACE,
-                "-o",
-                "jsonpath={.status.observedGeneration}",
-            ],
-            &["1"],
-        )
-        .await;
+    line_read(&cluster, "desk").await;
     let desk = Phone::start_in(
         OUTSIDE_NETNS,
         IpAddr::V4(PHONES_IP),
@@ -958,17 +954,7 @@ async fn the_seed_runs_in_pods_after_helm_install() {
     cluster
         .kubectl_until(&["get", "lines", "-n", NAMESPACE], &["desk", DID, "true"])
         .await;
-    let pstn = Phone::start_in(
-        OUTSIDE_NETNS,
-        IpAddr::V4(PHONES_IP),
-        PhoneConfig {
-            aor: format!("pstn@{}", carrier.addr),
-            password: "pstn",
-            auto_answer: true,
-            mwi: false,
-            voice: tone(PSTN_HZ),
-        },
-    );
+    let pstn = carrier_phone(carrier.addr, "pstn", true);
     pstn.assert_registers("pstn").await;
     let did_uri = format!("sip:{DID}@{}", carrier.addr);
 
@@ -1011,9 +997,9 @@ async fn the_seed_runs_in_pods_after_helm_install() {
     // attachment in Mailpit, and the lamp lights.
     let calls_before = pstn.heard().len();
     pstn.dial(&did_uri).await;
-    let established = pstn.output().matches("Call established").count();
+    let up_before = established(&pstn);
     let answered = phone_tests::wait_until(Duration::from_secs(40), || async {
-        (pstn.output().matches("Call established").count() > established).then_some(())
+        (established(&pstn) > up_before).then_some(())
     })
     .await;
     assert!(
@@ -1084,17 +1070,7 @@ async fn the_seed_runs_in_pods_after_helm_install() {
     );
 
     // Rollouts with a call up. A second caller at the carrier leaves messages meanwhile.
-    let caller = Phone::start_in(
-        OUTSIDE_NETNS,
-        IpAddr::V4(PHONES_IP),
-        PhoneConfig {
-            aor: format!("caller@{}", carrier.addr),
-            password: "caller",
-            auto_answer: false,
-            mwi: false,
-            voice: tone(PSTN_HZ),
-        },
-    );
+    let caller = carrier_phone(carrier.addr, "caller", false);
     caller.assert_registers("caller").await;
     rollouts_drop_no_call(
         &cluster,
@@ -1130,7 +1106,7 @@ async fn the_seed_runs_in_pods_after_helm_install() {
         // end through the carrier (the edge's BYE follows the route set Kamailio
         // recorded).
         let answered = phone_tests::wait_until(Duration::from_secs(10), || async {
-            (pstn.output().matches("Call established").count() > 0).then_some(())
+            (established(&pstn) > 0).then_some(())
         })
         .await;
         assert!(answered.is_some(), "the PSTN answers {dialled}");

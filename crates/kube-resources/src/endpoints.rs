@@ -220,14 +220,9 @@ impl OwnSlice {
     /// Writes the slice in `state` (server-side apply: creates or replaces it).
     pub async fn apply(&self, state: Serving) -> Result<(), kube::Error> {
         use kube::api::{Patch, PatchParams};
-        let mut object = self.object(state);
-        object.metadata.managed_fields = None;
-        let mut value = serde_json::to_value(&object).map_err(kube::Error::SerdeError)?;
-        value["apiVersion"] = "discovery.k8s.io/v1".into();
-        value["kind"] = "EndpointSlice".into();
         let params = PatchParams::apply(MANAGER).force();
         self.api
-            .patch(&self.name, &params, &Patch::Apply(value))
+            .patch(&self.name, &params, &Patch::Apply(self.object(state)))
             .await
             .map(|_| ())
     }

@@ -68,27 +68,8 @@ pub struct Listeners {
 impl Listeners {
     /// Binds two ephemeral ports on 127.0.0.1.
     pub fn bind_loopback() -> Result<Self, Error> {
-        let bind = || {
-            let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-            std::net::TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|source| Error::Bind {
-                    addr: addr.to_string(),
-                    source,
-                })
-        };
-        let (grpc, admin) = (bind()?, bind()?);
-        let addr = |l: &std::net::TcpListener| {
-            l.local_addr().map_err(|source| Error::Bind {
-                addr: "127.0.0.1:0".into(),
-                source,
-            })
-        };
-        Ok(Self {
-            grpc: addr(&grpc)?,
-            admin: addr(&admin)?,
-            inner: Arc::new(Mutex::new(Some((grpc, admin)))),
-        })
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::bind_first_free(any, any, 1).map(|(listeners, _)| listeners)
     }
 
     /// Binds the first of `slots` port pairs that is free: the gRPC port of `grpc` and
