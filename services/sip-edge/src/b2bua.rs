@@ -28,8 +28,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::task::TaskTracker;
 
+use crate::driver::{CallTask, Driver};
 use crate::relays::{Relay, RelayPool};
-use crate::server::{CallEvent, NewCall, SipCore, Target};
+use crate::server::{CallEvent, SipCore, Target};
 
 /// How long the router has to close the stream after a hang-up (it runs `h` first).
 const HANGUP_GRACE: Duration = Duration::from_secs(5);
@@ -101,21 +102,22 @@ impl MediaWatch {
 
 /// Starts the task spawner: every new call gets its task, tracked for the drain.
 pub fn spawner(
-    core: Arc<Mutex<SipCore>>,
+    edge: Arc<Driver>,
     router: Balanced,
     relays: RelayPool,
     in_flight: TaskTracker,
-) -> mpsc::UnboundedSender<NewCall> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<NewCall>();
+) -> mpsc::UnboundedSender<CallTask> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<CallTask>();
     let epoch = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let watch = MediaWatch::default();
     tokio::spawn(async move {
-        while let Some(call) = rx.recv().await {
+        while let Some(new) = rx.recv().await {
+            let call = &new.call;
             let task = Call {
-                core: core.clone(),
+                edge: edge.clone(),
                 relays: relays.clone(),
                 router: router.clone(),
                 epoch,
@@ -134,14 +136,14 @@ pub fn spawner(
                 hangup.cause = tracing::field::Empty,
                 ended_by = tracing::field::Empty,
             );
-            in_flight.spawn(tracing::Instrument::instrument(task.run(call), span));
+            in_flight.spawn(tracing::Instrument::instrument(task.run(new), span));
         }
     });
     tx
 }
 
 struct Call {
-    core: Arc<Mutex<SipCore>>,
+    edge: Arc<Driver>,
     relays: RelayPool,
     /// The routers; each call's stream stays on the one it was given.
     router: Balanced,
@@ -190,11 +192,17 @@ fn direction(d: crate::sdp::Direction) -> media::Direction {
 }
 
 impl Call {
-    fn core(&self) -> std::sync::MutexGuard<'_, SipCore> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs a command on the SIP side.
+    fn sip<R>(&self, f: impl FnOnce(&mut SipCore) -> R) -> R {
+        self.edge.with(|core, _| f(core))
     }
 
-    async fn run(self, mut call: NewCall) {
+    async fn run(self, task: CallTask) {
+        let CallTask {
+            call,
+            events: mut sip_events,
+            notify,
+        } = task;
         let id = call.id;
         let session_id = format!("{}/{}", call.call_id, id);
         let created = self
@@ -213,20 +221,27 @@ impl Call {
             Err(e) => {
                 // No relay: the caller gets 503, as Asterisk without RTP ports would.
                 tracing::warn!(channel = %call.channel, error = %e, "no media relay for the call");
-                ended(self.core().call_hangup(id, 34), 34, "no media relay");
+                ended(
+                    self.sip(|core| core.call_hangup(id, 34)),
+                    34,
+                    "no media relay",
+                );
                 return;
             }
         };
         let (Some(relay_a), Some(relay_b)) = (local_of(&session.a), local_of(&session.b)) else {
-            ended(self.core().call_hangup(id, 34), 34, "no media relay");
+            ended(
+                self.sip(|core| core.call_hangup(id, 34)),
+                34,
+                "no media relay",
+            );
             return;
         };
-        self.watch
-            .register(&relay, &session_id, call.notify.clone());
-        self.core().call_set_media(id, relay_a, relay_b);
+        self.watch.register(&relay, &session_id, notify);
+        self.sip(|core| core.call_set_media(id, relay_a, relay_b));
 
         let (to_router, events) = mpsc::unbounded_channel();
-        let context = self.core().peer_context(&call.peer);
+        let context = self.sip(|core| core.peer_context(&call.peer));
         let _ = to_router.send(Box::new(router::ChannelEvent {
             event: Some(channel_event::Event::NewChannel(router::NewChannel {
                 channel: call.channel.clone(),
@@ -255,7 +270,11 @@ impl Call {
             Ok(stream) => stream.into_inner(),
             Err(e) => {
                 tracing::warn!(channel = %call.channel, error = %e, "the router is unreachable");
-                ended(self.core().call_hangup(id, 34), 34, "router unreachable");
+                ended(
+                    self.sip(|core| core.call_hangup(id, 34)),
+                    34,
+                    "router unreachable",
+                );
                 self.watch.unregister(&session_id);
                 self.delete(&relay, &session_id).await;
                 return;
@@ -288,13 +307,13 @@ impl Call {
                         Step::HungUp => break,
                     }
                 }
-                event = call.events.recv() => {
+                event = sip_events.recv() => {
                     let Some(event) = event else { break };
                     let leg_b = media::LegId::B;
                     let gone = match event {
                         CallEvent::MediaTimeout => {
                             // Asterisk's rtptimeout: both legs end, the dialplan hears it.
-                            ended(self.core().call_hangup(id, 16), 16, "media timeout");
+                            ended(self.sip(|core| core.call_hangup(id, 16)), 16, "media timeout");
                             Some((16, "media timeout"))
                         }
                         CallEvent::CallerGone { cause, status } => {
@@ -355,7 +374,7 @@ impl Call {
             }
         }
         // Still up when the dialplan ends: Asterisk hangs up (cause 16) as well.
-        let status = self.core().call_hangup(id, 16);
+        let status = self.sip(|core| core.call_hangup(id, 16));
         if status.is_some() && !noted {
             ended(status, 16, "dialplan");
         }
@@ -411,7 +430,11 @@ impl Call {
     ) -> Step {
         use dialplan_command::Command;
         match what {
-            Command::Answer(_) => Step::Done(self.core().call_answer(id).err().unwrap_or_default()),
+            Command::Answer(_) => Step::Done(
+                self.sip(|core| core.call_answer(id))
+                    .err()
+                    .unwrap_or_default(),
+            ),
             Command::Indicate(indicate) => {
                 use router::indicate::Indication;
                 let status = match Indication::try_from(indicate.indication) {
@@ -422,8 +445,7 @@ impl Call {
                     _ => return Step::Done("unknown indication".into()),
                 };
                 Step::Done(
-                    self.core()
-                        .call_indicate(id, status)
+                    self.sip(|core| core.call_indicate(id, status))
                         .err()
                         .unwrap_or_default(),
                 )
@@ -444,10 +466,7 @@ impl Call {
                     .unwrap_or_default();
                 let timeout = (dial.timeout_secs > 0)
                     .then(|| Duration::from_secs(u64::from(dial.timeout_secs)));
-                match self
-                    .core()
-                    .call_dial(id, command_id, &targets, timeout, caller)
-                {
+                match self.sip(|core| core.call_dial(id, command_id, &targets, timeout, caller)) {
                     Ok(()) => Step::Waiting,
                     Err(e) => {
                         tracing::info!(error = %e, "Dial cannot start");
@@ -456,7 +475,7 @@ impl Call {
                 }
             }
             Command::ConnectVoicemail(connect) => {
-                if let Err(e) = self.core().call_answer(id) {
+                if let Err(e) = self.sip(|core| core.call_answer(id)) {
                     return Step::Done(e);
                 }
                 let mut client = relay.client.clone();
@@ -471,7 +490,11 @@ impl Call {
             }
             Command::Hangup(hangup) => {
                 let cause = if hangup.cause == 0 { 16 } else { hangup.cause };
-                ended(self.core().call_hangup(id, cause), cause, "Hangup");
+                ended(
+                    self.sip(|core| core.call_hangup(id, cause)),
+                    cause,
+                    "Hangup",
+                );
                 Step::HungUp
             }
             Command::Playback(_) => Step::Done(

@@ -8,7 +8,8 @@
 //! ([`transaction`]); the registrar with digest auth ([`registrar`], [`digest`]),
 //! `qualify` ([`qualify`]), provider registrations ([`outbound`]) and the security
 //! floor ([`guard`]); SDP offer/answer anchored at the relay ([`sdp`]) and `Dial()`
-//! forking ([`fork`]); the driver with the calls' SIP side ([`server`]); the task per
+//! forking ([`fork`]); the sans-IO endpoint with the calls' SIP side ([`server`]) and
+//! its driver, which owns the sockets, the disk and the clock ([`driver`]); the task per
 //! call that talks to the router and the relay ([`b2bua`]); and the choice of relay
 //! ([`relays`]). `sip.conf` is loaded and checked at start: a broken file stops the
 //! process with `file:line: message`. On Kubernetes, lines and trunks may also come
@@ -21,6 +22,7 @@
 pub mod b2bua;
 pub mod digest;
 pub mod discovery;
+pub mod driver;
 #[doc(hidden)]
 pub mod fork;
 pub mod fuzzing;
@@ -39,7 +41,7 @@ pub mod wire;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use asterisk_conf::sip::{Host, SipConf};
 use phone_proto::edge::v1::edge_server::{Edge, EdgeServer};
@@ -203,9 +205,8 @@ pub struct Bound {
     server: GrpcServer,
     advertise_ip: Option<std::net::IpAddr>,
     sip: SipConf,
-    udp: Arc<UdpSocket>,
     tcp: TcpListener,
-    core: Arc<Mutex<server::SipCore>>,
+    edge: Arc<driver::Driver>,
     /// The namespace whose `Line`s and `Trunk`s the edge uses, and its API client.
     kube: Option<(kube::Client, String)>,
     /// This replica's name (the pod's), in the Lease and the trunks' status.
@@ -516,13 +517,16 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
             .flat_map(|t| t.addrs.iter().map(|a| a.ip()))
             .collect::<Vec<_>>(),
     );
+    let persist = config.data_dir.join("registrations.json");
     let mut core = server::SipCore::new(
         registrar_for(&sip, &config.auth_algorithms.0),
         guard,
         qualifier_for(&sip),
         config.emergency_numbers.clone(),
-        Some(config.data_dir.join("registrations.json")),
+        Some(driver::load_bindings(&persist)),
         counters,
+        (std::time::Instant::now(), driver::unix_now()),
+        driver::random_seed(),
     );
     core.set_file_config(file_lines(&sip), peer_infos(&sip, &trunks), mwi_lines(&sip));
     core.set_trunks(trunks);
@@ -553,9 +557,8 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         router_service: config.router_service,
         advertise_ip: config.advertise_ip,
         sip,
-        udp: Arc::new(udp),
+        edge: Arc::new(driver::Driver::new(core, Arc::new(udp), Some(persist))),
         tcp,
-        core: Arc::new(Mutex::new(core)),
         peers,
     })
 }
@@ -563,17 +566,17 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
 impl Bound {
     /// Where SIP is served (UDP and TCP on the same port).
     pub fn sip_addr(&self) -> Option<SocketAddr> {
-        self.udp.local_addr().ok()
+        self.edge.udp().local_addr().ok()
     }
 
     /// The SIP side (tests: resource lines without an API server).
-    pub fn core(&self) -> Arc<Mutex<server::SipCore>> {
-        self.core.clone()
+    pub fn edge(&self) -> Arc<driver::Driver> {
+        self.edge.clone()
     }
 
     pub fn info(&self) -> ServiceInfo {
         let mut info = self.server.info();
-        if let Ok(addr) = self.udp.local_addr() {
+        if let Ok(addr) = self.edge.udp().local_addr() {
             info.extra.push(("sip".into(), format!("udp+tcp:{addr}")));
         }
         info.extra
@@ -588,9 +591,8 @@ impl Bound {
             self.sip.peers.iter().map(|p| p.name.clone()).collect();
         let Bound {
             server,
-            udp,
             tcp,
-            core,
+            edge,
             peers,
             kube,
             identity,
@@ -618,10 +620,8 @@ impl Bound {
         }
         if let (Some((client, namespace)), Some((name, timing))) = (&kube, lease) {
             // Registering waits for the Lease (set before the first tick).
-            core.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_registering(false);
-            let registering = core.clone();
+            edge.with(|core, _| core.set_registering(false));
+            let registering = edge.clone();
             let stop = shutdown.clone();
             tokio::spawn(phone_kube::lease::hold(
                 kube::Api::namespaced(client.clone(), namespace),
@@ -629,22 +629,17 @@ impl Bound {
                 identity.clone(),
                 timing,
                 move |holding| {
-                    registering
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .set_registering(holding);
+                    registering.with(|core, _| core.set_registering(holding));
                 },
                 async move { stop.triggered().await },
             ));
         }
         if let Some((client, namespace)) = kube {
-            core.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .expect_resource_lines();
+            edge.with(|core, _| core.expect_resource_lines());
             tokio::spawn(trunks::run(
                 client.clone(),
                 namespace.clone(),
-                core.clone(),
+                edge.clone(),
                 file_peers.clone(),
                 identity,
                 shutdown.clone(),
@@ -652,7 +647,7 @@ impl Bound {
             tokio::spawn(resources::run(
                 client,
                 namespace,
-                core.clone(),
+                edge.clone(),
                 file_peers,
                 shutdown.clone(),
             ));
@@ -661,25 +656,21 @@ impl Bound {
             .media_relays
             .spawn_refresher(std::time::Duration::from_secs(2), shutdown.clone());
         let spawner = b2bua::spawner(
-            core.clone(),
+            edge.clone(),
             peers.router.clone(),
             peers.media_relays.clone(),
             server.in_flight(),
         );
-        core.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_call_spawner(spawner);
-        {
-            let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
-            core.set_udp(udp.clone());
+        edge.set_spawner(spawner);
+        edge.with(|core, _| {
             core.set_outbound(outbound);
             core.set_advertise(advertise);
-        }
-        tokio::spawn(server::serve_udp(udp, core.clone(), shutdown.clone()));
-        tokio::spawn(server::serve_tcp(tcp, core.clone(), shutdown.clone()));
-        let ticker = tokio::spawn(server::tick(core.clone(), shutdown.clone()));
+        });
+        tokio::spawn(driver::serve_udp(edge.clone(), shutdown.clone()));
+        tokio::spawn(driver::serve_tcp(edge.clone(), tcp, shutdown.clone()));
+        let ticker = tokio::spawn(driver::run_timers(edge.clone(), shutdown.clone()));
         server
-            .serve_one(EdgeServer::new(EdgeApi { core }), shutdown)
+            .serve_one(EdgeServer::new(EdgeApi { edge }), shutdown)
             .await?;
         // The ticker writes the last registration changes to disk as it stops.
         let _ = ticker.await;
@@ -694,7 +685,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
 
 /// `phone.edge.v1.Edge`.
 struct EdgeApi {
-    core: Arc<Mutex<server::SipCore>>,
+    edge: Arc<driver::Driver>,
 }
 
 #[tonic::async_trait]
@@ -707,18 +698,16 @@ impl Edge for EdgeApi {
         if update.mailbox.is_empty() {
             return Err(Status::invalid_argument("mailbox is empty"));
         }
-        let notified = self
-            .core
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .update_mailbox(
+        let notified = self.edge.with(|core, _| {
+            core.update_mailbox(
                 &update.mailbox,
                 &update.context,
                 update.new_messages,
                 update.old_messages,
                 update.urgent_new,
                 update.urgent_old,
-            );
+            )
+        });
         Ok(Response::new(MailboxUpdateResponse { notified }))
     }
 
@@ -727,20 +716,20 @@ impl Edge for EdgeApi {
         request: Request<ListRegistrationsRequest>,
     ) -> Result<Response<ListRegistrationsResponse>, Status> {
         let peer = request.into_inner().peer;
-        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
-        let registrations = core
-            .registrations(Some(peer.as_str()).filter(|p| !p.is_empty()))
-            .into_iter()
-            .map(|(line, b)| Registration {
-                reachable: core.reachable(&line, &b.contact),
-                peer: line,
-                contact: b.contact,
-                expires_time: i64::try_from(b.expires_at).unwrap_or(i64::MAX),
-                source: b.source.to_string(),
-                transport: b.transport,
-                user_agent: b.user_agent.unwrap_or_default(),
-            })
-            .collect();
+        let registrations = self.edge.with(|core, _| {
+            core.registrations(Some(peer.as_str()).filter(|p| !p.is_empty()))
+                .into_iter()
+                .map(|(line, b)| Registration {
+                    reachable: core.reachable(&line, &b.contact),
+                    peer: line,
+                    contact: b.contact,
+                    expires_time: i64::try_from(b.expires_at).unwrap_or(i64::MAX),
+                    source: b.source.to_string(),
+                    transport: b.transport,
+                    user_agent: b.user_agent.unwrap_or_default(),
+                })
+                .collect()
+        });
         Ok(Response::new(ListRegistrationsResponse { registrations }))
     }
 }

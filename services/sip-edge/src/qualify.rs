@@ -77,6 +77,31 @@ impl Qualifier {
         due
     }
 
+    /// When [`Self::due`] or [`Self::check`] next has something: a probe to send, or
+    /// one whose answer is late.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.states
+            .iter()
+            .filter_map(|(key, state)| match &state.outstanding {
+                None => Some(state.next_probe),
+                Some((_, sent)) if state.reachable => {
+                    let limit = self.policies.get(&key.0)?.limit;
+                    Some(*sent + limit + Duration::from_millis(1))
+                }
+                Some(_) => None,
+            })
+            .min()
+    }
+
+    /// A due probe that could not be sent (no way to the binding now): tried again a
+    /// period later.
+    pub fn postpone(&mut self, key: &Key, now: Instant) {
+        let every = self.policies.get(&key.0).map(|p| p.every);
+        if let (Some(state), Some(every)) = (self.states.get_mut(key), every) {
+            state.next_probe = now + every;
+        }
+    }
+
     pub fn sent(&mut self, key: &Key, branch: String, now: Instant) {
         let Some(policy) = self.policies.get(&key.0).copied() else {
             return;

@@ -18,6 +18,7 @@ use kube::ResourceExt;
 use phone_kube::{Contact, Line, LineStatus, SecretReader};
 use service_runtime::Shutdown;
 
+use crate::driver::Driver;
 use crate::registrar;
 use crate::server::{PeerInfo, ResourceLine, SipCore};
 
@@ -40,7 +41,7 @@ struct Resolved {
 pub async fn run(
     client: kube::Client,
     namespace: String,
-    core: Arc<Mutex<SipCore>>,
+    edge: Arc<Driver>,
     file_peers: HashSet<String>,
     shutdown: Shutdown,
 ) {
@@ -51,12 +52,12 @@ pub async fn run(
     tokio::spawn(status_task(
         lines.clone(),
         resolved.clone(),
-        core.clone(),
+        edge.clone(),
         shutdown.clone(),
     ));
     phone_kube::on_spec_changes(lines, RESYNC_EVERY, shutdown.triggered(), |found| {
         let (secrets, file_peers) = (secrets.clone(), file_peers.clone());
-        let (core, resolved) = (core.clone(), resolved.clone());
+        let (edge, resolved) = (edge.clone(), resolved.clone());
         async move {
             let now = resolve(found, SecretReader::new(secrets), &file_peers).await;
             let usable: Vec<ResourceLine> = now
@@ -64,10 +65,7 @@ pub async fn run(
                 .filter_map(|r| r.outcome.as_ref().ok().cloned())
                 .collect();
             let count = usable.len();
-            let gone = core
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_resource_lines(usable);
+            let gone = edge.with(|core, _| core.set_resource_lines(usable));
             tracing::info!(lines = count, ended = gone.len(), "line resources applied");
             *resolved.lock().unwrap_or_else(|e| e.into_inner()) = now;
         }
@@ -79,7 +77,7 @@ pub async fn run(
 async fn status_task(
     lines: Api<Line>,
     resolved: Arc<Mutex<Vec<Resolved>>>,
-    core: Arc<Mutex<SipCore>>,
+    edge: Arc<Driver>,
     shutdown: Shutdown,
 ) {
     let mut written: HashMap<String, LineStatus> = HashMap::new();
@@ -88,7 +86,7 @@ async fn status_task(
             _ = shutdown.triggered() => return,
             _ = tokio::time::sleep(STATUS_EVERY) => {}
         }
-        write_status(&lines, &resolved, &core, &mut written).await;
+        write_status(&lines, &resolved, &edge, &mut written).await;
     }
 }
 
@@ -169,17 +167,18 @@ fn resource_line(line: &Line, peer: &str, password: String) -> ResourceLine {
 async fn write_status(
     lines: &Api<Line>,
     resolved: &Mutex<Vec<Resolved>>,
-    core: &Mutex<SipCore>,
+    edge: &Driver,
     written: &mut HashMap<String, LineStatus>,
 ) {
     let wanted: Vec<(String, LineStatus)> = {
         let resolved = resolved.lock().unwrap_or_else(|e| e.into_inner());
-        let core = core.lock().unwrap_or_else(|e| e.into_inner());
         written.retain(|name, _| resolved.iter().any(|r| &r.name == name));
-        resolved
-            .iter()
-            .map(|r| (r.name.clone(), status_of(&core, r)))
-            .collect()
+        edge.with(|core, _| {
+            resolved
+                .iter()
+                .map(|r| (r.name.clone(), status_of(core, r)))
+                .collect()
+        })
     };
     phone_kube::write_changed(lines, wanted, written, |status| {
         serde_json::json!({

@@ -1,13 +1,17 @@
-//! The edge's SIP driver: sockets and timers around the sans-IO pieces. It moves bytes
-//! in ([`crate::wire`]), keeps server transactions ([`crate::transaction`]) and hands
-//! requests to their handler ([`crate::registrar`] for REGISTER), then moves bytes out.
+//! The edge's SIP endpoint, sans IO: bytes and time in, bytes, events and the next
+//! deadline out, as quinn-proto's `Endpoint` or str0m's `Rtc`. It reads no clock and
+//! holds no socket, file or channel: [`crate::driver`] owns those, feeds it with
+//! [`SipCore::handle_datagram`], [`SipCore::handle_timeout`] and the calls' commands
+//! (`call_*`), and carries out what [`SipCore::poll_transmit`] and
+//! [`SipCore::poll_event`] give, sleeping until [`SipCore::poll_timeout`].
 //!
-//! What this build answers:
-//! - REGISTER: the registrar (bindings persisted to `<data-dir>/registrations.json`).
+//! Inside, it parses ([`crate::wire`]), keeps transactions ([`crate::transaction`])
+//! and hands requests to their handler:
+//! - REGISTER: the registrar (bindings persisted by the driver on [`Event::Persist`]).
 //! - OPTIONS: `200` with `Allow` (keep-alives and monitoring).
-//! - INVITE: a call (`calls.rs`, the B2BUA), handed to its task in `crate::b2bua`;
-//!   BYE, CANCEL and re-INVITE inside a call go to it, with no call: `481`; extension
-//!   methods: `501`; other known methods: `405` with `Allow`.
+//! - INVITE: a call (`calls.rs`, the B2BUA), whose task the driver starts on
+//!   [`Event::NewCall`]; BYE, CANCEL and re-INVITE inside a call go to it, with no
+//!   call: `481`; extension methods: `501`; other known methods: `405` with `Allow`.
 //! - Unparsable requests: `400`/`416`/`505`/`513` when an answer can be routed, else
 //!   dropped and counted.
 //!
@@ -15,16 +19,11 @@
 //! responses go back to the address and port the request came from.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rsip::prelude::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::mpsc;
 
 use crate::guard::{self, Admission, Guard};
 use crate::outbound::{self, OutboundRegistration};
@@ -32,64 +31,76 @@ use crate::qualify::{Key, Qualifier};
 use crate::registrar::{Binding, Registrar, Source};
 use crate::transaction::{ClientEvent, ClientTransaction};
 use crate::transaction::{ServerTransaction, TimerValues, Transmit, Transport};
-use crate::wire::{self, Parsed, StreamFramer, StreamItem};
+use crate::wire::{self, Parsed};
 
 mod calls;
 pub use calls::{event_types, CallEvent, NewCall, PeerInfo, Target};
 
 /// How often changed registrations are written to disk, at most.
 pub const PERSIST_EVERY: Duration = Duration::from_secs(1);
-
-/// How long a TCP connection may stay silent before it is closed.
-pub const TCP_IDLE: Duration = Duration::from_secs(600);
 pub(crate) const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE";
 
-/// Where the answer to a message goes.
-#[derive(Debug, Clone)]
-pub enum Path {
-    Udp {
-        socket: Arc<UdpSocket>,
-        to: SocketAddr,
-    },
-    Tcp {
-        writer: mpsc::UnboundedSender<Vec<u8>>,
-        peer: SocketAddr,
-    },
+/// Where a message goes, or where one came from: the peer's address and whether it is
+/// over TCP (the driver writes to the connection with that peer) or UDP (from the
+/// edge's socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Path {
+    pub peer: SocketAddr,
+    pub reliable: bool,
 }
 
 impl Path {
-    fn peer(&self) -> SocketAddr {
-        match self {
-            Path::Udp { to, .. } => *to,
-            Path::Tcp { peer, .. } => *peer,
+    pub fn udp(peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            reliable: false,
         }
     }
 
+    pub fn tcp(peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            reliable: true,
+        }
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     fn reliable(&self) -> bool {
-        matches!(self, Path::Tcp { .. })
+        self.reliable
     }
 
     /// How the transaction layer times retransmissions on this path.
     fn transport(&self) -> Transport {
-        if self.reliable() {
+        if self.reliable {
             Transport::Reliable
         } else {
             Transport::Unreliable
         }
     }
+}
 
-    fn send(&self, bytes: Vec<u8>) {
-        match self {
-            Path::Udp { socket, to } => {
-                // UDP sends do not block for long; a failure is a lost datagram, which
-                // the transaction layer's retransmissions cover.
-                let _ = socket.try_send_to(&bytes, *to);
-            }
-            Path::Tcp { writer, .. } => {
-                let _ = writer.send(bytes);
-            }
-        }
-    }
+/// Bytes for the driver to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub path: Path,
+    pub bytes: Vec<u8>,
+}
+
+/// What the endpoint asks of its driver, besides sending.
+#[derive(Debug)]
+pub enum Event {
+    /// An INVITE became a call: give it a task.
+    NewCall(NewCall),
+    /// Something happened on a call's SIP side: for its task.
+    Call { id: u64, event: CallEvent },
+    /// The call is gone from the SIP side: its task gets no more events.
+    CallGone(u64),
+    /// The bindings changed: write this copy (see [`PERSIST_EVERY`]); report a failed
+    /// write with [`SipCore::persistence_failed`].
+    Persist(HashMap<String, Vec<Binding>>),
 }
 
 /// A trunk (a peer with a `host`): where its requests come from and what is not
@@ -199,7 +210,6 @@ pub struct SipCore {
     /// transaction (lazy deletion), so a tick costs the due timers, not every
     /// transaction.
     deadlines: BinaryHeap<Reverse<(Instant, String)>>,
-    expired_at: u64,
     /// Requests the edge sends (OPTIONS probes), by branch.
     clients: HashMap<String, (ClientTransaction<Vec<u8>>, Path)>,
     client_deadlines: BinaryHeap<Reverse<(Instant, String)>>,
@@ -208,10 +218,10 @@ pub struct SipCore {
     /// Persisted bindings of lines sip.conf does not define, until the resource lines
     /// are first known.
     saved_bindings: Option<HashMap<String, Vec<Binding>>>,
-    /// The UDP socket requests leave from, and the address in their Via.
-    udp: Option<Arc<UdpSocket>>,
+    /// The UDP address requests leave from, and the address in their Via.
+    local: Option<SocketAddr>,
     /// Open TCP connections by peer, to reach phones registered over TCP.
-    connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+    connections: HashSet<SocketAddr>,
     /// `box@context` -> the lines that show its message-waiting lamp.
     mwi_lines: HashMap<String, Vec<String>>,
     /// Registrations to providers (`register =>`, then the Trunk resources').
@@ -236,8 +246,9 @@ pub struct SipCore {
     mwi_counts: HashMap<String, [u32; 4]>,
     /// message-summary subscriptions (RFC 3265 / RFC 3842), by Call-ID.
     subscriptions: HashMap<String, Subscription>,
-    persist: Option<PathBuf>,
-    /// Bindings changed since the last write: written by `tick` at most every
+    /// Whether the bindings are persisted by the driver.
+    persist: bool,
+    /// Bindings changed since the last write: handed out for writing at most every
     /// [`PERSIST_EVERY`], and by `flush` at shutdown (a write per REGISTER would cost
     /// the whole table each time).
     dirty: bool,
@@ -254,42 +265,21 @@ pub struct SipCore {
     branch_owner: HashMap<String, (u64, usize)>,
     branch_sdp: HashMap<(u64, usize), crate::sdp::Session>,
     call_deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
-    call_spawner: Option<mpsc::UnboundedSender<NewCall>>,
+    /// Whether calls can get a task (the driver has a spawner).
+    accepting_calls: bool,
     call_seq: u64,
     /// The response being handed to its client transaction, parsed once: a call's
     /// B leg reads it from here instead of parsing the bytes again.
     last_response: Option<rsip::Response>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No system randomness: fall back on the clock (nonces stay unforgeable through
-        // their HMAC; only their unpredictability suffers).
-        return SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9e37_79b9);
-    }
-    u64::from_le_bytes(bytes)
-}
-
-/// Reads persisted bindings, if any.
-pub fn load_bindings(path: &std::path::Path) -> HashMap<String, Vec<Binding>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            tracing::warn!(path = %path.display(), error = %e, "registrations file unreadable; starting empty");
-            HashMap::new()
-        }),
-        Err(_) => HashMap::new(),
-    }
+    /// What the driver sends, and the other things it is asked to do, in order.
+    outbox: VecDeque<Datagram>,
+    events: VecDeque<Event>,
+    /// The time of the input being handled (the endpoint reads no clock), and the
+    /// Unix time at some earlier instant, which Unix times are counted from.
+    now: Instant,
+    epoch: (Instant, u64),
+    /// When the once-a-second work (registration expiry) is next due.
+    next_second: Instant,
 }
 
 /// A line's `mailbox=` as `box@context` (`box` alone is `box@default`).
@@ -327,20 +317,26 @@ pub struct ResourceLine {
 }
 
 impl SipCore {
+    /// The endpoint at `now`, which is `unix` in Unix seconds. `saved` are the
+    /// persisted bindings when they are persisted (then [`Event::Persist`] asks for
+    /// writes); `seed` makes its tags and Call-IDs its own.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mut registrar: Registrar,
         guard: Guard,
         qualifier: Qualifier,
         emergency_numbers: Vec<String>,
-        persist: Option<PathBuf>,
+        saved: Option<HashMap<String, Vec<Binding>>>,
         counters: Counters,
+        (now, unix): (Instant, u64),
+        seed: u64,
     ) -> Self {
         // Bindings of lines the file does not define may belong to resource lines that
         // arrive later: they are kept for the first set of resource lines.
-        let mut saved_bindings = HashMap::new();
-        if let Some(path) = &persist {
-            saved_bindings = load_bindings(path);
-            registrar.restore(saved_bindings.clone(), unix_now());
+        let persist = saved.is_some();
+        let mut saved_bindings = saved.unwrap_or_default();
+        if persist {
+            registrar.restore(saved_bindings.clone(), unix);
             saved_bindings.retain(|line, _| !registrar.has_line(line));
         }
         let core = Self {
@@ -349,14 +345,13 @@ impl SipCore {
             emergency_numbers,
             transactions: HashMap::new(),
             deadlines: BinaryHeap::new(),
-            expired_at: 0,
             clients: HashMap::new(),
             client_deadlines: BinaryHeap::new(),
             qualifier,
             file: FileConfig::default(),
             saved_bindings: Some(saved_bindings),
-            udp: None,
-            connections: HashMap::new(),
+            local: None,
+            connections: HashSet::new(),
             mwi_lines: HashMap::new(),
             outbound: Vec::new(),
             outbound_seq: 0,
@@ -372,9 +367,9 @@ impl SipCore {
             subscriptions: HashMap::new(),
             persist,
             dirty: false,
-            last_write: Instant::now(),
+            last_write: now,
             counters,
-            tag_seed: random_u64(),
+            tag_seed: seed,
             tag_counter: 0,
             peers: HashMap::new(),
             calls: HashMap::new(),
@@ -382,12 +377,43 @@ impl SipCore {
             branch_owner: HashMap::new(),
             branch_sdp: HashMap::new(),
             call_deadlines: BinaryHeap::new(),
-            call_spawner: None,
+            accepting_calls: false,
             call_seq: 0,
             last_response: None,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            now,
+            epoch: (now, unix),
+            next_second: now,
         };
         core.update_gauge();
         core
+    }
+
+    /// Moves the endpoint's clock to `now` (never back): the time of the inputs that
+    /// follow (the calls' commands, configuration). [`Self::handle_datagram`] and
+    /// [`Self::handle_timeout`] take their time themselves.
+    pub fn advance(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    /// Unix seconds now.
+    fn unix(&self) -> u64 {
+        self.epoch.1 + self.now.saturating_duration_since(self.epoch.0).as_secs()
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Datagram> {
+        self.outbox.pop_front()
+    }
+
+    /// The next thing the driver is asked to do.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn send(&mut self, path: Path, bytes: Vec<u8>) {
+        self.outbox.push_back(Datagram { path, bytes });
     }
 
     fn tag(&mut self) -> String {
@@ -417,7 +443,7 @@ impl SipCore {
         self.outbound_seq += 1;
         outbound.id = self.outbound_seq;
         if !self.registering {
-            outbound.registration.restart(Instant::now());
+            outbound.registration.restart(self.now);
         }
         self.outbound.push(outbound);
     }
@@ -436,7 +462,7 @@ impl SipCore {
             return;
         }
         self.registering = registering;
-        let now = Instant::now();
+        let now = self.now;
         for outbound in &mut self.outbound {
             outbound.registration.restart(now);
         }
@@ -467,7 +493,7 @@ impl SipCore {
     /// Where requests say they come from: the advertised address (with the SIP port),
     /// else the bound one.
     fn local_addr(&self) -> Option<SocketAddr> {
-        let bound = self.udp.as_ref()?.local_addr().ok()?;
+        let bound = self.local?;
         Some(match self.advertise {
             Some(ip) => SocketAddr::new(ip, bound.port()),
             None => bound,
@@ -499,10 +525,7 @@ impl SipCore {
             return;
         };
         let (id, target) = (*id, *target);
-        let Some(socket) = self.udp.clone() else {
-            return;
-        };
-        let path = Path::Udp { socket, to: target };
+        let path = Path::udp(target);
         self.outbound_branches.insert(request.branch.clone(), id);
         self.start_client(request.branch, request.bytes, path, now);
     }
@@ -556,8 +579,8 @@ impl SipCore {
             }
             None => Vec::new(),
         };
-        let now = Instant::now();
-        let unix = unix_now();
+        let now = self.now;
+        let unix = self.unix();
         for line in lines.into_iter().filter(|l| !subscribed_lines.contains(l)) {
             let bindings: Vec<Binding> = self
                 .registrar
@@ -572,7 +595,7 @@ impl SipCore {
                 let Some(path) = self.path_to(&binding) else {
                     continue;
                 };
-                let Some(local) = self.udp.as_ref().and_then(|u| u.local_addr().ok()) else {
+                let Some(local) = self.local else {
                     continue;
                 };
                 let body = message_summary(mailbox, local.ip(), [new, old, urgent_new, urgent_old]);
@@ -611,7 +634,7 @@ Content-Length: {}\r\n\r\n{body}",
             return;
         };
         let branch = format!("z9hG4bK{}", self.tag());
-        let now = Instant::now();
+        let now = self.now;
         let Some(sub) = self.subscriptions.get_mut(call_id) else {
             return;
         };
@@ -641,14 +664,14 @@ Content-Length: {}\r\n\r\n{body}",
             to = sub.remote,
             cseq = sub.cseq,
         );
-        let path = sub.path.clone();
+        let path = sub.path;
         self.start_client(branch, notify.into_bytes(), path, now);
     }
 
     /// A wrong password from `source`: counted, and banned after repeated tries.
     fn auth_failed(&mut self, source: std::net::IpAddr) {
         self.counters.auth_failures.inc();
-        if self.guard.auth_failed(Instant::now(), source) {
+        if self.guard.auth_failed(self.now, source) {
             self.counters.bans.inc();
             tracing::warn!(%source, "banned after repeated authentication failures");
         }
@@ -665,7 +688,7 @@ Content-Length: {}\r\n\r\n{body}",
     ) -> Result<String, rsip::Response> {
         match self
             .registrar
-            .authenticate(unix_now(), request, method, tag)
+            .authenticate(self.unix(), request, method, tag)
         {
             crate::registrar::Authenticated::Line(line) => Ok(line),
             crate::registrar::Authenticated::Respond { response, failed } => {
@@ -738,7 +761,7 @@ Content-Length: {}\r\n\r\n{body}",
             .from_header()
             .map(|f| f.value().to_owned())
             .unwrap_or_default();
-        let now = Instant::now();
+        let now = self.now;
         // A refresh keeps the dialog's tag and CSeq.
         let (cseq, local) = match self.subscriptions.get(&call_id) {
             Some(s) => (s.cseq, s.local.clone()),
@@ -754,15 +777,26 @@ Content-Length: {}\r\n\r\n{body}",
                 remote: remote_party,
                 cseq,
                 expires_at: now + Duration::from_secs(u64::from(expires)),
-                path: path.clone(),
+                path: *path,
             },
         );
         response
     }
 
-    /// The socket requests leave from.
-    pub fn set_udp(&mut self, socket: Arc<UdpSocket>) {
-        self.udp = Some(socket);
+    /// The address of the UDP socket requests leave from.
+    pub fn set_local(&mut self, addr: SocketAddr) {
+        self.local = Some(addr);
+    }
+
+    /// A TCP connection with `peer` opened: requests to bindings registered over it
+    /// can go.
+    pub fn handle_connection_opened(&mut self, peer: SocketAddr) {
+        self.connections.insert(peer);
+    }
+
+    /// The TCP connection with `peer` closed.
+    pub fn handle_connection_closed(&mut self, peer: SocketAddr) {
+        self.connections.remove(&peer);
     }
 
     /// Whether a binding answers its keep-alives (true when not qualified).
@@ -770,9 +804,9 @@ Content-Length: {}\r\n\r\n{body}",
         self.qualifier.reachable(line, contact)
     }
 
-    /// Current registrations, for the gRPC API.
+    /// Current registrations (at the endpoint's last input), for the gRPC API.
     pub fn registrations(&self, peer: Option<&str>) -> Vec<(String, Binding)> {
-        let now = unix_now();
+        let now = self.unix();
         let mut out = Vec::new();
         for (line, bindings) in self.registrar.snapshot() {
             if peer.is_some_and(|p| p != line) {
@@ -792,57 +826,51 @@ Content-Length: {}\r\n\r\n{body}",
             .set(self.registrar.binding_count() as i64);
     }
 
-    /// Marks the bindings changed; the tick writes them and updates the gauge.
+    /// Marks the bindings changed; `handle_timeout` hands them out for writing and
+    /// updates the gauge.
     fn persist(&mut self) {
         self.dirty = true;
     }
 
-    /// Writes the bindings now if they changed (at shutdown).
-    pub fn flush(&mut self) {
-        if !self.dirty {
-            return;
+    /// The bindings to write now if they changed (at shutdown).
+    pub fn flush(&mut self) -> Option<HashMap<String, Vec<Binding>>> {
+        if !self.dirty || !self.persist {
+            return None;
         }
         self.dirty = false;
-        self.last_write = Instant::now();
-        let Some(path) = &self.persist else { return };
-        if let Err(e) = write_registrations(path, &self.registrar.snapshot()) {
-            self.dirty = true;
-            tracing::error!(path = %path.display(), error = %e, "cannot persist registrations");
-        }
+        self.last_write = self.now;
+        Some(self.registrar.snapshot())
     }
 
-    /// The bindings to write, when they changed and the last write is `PERSIST_EVERY`
-    /// old: a copy, which the driver serializes and writes outside the core's lock (with
-    /// thousands of lines that took long enough for the SIP socket's receive buffer to
-    /// overflow). Updates the registrations gauge as well.
-    pub fn due_persistence(
-        &mut self,
-        now: Instant,
-    ) -> Option<(std::path::PathBuf, HashMap<String, Vec<Binding>>)> {
+    /// When the bindings changed and the last write is `PERSIST_EVERY` old: a copy for
+    /// the driver to serialize and write (with thousands of lines that takes long
+    /// enough for the SIP socket's receive buffer to overflow if it were done here).
+    /// Updates the registrations gauge as well.
+    fn due_persistence(&mut self, now: Instant) {
         if !self.dirty || now.duration_since(self.last_write) < PERSIST_EVERY {
-            return None;
+            return;
         }
         self.update_gauge();
         self.dirty = false;
         self.last_write = now;
-        let path = self.persist.clone()?;
-        Some((path, self.registrar.snapshot()))
+        if self.persist {
+            let bindings = self.registrar.snapshot();
+            self.events.push_back(Event::Persist(bindings));
+        }
     }
 
-    /// A write of [`Self::due_persistence`] that failed or was not made: the bindings
-    /// are written again later.
+    /// A write of [`Event::Persist`] that failed or was not made: the bindings are
+    /// written again later.
     pub fn persistence_failed(&mut self) {
         self.dirty = true;
     }
 
-    /// One message from `path`.
-    pub fn handle(&mut self, bytes: &[u8], path: Path) {
+    /// One message from `path`, received at `now`.
+    pub fn handle_datagram(&mut self, now: Instant, path: Path, bytes: &[u8]) {
+        self.advance(now);
         self.counters.received.inc();
         let emergency = guard::is_emergency_invite(bytes, &self.emergency_numbers);
-        match self
-            .guard
-            .admit(Instant::now(), path.peer().ip(), emergency)
-        {
+        match self.guard.admit(self.now, path.peer().ip(), emergency) {
             Admission::Allowed => {}
             Admission::RateLimited => {
                 self.counters.rate_limited.inc();
@@ -859,7 +887,7 @@ Content-Length: {}\r\n\r\n{body}",
                 self.counters.rejected.inc();
                 tracing::debug!(peer = %path.peer(), reason = %rejected.reason, "SIP message refused");
                 match rejected.response {
-                    Some(response) => path.send(response),
+                    Some(response) => self.send(path, response),
                     None => {
                         self.counters.dropped.inc();
                     }
@@ -869,7 +897,7 @@ Content-Length: {}\r\n\r\n{body}",
                 if let Some(response) =
                     wire::response_from_headers(&e.headers, 501, "Not Implemented", &tag)
                 {
-                    path.send(response);
+                    self.send(path, response);
                 }
             }
             Ok(Parsed::Sip(message)) => match *message {
@@ -902,7 +930,7 @@ Content-Length: {}\r\n\r\n{body}",
             self.counters.dropped.inc();
             return;
         };
-        let now = Instant::now();
+        let now = self.now;
         tx.handle_response(now, response.status_code.code(), bytes.to_vec());
         self.last_response = Some(response);
         self.client_events(&branch, now);
@@ -918,7 +946,7 @@ Content-Length: {}\r\n\r\n{body}",
             return;
         };
         if owner.is_none() {
-            flush_client(tx, path);
+            flush_client(tx, *path, &mut self.outbox);
         }
         let mut events = Vec::new();
         while let Some(event) = tx.poll_event() {
@@ -1052,6 +1080,7 @@ Content-Length: {}\r\n\r\n{body}",
             return;
         };
         let next_branch = format!("z9hG4bK{}", self.tag());
+        let unix = self.unix();
         let Some(Outbound {
             registration,
             last_registered,
@@ -1068,7 +1097,7 @@ Content-Length: {}\r\n\r\n{body}",
         let next = registration.handle_answer(now, branch, answer, local, next_branch);
         match registration.status() {
             outbound::Status::Registered { .. } => {
-                *last_registered = Some(SystemTime::now());
+                *last_registered = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(unix));
                 tracing::debug!(user = %registration.user, "registered to the provider")
             }
             outbound::Status::Failed { reason } => {
@@ -1099,32 +1128,25 @@ Content-Length: {}\r\n\r\n{body}",
             contact_addr(&binding.contact)?
         };
         if binding.transport == "tcp" {
-            let writer = self.connections.get(&binding.source)?.clone();
-            return Some(Path::Tcp {
-                writer,
-                peer: binding.source,
-            });
+            return self
+                .connections
+                .contains(&binding.source)
+                .then(|| Path::tcp(binding.source));
         }
-        Some(Path::Udp {
-            socket: self.udp.clone()?,
-            to,
-        })
+        self.local?;
+        Some(Path::udp(to))
     }
 
     fn probe(&mut self, key: &Key, now: Instant) {
-        let Some(binding) = self
+        let binding = self
             .registrar
-            .contacts(&key.0, unix_now())
+            .contacts(&key.0, self.unix())
             .into_iter()
             .find(|b| b.contact == key.1)
-            .cloned()
-        else {
-            return;
-        };
-        let Some(path) = self.path_to(&binding) else {
-            return;
-        };
-        let Some(local) = self.udp.as_ref().and_then(|u| u.local_addr().ok()) else {
+            .cloned();
+        let way = binding.and_then(|b| Some((self.path_to(&b)?, self.local?, b)));
+        let Some((path, local, binding)) = way else {
+            self.qualifier.postpone(key, now);
             return;
         };
         let branch = format!("z9hG4bK{}", self.tag());
@@ -1176,13 +1198,13 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                 cseq.split_whitespace().next().unwrap_or("")
             )
         };
-        let now = Instant::now();
+        let now = self.now;
         if method == rsip::Method::Ack {
             // The ACK for a 2xx is its own transaction: for the call's dialog.
             self.call_request(&request, &key, &path, &tag);
             if let Some((tx, path)) = self.transactions.get_mut(&key) {
                 tx.handle_ack(now, Vec::new());
-                flush(tx, path);
+                flush(tx, *path, &mut self.outbox);
                 if let Some(at) = tx.poll_timeout() {
                     self.deadlines.push(Reverse((at, key)));
                 }
@@ -1191,7 +1213,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         }
         if let Some((tx, path)) = self.transactions.get_mut(&key) {
             tx.handle_retransmission();
-            flush(tx, path);
+            flush(tx, *path, &mut self.outbox);
             return;
         }
         let transport = path.transport();
@@ -1221,7 +1243,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                     let retry = vec![rsip::Header::Other("Retry-After".into(), "5".into())];
                     crate::registrar::response(&request, 503, "Service Unavailable", &tag, retry)
                 } else {
-                    let outcome = self.registrar.handle(unix_now(), &request, source, &tag);
+                    let outcome = self.registrar.handle(self.unix(), &request, source, &tag);
                     if outcome.auth_failed {
                         self.auth_failed(path.peer().ip());
                     }
@@ -1258,7 +1280,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                             request.clone(),
                             tx,
                             key.clone(),
-                            path.clone(),
+                            path,
                             peer,
                             tag.clone(),
                         ) {
@@ -1284,7 +1306,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         };
         let status = response.status_code.code();
         tx.respond(now, status, response.to_string().into_bytes());
-        flush(&mut tx, &path);
+        flush(&mut tx, path, &mut self.outbox);
         if method == rsip::Method::Subscribe && status == 200 {
             // RFC 3265 §3.1.6.2: a NOTIFY follows the 200 at once; Expires: 0 ends it.
             let ending = self
@@ -1304,9 +1326,41 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         }
     }
 
-    /// Transaction timers that are due, registration expiry (once a second).
-    pub fn tick(&mut self) {
-        let now = Instant::now();
+    /// When [`Self::handle_timeout`] is next due: the earliest transaction, dialog,
+    /// keep-alive or provider-registration timer, and the once-a-second expiry.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let heaps = [
+            self.deadlines.peek().map(|Reverse((at, _))| *at),
+            self.client_deadlines.peek().map(|Reverse((at, _))| *at),
+            self.call_deadlines.peek().map(|Reverse((at, _))| *at),
+        ];
+        let registering = (self.registering && self.local.is_some())
+            .then(|| {
+                self.outbound
+                    .iter()
+                    .filter_map(|o| o.registration.poll_timeout())
+                    .min()
+            })
+            .flatten();
+        let persist = self.dirty.then_some(self.last_write + PERSIST_EVERY);
+        heaps
+            .into_iter()
+            .chain([
+                Some(self.next_second),
+                self.qualifier.poll_timeout(),
+                registering,
+                persist,
+            ])
+            .flatten()
+            .min()
+    }
+
+    /// Runs every timer due at `now`: transaction and dialog timers (2xx
+    /// retransmission, Dial timeouts), keep-alives, provider registrations, expiry of
+    /// registrations and subscriptions, and persistence ([`Event::Persist`]).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        let now = self.now;
         self.call_tick(now);
         for key in pop_due(&mut self.deadlines, now) {
             let Some((tx, path)) = self.transactions.get_mut(&key) else {
@@ -1314,7 +1368,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
             };
             if tx.poll_timeout().is_some_and(|at| at <= now) {
                 tx.handle_timeout(now);
-                flush(tx, path);
+                flush(tx, *path, &mut self.outbox);
             }
             match tx.poll_timeout() {
                 _ if tx.is_terminated() => {
@@ -1336,9 +1390,9 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
                 self.client_events(&branch, now);
             }
         }
-        let unix = unix_now();
-        if unix > self.expired_at {
-            self.expired_at = unix;
+        if now >= self.next_second {
+            self.next_second = now + Duration::from_secs(1);
+            let unix = self.unix();
             if !self.registrar.expire(unix).is_empty() {
                 self.persist();
             }
@@ -1371,6 +1425,7 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         for (line, contact) in self.qualifier.check(now) {
             tracing::warn!(%line, %contact, "unreachable: no answer to OPTIONS in time");
         }
+        self.due_persistence(now);
     }
 
     /// Open server transactions (tests, metrics).
@@ -1406,10 +1461,12 @@ fn no_dialog(request: &rsip::Request, tag: &str) -> rsip::Response {
     crate::registrar::response(request, 481, "Call/Transaction Does Not Exist", tag, vec![])
 }
 
-fn flush_client(tx: &mut ClientTransaction<Vec<u8>>, path: &Path) {
+fn flush_client(tx: &mut ClientTransaction<Vec<u8>>, path: Path, out: &mut VecDeque<Datagram>) {
     while let Some(transmit) = tx.poll_transmit() {
         match transmit {
-            Transmit::Message(bytes) | Transmit::Ack(bytes) => path.send(bytes),
+            Transmit::Message(bytes) | Transmit::Ack(bytes) => {
+                out.push_back(Datagram { path, bytes })
+            }
         }
     }
 }
@@ -1426,10 +1483,12 @@ fn contact_addr(uri: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, 5060))
 }
 
-fn flush(tx: &mut ServerTransaction<Vec<u8>>, path: &Path) {
+fn flush(tx: &mut ServerTransaction<Vec<u8>>, path: Path, out: &mut VecDeque<Datagram>) {
     while let Some(transmit) = tx.poll_transmit() {
         match transmit {
-            Transmit::Message(bytes) | Transmit::Ack(bytes) => path.send(bytes),
+            Transmit::Message(bytes) | Transmit::Ack(bytes) => {
+                out.push_back(Datagram { path, bytes })
+            }
         }
     }
 }
@@ -1476,178 +1535,6 @@ fn stamp_via(request: &mut rsip::Request, source: SocketAddr) {
     *via = rsip::headers::Via::new(format!("{}{rest}", params.join(";")));
 }
 
-/// Receives datagrams until `stop`.
-pub async fn serve_udp(
-    socket: Arc<UdpSocket>,
-    core: Arc<Mutex<SipCore>>,
-    stop: service_runtime::Shutdown,
-) {
-    let mut buffer = vec![0u8; 65_535];
-    loop {
-        tokio::select! {
-            _ = stop.triggered() => return,
-            received = socket.recv_from(&mut buffer) => match received {
-                Ok((len, from)) => {
-                    let path = Path::Udp { socket: socket.clone(), to: from };
-                    core.lock().unwrap_or_else(|e| e.into_inner()).handle(&buffer[..len], path);
-                }
-                Err(e) => tracing::debug!(error = %e, "SIP UDP receive error"),
-            }
-        }
-    }
-}
-
-/// Accepts TCP connections until `stop`.
-pub async fn serve_tcp(
-    listener: TcpListener,
-    core: Arc<Mutex<SipCore>>,
-    stop: service_runtime::Shutdown,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.triggered() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(connection(stream, peer, core.clone(), stop.clone()));
-                }
-                Err(e) => tracing::debug!(error = %e, "SIP TCP accept error"),
-            }
-        }
-    }
-}
-
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    core: Arc<Mutex<SipCore>>,
-    stop: service_runtime::Shutdown,
-) {
-    let (mut reader, mut writer) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let write_task = tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-    });
-    core.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .connections
-        .insert(peer, tx.clone());
-    let mut framer = StreamFramer::new();
-    let mut buffer = vec![0u8; 16 * 1024];
-    loop {
-        let read = tokio::select! {
-            _ = stop.triggered() => break,
-            read = tokio::time::timeout(TCP_IDLE, reader.read(&mut buffer)) => read,
-        };
-        let n = match read {
-            Err(_) => {
-                tracing::debug!(%peer, "idle SIP TCP connection closed");
-                break;
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => n,
-        };
-        framer.push(&buffer[..n]);
-        loop {
-            match framer.next_item() {
-                Ok(Some(StreamItem::Ping)) => {
-                    let _ = tx.send(b"\r\n".to_vec());
-                }
-                Ok(Some(StreamItem::Message(message))) => {
-                    let path = Path::Tcp {
-                        writer: tx.clone(),
-                        peer,
-                    };
-                    core.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .handle(&message, path);
-                }
-                Ok(None) => break,
-                Err(reason) => {
-                    tracing::debug!(%peer, %reason, "SIP TCP framing lost; closing");
-                    core.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .connections
-                        .remove(&peer);
-                    drop(tx);
-                    let _ = write_task.await;
-                    return;
-                }
-            }
-        }
-    }
-    core.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .connections
-        .remove(&peer);
-    drop(tx);
-    let _ = write_task.await;
-}
-
-/// Writes bindings atomically: a temporary file, then a rename.
-pub fn write_registrations(
-    path: &std::path::Path,
-    bindings: &HashMap<String, Vec<Binding>>,
-) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec(bindings).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
-}
-
-/// Runs transaction timers, expiry and persistence until `stop`, then writes what
-/// changed. The bindings are written by a task of their own, one write at a time, off
-/// the core's lock.
-pub async fn tick(core: Arc<Mutex<SipCore>>, stop: service_runtime::Shutdown) {
-    type Due = (std::path::PathBuf, HashMap<String, Vec<Binding>>);
-    let (to_writer, mut writes) = mpsc::channel::<Due>(1);
-    let writer = {
-        let core = core.clone();
-        tokio::spawn(async move {
-            while let Some((path, bindings)) = writes.recv().await {
-                let shown = path.display().to_string();
-                let written =
-                    tokio::task::spawn_blocking(move || write_registrations(&path, &bindings))
-                        .await;
-                let error = match written {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                };
-                tracing::error!(path = %shown, %error, "cannot persist registrations");
-                core.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .persistence_failed();
-            }
-        })
-    };
-    let mut interval = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        tokio::select! {
-            _ = stop.triggered() => break,
-            _ = interval.tick() => {
-                let due = {
-                    let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
-                    core.tick();
-                    core.due_persistence(Instant::now())
-                };
-                // A write still in progress: this copy waits for the next turn.
-                if let Some(due) = due {
-                    if to_writer.try_send(due).is_err() {
-                        core.lock().unwrap_or_else(|e| e.into_inner()).persistence_failed();
-                    }
-                }
-            }
-        }
-    }
-    drop(to_writer);
-    let _ = writer.await;
-    core.lock().unwrap_or_else(|e| e.into_inner()).flush();
-}
-
 #[cfg(test)]
 mod trunk_tests {
     use super::*;
@@ -1660,6 +1547,8 @@ mod trunk_tests {
             Vec::new(),
             None,
             Counters::default(),
+            (Instant::now(), 1_800_000_000),
+            7,
         )
     }
 
@@ -1737,9 +1626,18 @@ mod trunk_tests {
         .into_bytes()
     }
 
-    #[tokio::test]
-    async fn a_peers_callerid_replaces_what_its_from_header_says() {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    /// The calls the endpoint asked a task for.
+    fn new_calls(core: &mut SipCore) -> Vec<NewCall> {
+        std::iter::from_fn(|| core.poll_event())
+            .filter_map(|e| match e {
+                Event::NewCall(call) => Some(call),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_peers_callerid_replaces_what_its_from_header_says() {
         let carrier: SocketAddr = "127.0.0.1:5999".parse().unwrap();
         let mut core = core();
         core.set_trunks(vec![Trunk {
@@ -1749,8 +1647,8 @@ mod trunk_tests {
             no_challenge: true,
             nets: Vec::new(),
         }]);
-        let (spawner, mut calls) = mpsc::unbounded_channel();
-        core.set_call_spawner(spawner);
+        core.set_local("127.0.0.1:5060".parse().unwrap());
+        core.set_accepting_calls(true);
         let carrier_peer = |caller_id: Option<(String, String)>| PeerInfo {
             name: "flowroute".into(),
             codecs: vec!["ulaw".into()],
@@ -1758,13 +1656,11 @@ mod trunk_tests {
             ..PeerInfo::default()
         };
         core.set_file_config(Vec::new(), vec![carrier_peer(None)], HashMap::new());
-        let path = || Path::Udp {
-            socket: socket.clone(),
-            to: carrier,
-        };
+        let path = Path::udp(carrier);
         // Without callerid=, the From header's.
-        core.handle(&did_invite(carrier, "13105550199"), path());
-        let call = calls.try_recv().unwrap();
+        let now = Instant::now();
+        core.handle_datagram(now, path, &did_invite(carrier, "13105550199"));
+        let [call] = <[NewCall; 1]>::try_from(new_calls(&mut core)).unwrap();
         assert_eq!(
             (call.caller_number.as_str(), call.caller_name.as_str()),
             ("13105550199", "Somebody")
@@ -1776,8 +1672,8 @@ mod trunk_tests {
             vec![carrier_peer(Some((caller_id.number, caller_id.name)))],
             HashMap::new(),
         );
-        core.handle(&did_invite(carrier, "13105550198"), path());
-        let call = calls.try_recv().unwrap();
+        core.handle_datagram(now, path, &did_invite(carrier, "13105550198"));
+        let [call] = <[NewCall; 1]>::try_from(new_calls(&mut core)).unwrap();
         assert_eq!(
             (call.caller_number.as_str(), call.caller_name.as_str()),
             ("13235550100", "Front Desk")

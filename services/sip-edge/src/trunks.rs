@@ -23,6 +23,7 @@ use kube::ResourceExt;
 use phone_kube::{SecretReader, Trunk, TrunkStatus};
 use service_runtime::Shutdown;
 
+use crate::driver::Driver;
 use crate::outbound::{OutboundRegistration, Status};
 use crate::resources::{rfc3339, RESYNC_EVERY, STATUS_EVERY};
 use crate::server::{self, Outbound, PeerInfo, ResourceTrunk, SipCore};
@@ -43,7 +44,7 @@ struct Resolved {
 pub async fn run(
     client: kube::Client,
     namespace: String,
-    core: Arc<Mutex<SipCore>>,
+    edge: Arc<Driver>,
     file_peers: HashSet<String>,
     identity: String,
     shutdown: Shutdown,
@@ -55,13 +56,13 @@ pub async fn run(
     tokio::spawn(status_task(
         trunks.clone(),
         resolved.clone(),
-        core.clone(),
+        edge.clone(),
         identity,
         shutdown.clone(),
     ));
     phone_kube::on_spec_changes(trunks, RESYNC_EVERY, shutdown.triggered(), |found| {
         let (secrets, file_peers) = (secrets.clone(), file_peers.clone());
-        let (core, resolved) = (core.clone(), resolved.clone());
+        let (edge, resolved) = (edge.clone(), resolved.clone());
         async move {
             let mut secrets = SecretReader::new(secrets);
             let mut usable = Vec::new();
@@ -97,9 +98,7 @@ pub async fn run(
                 });
             }
             let count = usable.len();
-            core.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_resource_trunks(usable);
+            edge.with(|core, _| core.set_resource_trunks(usable));
             tracing::info!(trunks = count, "trunk resources applied");
             *resolved.lock().unwrap_or_else(|e| e.into_inner()) = now;
         }
@@ -210,7 +209,7 @@ async fn resolve(trunk: &Trunk, secrets: &mut SecretReader) -> Result<ResourceTr
 async fn status_task(
     trunks: Api<Trunk>,
     resolved: Arc<Mutex<Vec<Resolved>>>,
-    core: Arc<Mutex<SipCore>>,
+    edge: Arc<Driver>,
     identity: String,
     shutdown: Shutdown,
 ) {
@@ -220,19 +219,22 @@ async fn status_task(
             _ = shutdown.triggered() => return,
             _ = tokio::time::sleep(STATUS_EVERY) => {}
         }
-        let wanted: Vec<(String, TrunkStatus)> = {
+        let wanted: Option<Vec<(String, TrunkStatus)>> = {
             let resolved = resolved.lock().unwrap_or_else(|e| e.into_inner());
-            let core = core.lock().unwrap_or_else(|e| e.into_inner());
-            if !core.registering() {
-                // Another edge owns the trunks; what this one wrote is stale from now.
-                written.clear();
-                continue;
-            }
             written.retain(|name, _| resolved.iter().any(|r| &r.name == name));
-            resolved
-                .iter()
-                .map(|r| (r.name.clone(), status_of(&core, r, &identity)))
-                .collect()
+            edge.with(|core, _| {
+                core.registering().then(|| {
+                    resolved
+                        .iter()
+                        .map(|r| (r.name.clone(), status_of(core, r, &identity)))
+                        .collect()
+                })
+            })
+        };
+        let Some(wanted) = wanted else {
+            // Another edge owns the trunks; what this one wrote is stale from now.
+            written.clear();
+            continue;
         };
         phone_kube::write_changed(&trunks, wanted, &mut written, |status| {
             serde_json::json!({

@@ -676,25 +676,24 @@ async fn an_emergency_call_carries_the_lines_location_to_the_carrier() {
         postal_code: Some("90028".into()),
         ..Default::default()
     };
+    let line = sip_edge::server::ResourceLine {
+        line: sip_edge::registrar::Line {
+            name: "13235550177".into(),
+            secret: Some("k1tchen".into()),
+            nat: false,
+        },
+        peer: sip_edge::server::PeerInfo {
+            name: "13235550177".into(),
+            codecs: vec!["ulaw".into()],
+            context: "localexts".into(),
+            location: Some(address.pidf_lo("pres:13235550177@phone")),
+            ..Default::default()
+        },
+        mailboxes: Vec::new(),
+    };
     system
-        .edge_core
-        .lock()
-        .unwrap()
-        .set_resource_lines(vec![sip_edge::server::ResourceLine {
-            line: sip_edge::registrar::Line {
-                name: "13235550177".into(),
-                secret: Some("k1tchen".into()),
-                nat: false,
-            },
-            peer: sip_edge::server::PeerInfo {
-                name: "13235550177".into(),
-                codecs: vec!["ulaw".into()],
-                context: "localexts".into(),
-                location: Some(address.pidf_lo("pres:13235550177@phone")),
-                ..Default::default()
-            },
-            mailboxes: Vec::new(),
-        }]);
+        .edge
+        .with(|core, _| core.set_resource_lines(vec![line]));
     let phone = Peer::new(system.edge_sip).await;
     let rtp = rtp_socket().await;
     let call = |number: &str, call_id: &str, auth: &str, cseq: u32| {

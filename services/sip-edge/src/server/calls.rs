@@ -17,15 +17,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use rsip::prelude::*;
-use tokio::sync::mpsc;
-
-use super::{Path, SipCore};
+use super::{Event, Path, SipCore};
 use crate::fork::{DialStatus, Fork, ForkAction};
 use crate::sdp;
 use crate::transaction::{
     ClientEvent, ClientTransaction, ServerTransaction, TimerValues, Transmit,
 };
+use rsip::prelude::*;
 
 /// RFC 3261 T1 and T2, for the 2xx the edge retransmits itself (§13.3.1.4).
 const T1: Duration = Duration::from_millis(500);
@@ -88,9 +86,6 @@ pub struct NewCall {
     pub caller_nat: bool,
     pub codecs: Vec<String>,
     pub event_payload_types: Vec<u32>,
-    pub events: mpsc::UnboundedReceiver<CallEvent>,
-    /// For the relay's media-timeout watcher to reach the task.
-    pub notify: mpsc::UnboundedSender<CallEvent>,
 }
 
 /// An INVITE that does not become a call: its transaction back, and the answer.
@@ -171,12 +166,21 @@ struct Branch {
     last_status: u16,
 }
 
+/// The caller's 200, sent again until its ACK comes (RFC 3261 §13.3.1.4): every
+/// `interval` (T1 doubling up to T2) until `give_up` (64*T1).
+#[derive(Debug)]
+struct OkRetransmit {
+    bytes: Vec<u8>,
+    next: Instant,
+    interval: Duration,
+    give_up: Instant,
+}
+
 /// One call.
 #[derive(Debug)]
 pub struct Call {
     channel: String,
     peer: String,
-    events: mpsc::UnboundedSender<CallEvent>,
     /// The caller's INVITE and its server transaction key.
     a_invite: rsip::Request,
     a_key: String,
@@ -192,7 +196,7 @@ pub struct Call {
     a_cseq: u32,
     a_offer: Option<sdp::Session>,
     /// The 200 the edge retransmits until the ACK (§13.3.1.4).
-    a_ok: Option<(Vec<u8>, Instant, Duration, Instant)>,
+    a_ok: Option<OkRetransmit>,
     /// The relay's address for each leg: what SDP to each side names.
     relay_a: Option<(IpAddr, u16)>,
     relay_b: Option<(IpAddr, u16)>,
@@ -281,7 +285,7 @@ impl SipCore {
         // The first set: the registrations persisted before a restart come back.
         if let Some(saved) = self.saved_bindings.take() {
             if !saved.is_empty() {
-                self.registrar.restore(saved, super::unix_now());
+                self.registrar.restore(saved, self.unix());
                 self.persist();
                 self.update_gauge();
             }
@@ -334,8 +338,10 @@ impl SipCore {
     }
 
     /// Where new calls go to get a task; without one, INVITEs get 503.
-    pub fn set_call_spawner(&mut self, spawner: mpsc::UnboundedSender<NewCall>) {
-        self.call_spawner = Some(spawner);
+    /// Whether new calls are taken: the driver gives each an async task (see
+    /// [`Event::NewCall`]). Without, INVITEs get 503.
+    pub fn set_accepting_calls(&mut self, accepting: bool) {
+        self.accepting_calls = accepting;
     }
 
     /// The `context=` new calls from `peer` start in.
@@ -408,7 +414,7 @@ impl SipCore {
                 return Err(Box::new((tx, response)));
             }
         }
-        let Some(spawner) = self.call_spawner.clone() else {
+        if !self.accepting_calls {
             let retry = vec![rsip::Header::Other("Retry-After".into(), "60".into())];
             let response =
                 crate::registrar::response(&request, 503, "Service Unavailable", &tag, retry);
@@ -449,7 +455,6 @@ impl SipCore {
             .map(|c| uri_of(c.value()))
             .unwrap_or_else(|_| format!("sip:{}", path.peer()));
         let a_route = record_route(&request.headers);
-        let (events, receiver) = mpsc::unbounded_channel();
         let new_call = NewCall {
             id,
             channel: channel.clone(),
@@ -462,25 +467,18 @@ impl SipCore {
             caller_nat: info.nat,
             codecs: info.codecs.clone(),
             event_payload_types: offer.as_ref().map(event_types).unwrap_or_default(),
-            events: receiver,
-            notify: events.clone(),
         };
-        if spawner.send(new_call).is_err() {
-            let response =
-                crate::registrar::response(&request, 503, "Service Unavailable", &tag, vec![]);
-            return Err(Box::new((tx, response)));
-        }
+        self.events.push_back(Event::NewCall(new_call));
         tracing::info!(%channel, %call_id, "call admitted");
         self.counters.calls.inc();
-        super::flush(&mut tx, &path);
-        self.transactions.insert(key.clone(), (tx, path.clone()));
+        super::flush(&mut tx, path, &mut self.outbox);
+        self.transactions.insert(key.clone(), (tx, path));
         self.call_ids.insert(call_id.clone(), (id, None));
         self.calls.insert(
             id,
             Call {
                 channel,
                 peer,
-                events,
                 a_invite: request,
                 a_key: key,
                 a_path: path,
@@ -517,10 +515,10 @@ impl SipCore {
                 call.a_final.get_or_insert(status);
             }
         }
-        let now = Instant::now();
+        let now = self.now;
         if let Some((tx, path)) = self.transactions.get_mut(&key) {
             tx.respond(now, status, response.to_string().into_bytes());
-            super::flush(tx, path);
+            super::flush(tx, *path, &mut self.outbox);
             if let Some(at) = tx.poll_timeout() {
                 self.deadlines.push(std::cmp::Reverse((at, key)));
             }
@@ -585,10 +583,16 @@ impl SipCore {
         );
         let bytes = response.to_string().into_bytes();
         self.respond_a(id, response);
-        let now = Instant::now();
+        let now = self.now;
         if let Some(call) = self.calls.get_mut(&id) {
             call.a_state = AState::Answered;
-            call.a_ok = Some((bytes, now + T1, T1, now + T1 * 64));
+            call.a_ok = Some(OkRetransmit {
+                bytes,
+                next: now + T1,
+                interval: T1,
+                give_up: now + T1 * 64,
+            });
+            self.call_deadlines.push(std::cmp::Reverse((now + T1, id)));
         }
         Ok(())
     }
@@ -685,6 +689,7 @@ impl SipCore {
                 self.branch_owner.remove(&branch.via_branch);
             }
             tracing::info!(channel = %call.channel, "call ended");
+            self.events.push_back(Event::CallGone(id));
             self.counters.calls_active.set(self.calls.len() as i64);
         }
     }
@@ -719,7 +724,7 @@ impl SipCore {
             call.a_remote_target.clone(),
             call.a_call_id.clone(),
             call.a_cseq,
-            call.a_path.clone(),
+            call.a_path,
             call.a_route.clone(),
         );
         self.send_in_dialog("BYE", &target, &route, &from, &to, &call_id, cseq, path);
@@ -748,7 +753,7 @@ impl SipCore {
             "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\nMax-Forwards: 70\r\n{}From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nUser-Agent: phone-sip-edge\r\nContent-Length: 0\r\n\r\n",
             route_headers(route)
         );
-        self.start_client(branch, request.into_bytes(), path, Instant::now());
+        self.start_client(branch, request.into_bytes(), path, self.now);
     }
 
     /// `Dial()`: INVITEs to every target (every reachable contact of a line, or the
@@ -761,7 +766,7 @@ impl SipCore {
         timeout: Option<Duration>,
         caller: (String, String),
     ) -> Result<(), String> {
-        let now = Instant::now();
+        let now = self.now;
         let local = self.local_addr().ok_or("no SIP socket")?;
         let call = self.calls.get(&id).ok_or("the call is gone")?;
         let offer = call.a_offer.clone().ok_or("no offer from the caller")?;
@@ -775,17 +780,14 @@ impl SipCore {
             };
             // Where to send: the trunk's address, or each reachable registered contact.
             let mut destinations: Vec<(String, Path)> = Vec::new();
-            if let (Some(addr), Some(socket)) = (info.trunk, self.udp.clone()) {
+            if let Some(addr) = info.trunk {
                 let number = if target.number.is_empty() {
                     target.peer.clone()
                 } else {
                     target.number.clone()
                 };
                 let host = info.host.clone().unwrap_or_else(|| addr.ip().to_string());
-                destinations.push((
-                    format!("sip:{number}@{host}"),
-                    Path::Udp { socket, to: addr },
-                ));
+                destinations.push((format!("sip:{number}@{host}"), Path::udp(addr)));
             } else {
                 for (line, binding) in self.registrations(Some(&target.peer)) {
                     if !self.reachable(&line, &binding.contact) {
@@ -907,7 +909,7 @@ impl SipCore {
                         TimerValues::default(),
                         now,
                     );
-                    let (key, path) = (branch.via_branch.clone(), branch.path.clone());
+                    let (key, path) = (branch.via_branch.clone(), branch.path);
                     self.clients.insert(key.clone(), (tx, path));
                     self.client_events(&key, now);
                 }
@@ -918,8 +920,9 @@ impl SipCore {
                     } else {
                         let remote = self.branch_sdp_remote(id, index);
                         let nat = self.branch_nat(id, index);
-                        if let Some(call) = self.calls.get(&id) {
-                            let _ = call.events.send(CallEvent::EarlyMedia { remote, nat });
+                        if self.calls.contains_key(&id) {
+                            let event = CallEvent::EarlyMedia { remote, nat };
+                            self.events.push_back(Event::Call { id, event });
                         }
                         let _ = self.call_indicate(id, 183);
                     }
@@ -939,10 +942,13 @@ impl SipCore {
                         .filter(|s| *s >= 300)
                         .min()
                         .unwrap_or(0);
-                    let _ = call.events.send(CallEvent::DialFinished {
-                        command_id: call.dial_command,
-                        status,
-                        sip_status,
+                    self.events.push_back(Event::Call {
+                        id,
+                        event: CallEvent::DialFinished {
+                            command_id: call.dial_command,
+                            status,
+                            sip_status,
+                        },
                     });
                 }
             }
@@ -980,7 +986,7 @@ impl SipCore {
             branch.request_uri, branch.via, branch.from, branch.to, branch.call_id, branch.cseq
         );
         let key = format!("{}|CANCEL", branch.via_branch);
-        let path = branch.path.clone();
+        let path = branch.path;
         let transport = path.transport();
         let tx = ClientTransaction::new(
             false,
@@ -1008,12 +1014,15 @@ impl SipCore {
         };
         call.bridged = Some((index, now));
         let channel = call.branches[index].channel.clone();
-        let _ = call.events.send(CallEvent::Bridged {
-            command_id: call.dial_command,
-            channel,
-            remote,
-            event_payload_types: events,
-            nat,
+        self.events.push_back(Event::Call {
+            id,
+            event: CallEvent::Bridged {
+                command_id: call.dial_command,
+                channel,
+                remote,
+                event_payload_types: events,
+                nat,
+            },
         });
         if call.a_state == AState::Early {
             if let Err(e) = self.call_answer(id) {
@@ -1107,7 +1116,8 @@ impl SipCore {
                     ack
                 }
             };
-            branch.path.send(ack);
+            let path = branch.path;
+            self.outbox.push_back(super::Datagram { path, bytes: ack });
         }
         let mut cancel_now = false;
         if (100..200).contains(&status) {
@@ -1203,7 +1213,7 @@ impl SipCore {
             .push_str(&format!("{auth_header}: {}\r\n", credentials.to_header()));
         self.branch_owner.remove(&old_branch);
         self.branch_owner.insert(new_branch.clone(), (id, index));
-        let (invite, path) = (branch.invite(), branch.path.clone());
+        let (invite, path) = (branch.invite(), branch.path);
         let reliable = path.transport();
         let tx = ClientTransaction::new(true, invite, reliable, TimerValues::default(), now);
         self.clients.insert(new_branch.clone(), (tx, path));
@@ -1213,7 +1223,7 @@ impl SipCore {
 
     /// CANCEL every ringing branch, BYE the bridged one (unless it is `except`).
     fn end_branches(&mut self, id: u64, except: Option<usize>) {
-        let now = Instant::now();
+        let now = self.now;
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -1255,7 +1265,7 @@ impl SipCore {
             branch.from.clone(),
             branch.call_id.clone(),
             branch.cseq,
-            branch.path.clone(),
+            branch.path,
             branch.route.clone(),
         );
         self.send_in_dialog("BYE", &target, &route, &from, &to, &call_id, cseq, path);
@@ -1287,15 +1297,17 @@ impl SipCore {
                     &call.a_tag,
                     vec![],
                 );
-                let events = call.events.clone();
                 self.respond_a(id, terminated);
                 if let Some(call) = self.calls.get_mut(&id) {
                     call.a_state = AState::Ended;
                 }
                 self.end_branches(id, None);
-                let _ = events.send(CallEvent::CallerGone {
-                    cause: 16,
-                    status: Some(487),
+                self.events.push_back(Event::Call {
+                    id,
+                    event: CallEvent::CallerGone {
+                        cause: 16,
+                        status: Some(487),
+                    },
                 });
                 self.forget_call(id);
                 Some(crate::registrar::response(request, 200, "OK", tag, vec![]))
@@ -1318,24 +1330,32 @@ impl SipCore {
                 match leg {
                     None => {
                         let call = self.calls.get(&id)?;
-                        let (events, status) = (call.events.clone(), call.a_final);
+                        let status = call.a_final;
                         if let Some(call) = self.calls.get_mut(&id) {
                             call.a_state = AState::Ended;
                             call.a_ok = None;
                         }
                         self.end_branches(id, None);
-                        let _ = events.send(CallEvent::CallerGone { cause: 16, status });
+                        self.events.push_back(Event::Call {
+                            id,
+                            event: CallEvent::CallerGone { cause: 16, status },
+                        });
                         self.forget_call(id);
                     }
                     Some(index) => {
+                        let now = self.now;
                         let call = self.calls.get_mut(&id)?;
                         if call.bridged.map(|(i, _)| i) == Some(index) {
                             let (_, since) = call.bridged.take()?;
-                            let secs = u32::try_from(since.elapsed().as_secs()).unwrap_or(u32::MAX);
-                            let _ = call.events.send(CallEvent::BridgeEnded {
-                                command_id: call.dial_command,
-                                channel: call.branches[index].channel.clone(),
-                                secs,
+                            let talk = now.saturating_duration_since(since);
+                            let secs = u32::try_from(talk.as_secs()).unwrap_or(u32::MAX);
+                            self.events.push_back(Event::Call {
+                                id,
+                                event: CallEvent::BridgeEnded {
+                                    command_id: call.dial_command,
+                                    channel: call.branches[index].channel.clone(),
+                                    secs,
+                                },
                             });
                         }
                     }
@@ -1389,10 +1409,13 @@ impl SipCore {
                     media.direction = Some(direction.answer());
                 }
                 answer.direction = None;
-                let _ = call.events.send(CallEvent::Reinvite {
-                    b_leg: leg.is_some(),
-                    remote: sdp_remote(&offer),
-                    direction,
+                self.events.push_back(Event::Call {
+                    id,
+                    event: CallEvent::Reinvite {
+                        b_leg: leg.is_some(),
+                        remote: sdp_remote(&offer),
+                        direction,
+                    },
                 });
                 let contact = self.contact(&peer, path);
                 let to_tag = tag_of(&to).unwrap_or_default();
@@ -1411,41 +1434,48 @@ impl SipCore {
         }
     }
 
-    /// 2xx retransmissions to the caller until its ACK, and Dial timeouts.
+    /// The dialog timers due at `now`: 2xx retransmissions to the caller until its
+    /// ACK (hanging up when none comes), and Dial timeouts. Each call's next timer is
+    /// in `call_deadlines`; entries whose timer moved are skipped when popped.
     pub(super) fn call_tick(&mut self, now: Instant) {
-        let mut no_ack = Vec::new();
-        for (id, call) in &mut self.calls {
-            if let Some((bytes, next, interval, give_up)) = &mut call.a_ok {
-                if now >= *give_up {
-                    no_ack.push(*id);
-                } else if now >= *next {
-                    call.a_path.send(bytes.clone());
-                    *interval = (*interval * 2).min(T2);
-                    *next = now + *interval;
-                }
-            }
-        }
-        for id in no_ack {
-            tracing::warn!(call = id, "no ACK for the 200: hanging up");
-            if let Some(call) = self.calls.get(&id) {
-                let _ = call.events.send(CallEvent::CallerGone {
-                    cause: 41,
-                    status: call.a_final,
-                });
-            }
-            self.call_hangup(id, 41);
-        }
         while let Some(std::cmp::Reverse((at, id))) = self.call_deadlines.peek().copied() {
             if at > now {
                 break;
             }
             self.call_deadlines.pop();
-            let Some(fork) = self.calls.get_mut(&id).and_then(|c| c.fork.as_mut()) else {
+            let Some(call) = self.calls.get_mut(&id) else {
                 continue;
             };
-            fork.handle_timeout(now);
-            let actions = fork.poll_actions();
-            self.fork_actions(id, actions, now);
+            if let Some(ok) = call.a_ok.as_mut() {
+                if now >= ok.give_up {
+                    tracing::warn!(call = id, "no ACK for the 200: hanging up");
+                    let status = call.a_final;
+                    let event = CallEvent::CallerGone { cause: 41, status };
+                    self.events.push_back(Event::Call { id, event });
+                    self.call_hangup(id, 41);
+                    continue;
+                }
+                if now >= ok.next {
+                    let bytes = ok.bytes.clone();
+                    ok.interval = (ok.interval * 2).min(T2);
+                    ok.next = now + ok.interval;
+                    let path = call.a_path;
+                    self.outbox.push_back(super::Datagram { path, bytes });
+                }
+            }
+            let Some(call) = self.calls.get_mut(&id) else {
+                continue;
+            };
+            if let Some(fork) = call.fork.as_mut() {
+                if fork.poll_timeout().is_some_and(|at| at <= now) {
+                    fork.handle_timeout(now);
+                    let actions = fork.poll_actions();
+                    self.fork_actions(id, actions, now);
+                }
+            }
+            if let Some(next) = self.calls.get(&id).and_then(Call::next_timer) {
+                self.call_deadlines.push(std::cmp::Reverse((next, id)));
+            }
         }
     }
 
@@ -1462,18 +1492,18 @@ impl SipCore {
         while let Some(transmit) = tx.poll_transmit() {
             out.push(transmit);
         }
-        let path = path.clone();
+        let path = *path;
         let Some(branch) = self.calls.get(&id).and_then(|c| c.branches.get(index)) else {
             for transmit in out {
                 if let Transmit::Message(bytes) = transmit {
-                    path.send(bytes);
+                    self.outbox.push_back(super::Datagram { path, bytes });
                 }
             }
             return;
         };
         for transmit in out {
             match transmit {
-                Transmit::Message(bytes) => path.send(bytes),
+                Transmit::Message(bytes) => self.outbox.push_back(super::Datagram { path, bytes }),
                 Transmit::Ack(_) => {
                     // The final response's To (with the callee's tag), as parsed by
                     // `SipCore::response` for this transmit.
@@ -1487,10 +1517,21 @@ impl SipCore {
                         "ACK {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
                         branch.request_uri, branch.via, branch.from, branch.call_id, branch.cseq
                     );
-                    path.send(ack.into_bytes());
+                    let bytes = ack.into_bytes();
+                    self.outbox.push_back(super::Datagram { path, bytes });
                 }
             }
         }
+    }
+}
+
+impl Call {
+    /// The call's earliest dialog timer: its 200's next retransmission or give-up, or
+    /// its Dial's timeout.
+    fn next_timer(&self) -> Option<Instant> {
+        let ok = self.a_ok.as_ref().map(|ok| ok.next.min(ok.give_up));
+        let dial = self.fork.as_ref().and_then(Fork::poll_timeout);
+        ok.into_iter().chain(dial).min()
     }
 }
 

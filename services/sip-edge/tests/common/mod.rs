@@ -39,7 +39,7 @@ pub struct System {
     /// Where the mailer writes the emails (`<id>.email.eml`).
     pub mail: PathBuf,
     /// The edge's SIP side, to give it lines as resources would.
-    pub edge_core: std::sync::Arc<std::sync::Mutex<sip_edge::server::SipCore>>,
+    pub edge: std::sync::Arc<sip_edge::driver::Driver>,
     stops: Vec<Shutdown>,
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -139,14 +139,14 @@ impl System {
         config.media_relays = vec![relay_url.clone()];
         let edge = sip_edge::bind(config).await.unwrap();
         let edge_sip = edge.sip_addr().unwrap();
-        let edge_core = edge.core();
+        let edge_driver = edge.edge();
         let edge_grpc = format!("http://{}", edge.info().grpc);
         let stop = Shutdown::new();
         tokio::spawn(edge.run(stop.clone()));
         stops.push(stop);
         let system = Self {
             edge_sip,
-            edge_core,
+            edge: edge_driver,
             edge_grpc,
             relay: relay_url,
             voicemail_messages: voicemail_data.path().join("messages"),
