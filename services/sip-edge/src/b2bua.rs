@@ -1,7 +1,7 @@
 //! The B2BUA's async side: one task per call. It gets the call's media session from a
 //! relay ([`crate::relays`]), opens the router's call-control stream with the
 //! channel's `NewChannel`, then runs the router's commands one at a time against the
-//! SIP side (`server::calls`) and passes what happens there back to the router: the
+//! SIP side (`sip_core::endpoint`) and passes what happens there back to the router: the
 //! caller hanging up, the Dial's outcome (DIALSTATUS), the end of a bridged call.
 //! Media follows the signalling: the relay's leg B is pointed at the callee when it
 //! answers (or sends early media), and the caller's leg at the voicemail service for
@@ -29,8 +29,8 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::task::TaskTracker;
 
 use crate::driver::{CallTask, Driver};
+use crate::endpoint::{CallEvent, SipCore, Target};
 use crate::relays::{Relay, RelayPool};
-use crate::server::{CallEvent, SipCore, Target};
 
 /// How long the router has to close the stream after a hang-up (it runs `h` first).
 const HANGUP_GRACE: Duration = Duration::from_secs(5);
@@ -179,6 +179,18 @@ fn latching(nat: bool) -> media::Latching {
         media::Latching::Symmetric
     } else {
         media::Latching::Strict
+    }
+}
+
+fn dial_status(status: crate::fork::DialStatus) -> router::DialStatus {
+    use crate::fork::DialStatus;
+    match status {
+        DialStatus::Answer => router::DialStatus::Answer,
+        DialStatus::Busy => router::DialStatus::Busy,
+        DialStatus::Noanswer => router::DialStatus::Noanswer,
+        DialStatus::Cancel => router::DialStatus::Cancel,
+        DialStatus::Congestion => router::DialStatus::Congestion,
+        DialStatus::Chanunavail => router::DialStatus::Chanunavail,
     }
 }
 
@@ -332,7 +344,7 @@ impl Call {
                         CallEvent::DialFinished { command_id, status, sip_status } => {
                             send(channel_event::Event::DialResult(router::DialResult {
                                 command_id,
-                                status: status.into(),
+                                status: dial_status(status).into(),
                                 sip_status: u32::from(sip_status),
                                 ..Default::default()
                             }));

@@ -1,5 +1,5 @@
 //! The edge's driver: the sockets, the disk, the clock and the call tasks around the
-//! sans-IO endpoint ([`crate::server::SipCore`]). Every input goes through
+//! sans-IO endpoint ([`crate::endpoint::SipCore`]). Every input goes through
 //! [`Driver::with`], which hands the endpoint the time, then carries out what it asked
 //! for (datagrams to send, calls to start, events for call tasks, bindings to write)
 //! and wakes the timer task when the endpoint's next deadline moved earlier. One task
@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Notify};
 
+use crate::endpoint::{CallEvent, Event, NewCall, Path, SipCore};
 use crate::registrar::Binding;
-use crate::server::{CallEvent, Event, NewCall, Path, SipCore};
 use crate::wire::{StreamFramer, StreamItem};
 
 /// How long a TCP connection may stay silent before it is closed.

@@ -8,7 +8,7 @@
 //! ([`transaction`]); the registrar with digest auth ([`registrar`], [`digest`]),
 //! `qualify` ([`qualify`]), provider registrations ([`outbound`]) and the security
 //! floor ([`guard`]); SDP offer/answer anchored at the relay ([`sdp`]) and `Dial()`
-//! forking ([`fork`]); the sans-IO endpoint with the calls' SIP side ([`server`]) and
+//! forking ([`fork`]); the sans-IO endpoint with the calls' SIP side ([`endpoint`], in `sip-core`) and
 //! its driver, which owns the sockets, the disk and the clock ([`driver`]); the task per
 //! call that talks to the router and the relay ([`b2bua`]); and the choice of relay
 //! ([`relays`]). `sip.conf` is loaded and checked at start: a broken file stops the
@@ -19,24 +19,16 @@
 
 #![forbid(unsafe_code)]
 
+pub use sip_core::endpoint;
+pub use sip_core::{fork, guard, outbound, qualify, registrar, transaction};
+pub use sip_wire::{digest, fuzzing, sdp, wire};
+
 pub mod b2bua;
-pub mod digest;
 pub mod discovery;
 pub mod driver;
-#[doc(hidden)]
-pub mod fork;
-pub mod fuzzing;
-pub mod guard;
-pub mod outbound;
-pub mod qualify;
-pub mod registrar;
 pub mod relays;
 pub mod resources;
-pub mod sdp;
-pub mod server;
-pub mod transaction;
 pub mod trunks;
-pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -249,14 +241,14 @@ impl std::str::FromStr for Algorithms {
 /// The trunks (peers with a `host`), their hosts resolved through DNS (A and AAAA
 /// records). Their addresses are never rate-limited or banned; a name that does not
 /// resolve is logged and that trunk is not recognised by address.
-async fn trunks(sip: &SipConf) -> Vec<server::Trunk> {
+async fn trunks(sip: &SipConf) -> Vec<endpoint::Trunk> {
     let mut out = Vec::new();
     for peer in &sip.peers {
         let Host::Static(host) = &peer.host else {
             continue;
         };
         match tokio::net::lookup_host((host.as_str(), peer.port.unwrap_or(5060))).await {
-            Ok(addrs) => out.push(server::Trunk {
+            Ok(addrs) => out.push(endpoint::Trunk {
                 name: peer.name.clone(),
                 addrs: addrs.collect(),
                 any_port: peer.insecure.port,
@@ -273,10 +265,10 @@ async fn trunks(sip: &SipConf) -> Vec<server::Trunk> {
 
 /// What calls need of each peer: codecs, NAT, context, a trunk's address and
 /// credentials.
-fn peer_infos(sip: &SipConf, trunks: &[server::Trunk]) -> Vec<server::PeerInfo> {
+fn peer_infos(sip: &SipConf, trunks: &[endpoint::Trunk]) -> Vec<endpoint::PeerInfo> {
     sip.peers
         .iter()
-        .map(|p| server::PeerInfo {
+        .map(|p| endpoint::PeerInfo {
             name: p.name.clone(),
             codecs: p.codecs.clone(),
             nat: p.nat.is_on(),
@@ -329,7 +321,7 @@ fn mwi_lines(sip: &SipConf) -> std::collections::HashMap<String, Vec<String>> {
     let mut map: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
     for peer in &sip.peers {
         for mailbox in &peer.mailboxes {
-            map.entry(server::mailbox_key(mailbox))
+            map.entry(endpoint::mailbox_key(mailbox))
                 .or_default()
                 .push(peer.name.clone());
         }
@@ -442,7 +434,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     service_runtime::log_config_warnings(&sip.warnings);
     let mut server = GrpcServer::bind(NAME, &config.common).await?;
     let (udp, tcp) = bind_sip(config.sip_bind).await?;
-    let counters = server::Counters::default();
+    let counters = endpoint::Counters::default();
     let registry = server.registry().sub_registry_with_prefix("sip");
     for (name, help, counter) in [
         (
@@ -518,7 +510,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
             .collect::<Vec<_>>(),
     );
     let persist = config.data_dir.join("registrations.json");
-    let mut core = server::SipCore::new(
+    let mut core = endpoint::SipCore::new(
         registrar_for(&sip, &config.auth_algorithms.0),
         guard,
         qualifier_for(&sip),

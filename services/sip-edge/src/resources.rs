@@ -19,8 +19,8 @@ use phone_kube::{Contact, Line, LineStatus, SecretReader};
 use service_runtime::Shutdown;
 
 use crate::driver::Driver;
+use crate::endpoint::{PeerInfo, ResourceLine, SipCore};
 use crate::registrar;
-use crate::server::{PeerInfo, ResourceLine, SipCore};
 
 /// The shortest time between two status writes of the edge.
 pub const STATUS_EVERY: Duration = Duration::from_secs(2);

@@ -24,9 +24,9 @@ use phone_kube::{SecretReader, Trunk, TrunkStatus};
 use service_runtime::Shutdown;
 
 use crate::driver::Driver;
+use crate::endpoint::{self, Outbound, PeerInfo, ResourceTrunk, SipCore};
 use crate::outbound::{OutboundRegistration, Status};
 use crate::resources::{rfc3339, RESYNC_EVERY, STATUS_EVERY};
-use crate::server::{self, Outbound, PeerInfo, ResourceTrunk, SipCore};
 
 /// A trunk resource as the edge uses it, or why it cannot.
 struct Resolved {
@@ -175,7 +175,7 @@ async fn resolve(trunk: &Trunk, secrets: &mut SecretReader) -> Result<ResourceTr
         None
     };
     Ok(ResourceTrunk {
-        trunk: server::Trunk {
+        trunk: endpoint::Trunk {
             name: name.clone(),
             addrs,
             any_port: insecure("port"),

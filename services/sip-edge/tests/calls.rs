@@ -676,13 +676,13 @@ async fn an_emergency_call_carries_the_lines_location_to_the_carrier() {
         postal_code: Some("90028".into()),
         ..Default::default()
     };
-    let line = sip_edge::server::ResourceLine {
+    let line = sip_edge::endpoint::ResourceLine {
         line: sip_edge::registrar::Line {
             name: "13235550177".into(),
             secret: Some("k1tchen".into()),
             nat: false,
         },
-        peer: sip_edge::server::PeerInfo {
+        peer: sip_edge::endpoint::PeerInfo {
             name: "13235550177".into(),
             codecs: vec!["ulaw".into()],
             context: "localexts".into(),

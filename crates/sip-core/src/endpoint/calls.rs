@@ -1,7 +1,7 @@
 //! The B2BUA's SIP side: every call is an A leg (the caller; the edge is its UAS) and,
 //! while `Dial()` runs, B legs (the edge is their UAC), one per contact or trunk
 //! target. This module keeps the dialogs and drives the INVITE, CANCEL, ACK and BYE
-//! transactions; the call's async task (`crate::b2bua`) holds the router's
+//! transactions; the call's async task (`sip_edge::b2bua`) holds the router's
 //! call-control stream and the media relay session, and calls in here for each step.
 //! Things that happen on the SIP side (the caller hangs up, a target answers, the
 //! bridge ends) go back to the task as [`CallEvent`]s.

@@ -1,6 +1,6 @@
 //! The edge's SIP endpoint, sans IO: bytes and time in, bytes, events and the next
 //! deadline out, as quinn-proto's `Endpoint` or str0m's `Rtc`. It reads no clock and
-//! holds no socket, file or channel: [`crate::driver`] owns those, feeds it with
+//! holds no socket, file or channel: the driver (`sip_edge::driver`) owns those, feeds it with
 //! [`SipCore::handle_datagram`], [`SipCore::handle_timeout`] and the calls' commands
 //! (`call_*`), and carries out what [`SipCore::poll_transmit`] and
 //! [`SipCore::poll_event`] give, sleeping until [`SipCore::poll_timeout`].
@@ -283,7 +283,7 @@ pub struct SipCore {
 }
 
 /// A line's `mailbox=` as `box@context` (`box` alone is `box@default`).
-pub(crate) fn mailbox_key(mailbox: &str) -> String {
+pub fn mailbox_key(mailbox: &str) -> String {
     if mailbox.contains('@') {
         mailbox.to_owned()
     } else {

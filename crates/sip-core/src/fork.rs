@@ -14,8 +14,17 @@
 
 use std::time::Instant;
 
-/// Asterisk's DIALSTATUS, as the edge reports it to the router.
-pub use phone_proto::router::v1::DialStatus;
+/// Asterisk's DIALSTATUS of a Dial that ended (the edge's driver reports it to the
+/// router as `phone.router.v1.DialStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialStatus {
+    Answer,
+    Busy,
+    Noanswer,
+    Cancel,
+    Congestion,
+    Chanunavail,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BranchState {
