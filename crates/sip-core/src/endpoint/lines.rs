@@ -1,0 +1,148 @@
+//! The lines' side: digest authentication of requests (with the ban after failures),
+//! the registrations and their persistence, and the keep-alive probes (`qualify=`)
+//! that decide whether a binding is reachable.
+
+use super::*;
+
+impl SipCore {
+    /// A wrong password from `source`: counted, and banned after repeated tries.
+    pub(super) fn auth_failed(&mut self, source: std::net::IpAddr) {
+        self.counters.auth_failures.inc();
+        if self.guard.auth_failed(self.now, source) {
+            self.counters.bans.inc();
+            tracing::warn!(%source, "banned after repeated authentication failures");
+        }
+    }
+
+    /// The line a request proves itself to be with digest (407 challenge), or the
+    /// response to send; wrong passwords count towards a ban.
+    pub(super) fn authenticate(
+        &mut self,
+        request: &rsip::Request,
+        method: &str,
+        tag: &str,
+        path: &Path,
+    ) -> Result<String, rsip::Response> {
+        match self
+            .registrar
+            .authenticate(self.unix(), request, method, tag)
+        {
+            crate::registrar::Authenticated::Line(line) => Ok(line),
+            crate::registrar::Authenticated::Respond { response, failed } => {
+                if failed {
+                    self.auth_failed(path.peer().ip());
+                }
+                Err(response)
+            }
+        }
+    }
+
+    /// Whether a binding answers its keep-alives (true when not qualified).
+    pub fn reachable(&self, line: &str, contact: &str) -> bool {
+        self.qualifier.reachable(line, contact)
+    }
+
+    /// Current registrations (at the endpoint's last input), for the gRPC API.
+    pub fn registrations(&self, peer: Option<&str>) -> Vec<(String, Binding)> {
+        let now = self.unix();
+        let mut out = Vec::new();
+        for (line, bindings) in self.registrar.snapshot() {
+            if peer.is_some_and(|p| p != line) {
+                continue;
+            }
+            for b in bindings.into_iter().filter(|b| b.expires_at > now) {
+                out.push((line.clone(), b));
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1.contact).cmp(&(&b.0, &b.1.contact)));
+        out
+    }
+
+    pub(super) fn update_gauge(&self) {
+        self.counters
+            .registrations
+            .set(self.registrar.binding_count() as i64);
+    }
+
+    /// Marks the bindings changed; `handle_timeout` hands them out for writing and
+    /// updates the gauge.
+    pub(super) fn persist(&mut self) {
+        self.dirty = true;
+    }
+
+    /// The bindings to write now if they changed (at shutdown).
+    pub fn flush(&mut self) -> Option<HashMap<String, Vec<Binding>>> {
+        if !self.dirty || !self.persist {
+            return None;
+        }
+        self.dirty = false;
+        self.last_write = self.now;
+        Some(self.registrar.snapshot())
+    }
+
+    /// When the bindings changed and the last write is `PERSIST_EVERY` old: a copy for
+    /// the driver to serialize and write (with thousands of lines that takes long
+    /// enough for the SIP socket's receive buffer to overflow if it were done here).
+    /// Updates the registrations gauge as well.
+    pub(super) fn due_persistence(&mut self, now: Instant) {
+        if !self.dirty || now.duration_since(self.last_write) < PERSIST_EVERY {
+            return;
+        }
+        self.update_gauge();
+        self.dirty = false;
+        self.last_write = now;
+        if self.persist {
+            let bindings = self.registrar.snapshot();
+            self.events.push_back(Event::Persist(bindings));
+        }
+    }
+
+    /// A write of [`Event::Persist`] that failed or was not made: the bindings are
+    /// written again later.
+    pub fn persistence_failed(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Where to send a request to a binding: its source for `nat=yes`, else its
+    /// Contact's address; over its own TCP connection when it registered over TCP.
+    pub(super) fn path_to(&self, binding: &Binding) -> Option<Path> {
+        let to = if binding.nat {
+            binding.source
+        } else {
+            contact_addr(&binding.contact)?
+        };
+        if binding.transport == "tcp" {
+            return self
+                .connections
+                .contains(&binding.source)
+                .then(|| Path::tcp(binding.source));
+        }
+        self.local?;
+        Some(Path::udp(to))
+    }
+
+    pub(super) fn probe(&mut self, key: &Key, now: Instant) {
+        let binding = self
+            .registrar
+            .contacts(&key.0, self.unix())
+            .into_iter()
+            .find(|b| b.contact == key.1)
+            .cloned();
+        let way = binding.and_then(|b| Some((self.path_to(&b)?, self.local?, b)));
+        let Some((path, local, binding)) = way else {
+            self.qualifier.postpone(key, now);
+            return;
+        };
+        let branch = format!("z9hG4bK{}", self.tag());
+        let tag = self.tag();
+        let transport = if path.reliable() { "TCP" } else { "UDP" };
+        let options = format!(
+            "OPTIONS {contact} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:asterisk@{local}>;tag={tag}\r\nTo: <{contact}>\r\n\
+Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            contact = binding.contact,
+        );
+        self.qualifier.sent(key, branch.clone(), now);
+        self.start_client(branch, options.into_bytes(), path, now);
+    }
+}
