@@ -189,6 +189,8 @@ pub struct SipCore {
     calls: HashMap<u64, calls::Call>,
     call_ids: HashMap<String, (u64, Option<usize>)>,
     branch_owner: HashMap<String, (u64, usize)>,
+    /// B-leg INVITEs answered after their call had ended: hung up once (by branch).
+    orphans: HashSet<String>,
     branch_sdp: HashMap<(u64, usize), crate::sdp::Session>,
     call_deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Whether calls can get a task (the driver has a spawner).
@@ -284,6 +286,7 @@ impl SipCore {
             calls: HashMap::new(),
             call_ids: HashMap::new(),
             branch_owner: HashMap::new(),
+            orphans: HashSet::new(),
             branch_sdp: HashMap::new(),
             call_deadlines: BinaryHeap::new(),
             accepting_calls: false,
@@ -439,15 +442,12 @@ impl SipCore {
 
     fn client_events(&mut self, branch: &str, now: Instant) {
         let owner = self.branch_owner.get(branch).copied();
-        if owner.is_some() {
-            self.branch_flush(branch);
-        }
         let Some((tx, path)) = self.clients.get_mut(branch) else {
             return;
         };
-        if owner.is_none() {
-            flush_client(tx, *path, &mut self.outbox);
-        }
+        flush_client(tx, *path, &mut self.outbox);
+        let path = *path;
+        let invite = (owner.is_none() && tx.is_invite()).then(|| tx.request().clone());
         let mut events = Vec::new();
         while let Some(event) = tx.poll_event() {
             events.push(event);
@@ -456,6 +456,7 @@ impl SipCore {
         let next = tx.poll_timeout();
         if terminated {
             self.clients.remove(branch);
+            self.orphans.remove(branch);
         } else if let Some(at) = next {
             self.client_deadlines.push(Reverse((at, branch.to_owned())));
         }
@@ -468,6 +469,10 @@ impl SipCore {
         for event in events {
             match event {
                 ClientEvent::Response(bytes) => {
+                    if let Some(invite) = &invite {
+                        self.orphan_answer(branch, invite, &bytes, path);
+                        continue;
+                    }
                     if let Some((line, contact)) = self.qualifier.answered(branch, now) {
                         tracing::info!(%line, %contact, "reachable again");
                     }
@@ -604,6 +609,36 @@ impl SipCore {
     pub fn transactions(&self) -> usize {
         self.transactions.len()
     }
+
+    /// How much per-call and per-transaction state the endpoint holds: once every
+    /// call has ended and every timer has run out, all of it is zero (a leak
+    /// otherwise).
+    pub fn held(&self) -> Held {
+        Held {
+            server_transactions: self.transactions.len(),
+            client_transactions: self.clients.len(),
+            calls: self.calls.len(),
+            call_ids: self.call_ids.len(),
+            branches: self.branch_owner.len() + self.orphans.len(),
+            branch_answers: self.branch_sdp.len(),
+            queued: self.outbox.len() + self.events.len(),
+        }
+    }
+}
+
+/// What [`SipCore::held`] counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub server_transactions: usize,
+    pub client_transactions: usize,
+    pub calls: usize,
+    /// SIP Call-IDs of calls' legs.
+    pub call_ids: usize,
+    /// B-leg INVITE branches, and the SDP answers kept for them.
+    pub branches: usize,
+    pub branch_answers: usize,
+    /// Datagrams and events the driver has not taken.
+    pub queued: usize,
 }
 
 /// Pops every entry of a deadline heap due at `now` (stale ones included: callers check
@@ -620,12 +655,23 @@ fn pop_due(heap: &mut BinaryHeap<Reverse<(Instant, String)>>, now: Instant) -> V
 
 fn flush_client(tx: &mut ClientTransaction<Vec<u8>>, path: Path, out: &mut VecDeque<Datagram>) {
     while let Some(transmit) = tx.poll_transmit() {
-        match transmit {
-            Transmit::Message(bytes) | Transmit::Ack(bytes) => {
-                out.push_back(Datagram { path, bytes })
-            }
-        }
+        let bytes = match transmit {
+            Transmit::Message(bytes) => bytes,
+            Transmit::Ack(response) => match ack_for_failure(tx.request(), &response) {
+                Some(ack) => ack,
+                None => continue,
+            },
+        };
+        out.push_back(Datagram { path, bytes });
     }
+}
+
+/// The ACK of a failure to one of our INVITEs, from the bytes of both (§17.1.1.3).
+fn ack_for_failure(invite: &[u8], response: &[u8]) -> Option<Vec<u8>> {
+    let invite = rsip::Request::try_from(invite).ok()?;
+    let response = rsip::Response::try_from(response).ok()?;
+    let ack = sip_wire::build::ack_for_failure(&invite, &response)?;
+    Some(ack.to_string().into_bytes())
 }
 
 /// `sip:user@host:port;params` to `host:port` when the host is an address.

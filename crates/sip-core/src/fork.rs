@@ -6,11 +6,12 @@
 //! The driver turns [`ForkAction`]s into INVITE and CANCEL client transactions and
 //! reports responses with [`Fork::handle_response`]; time is an input.
 //!
-//! DIALSTATUS from the final responses when nobody answers (as chan_sip maps them to
-//! hang-up causes, and app_dial causes to DIALSTATUS): any 486 or 600 -> BUSY; else any
-//! 503, 500 or 408-from-a-proxy -> CONGESTION; else (404, 480, 403, 603 ...) ->
-//! CHANUNAVAIL; the Dial timeout -> NOANSWER; the caller hanging up -> CANCEL; no target
-//! at all -> CHANUNAVAIL.
+//! DIALSTATUS from the final responses when nobody answers, as chan_sip's
+//! `hangup_sip2cause` maps statuses to causes and app_dial's `handle_cause` causes to
+//! DIALSTATUS: any 486 or 600 (busy) -> BUSY; else any 503, or a 5xx that function
+//! does not name (congestion) -> CONGESTION; else (404, 408 and Timer B, 480, 500,
+//! 502, 504, 603 ...) -> CHANUNAVAIL; the Dial timeout -> NOANSWER; the caller hanging
+//! up -> CANCEL; no target at all -> CHANUNAVAIL.
 
 use std::time::Instant;
 
@@ -180,7 +181,10 @@ impl Fork {
             .collect();
         if statuses.iter().any(|s| matches!(s, 486 | 600)) {
             DialStatus::Busy
-        } else if statuses.iter().any(|s| matches!(s, 500 | 503 | 408)) {
+        } else if statuses
+            .iter()
+            .any(|s| (500..600).contains(s) && !matches!(s, 500 | 501 | 502 | 504 | 505))
+        {
             DialStatus::Congestion
         } else {
             DialStatus::Chanunavail
@@ -299,6 +303,9 @@ mod tests {
         assert_eq!(status(&[486]), Some(DialStatus::Busy));
         assert_eq!(status(&[404, 600]), Some(DialStatus::Busy));
         assert_eq!(status(&[503]), Some(DialStatus::Congestion));
+        assert_eq!(status(&[580]), Some(DialStatus::Congestion));
+        assert_eq!(status(&[500]), Some(DialStatus::Chanunavail));
+        assert_eq!(status(&[408]), Some(DialStatus::Chanunavail));
         assert_eq!(status(&[404]), Some(DialStatus::Chanunavail));
         assert_eq!(status(&[480, 603]), Some(DialStatus::Chanunavail));
         assert_eq!(status(&[404, 180]), None, "one still ringing");

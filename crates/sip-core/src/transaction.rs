@@ -248,6 +248,15 @@ impl<M: Clone> ClientTransaction<M> {
         self.state
     }
 
+    /// The request the transaction sends.
+    pub fn request(&self) -> &M {
+        &self.request
+    }
+
+    pub fn is_invite(&self) -> bool {
+        self.invite
+    }
+
     pub fn is_terminated(&self) -> bool {
         self.state == ClientState::Terminated
     }

@@ -1,11 +1,13 @@
 //! SIP on the wire, the layer under the edge's protocol logic (`sip-core`): what
 //! comes off a socket is checked and parsed here before anything else reads it
 //! ([`wire`], with stream framing for TCP), SDP is read and answered with the relay's
-//! address ([`sdp`]), and digest credentials are checked and made ([`digest`]). Pure
+//! address ([`sdp`]), digest credentials are checked and made ([`digest`]), and the
+//! requests derived from others (ACK, CANCEL, in-dialog) are built ([`build`]). Pure
 //! functions over bytes and strings: no state, no clock, no I/O.
 
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod digest;
 #[doc(hidden)]
 pub mod fuzzing;

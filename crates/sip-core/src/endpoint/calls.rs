@@ -20,15 +20,14 @@ use std::time::{Duration, Instant};
 use super::{Event, Path, SipCore};
 use crate::fork::{DialStatus, Fork, ForkAction};
 use crate::sdp;
-use crate::transaction::{
-    ClientEvent, ClientTransaction, ServerTransaction, TimerValues, Transmit,
-};
+use crate::transaction::{ClientEvent, ClientTransaction, ServerTransaction, TimerValues};
 use rsip::prelude::*;
+use sip_wire::build::Dialog;
 
 mod dial;
 mod dialog;
 use dial::Branch;
-use dialog::{echo_record_route, record_route, route_headers};
+use dialog::{echo_record_route, record_route};
 
 /// RFC 3261 T1 and T2, for the 2xx the edge retransmits itself (§13.3.1.4).
 const T1: Duration = Duration::from_millis(500);
@@ -691,39 +690,27 @@ impl SipCore {
         } else {
             format!("{from};tag={}", call.a_tag)
         };
-        let (target, call_id, cseq, path, route) = (
-            call.a_remote_target.clone(),
-            call.a_call_id.clone(),
-            call.a_cseq,
-            call.a_path,
-            call.a_route.clone(),
-        );
-        self.send_in_dialog("BYE", &target, &route, &from, &to, &call_id, cseq, path);
+        let dialog = Dialog {
+            call_id: call.a_call_id.clone(),
+            local: from,
+            remote: to,
+            remote_target: call.a_remote_target.clone(),
+            route: call.a_route.clone(),
+        };
+        let (cseq, path) = (call.a_cseq, call.a_path);
+        self.send_in_dialog("BYE", &dialog, cseq, path);
     }
 
-    /// A request inside a dialog (BYE), in its own client transaction, with the
+    /// A request inside a dialog (BYE), in its own client transaction, along the
     /// dialog's route set.
-    #[allow(clippy::too_many_arguments)]
-    fn send_in_dialog(
-        &mut self,
-        method: &str,
-        target: &str,
-        route: &[String],
-        from: &str,
-        to: &str,
-        call_id: &str,
-        cseq: u32,
-        path: Path,
-    ) {
+    fn send_in_dialog(&mut self, method: &str, dialog: &Dialog, cseq: u32, path: Path) {
         let Some(local) = self.local_addr() else {
             return;
         };
         let branch = format!("z9hG4bK{}", self.tag());
         let transport = if path.reliable() { "TCP" } else { "UDP" };
-        let request = format!(
-            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\nMax-Forwards: 70\r\n{}From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nUser-Agent: phone-sip-edge\r\nContent-Length: 0\r\n\r\n",
-            route_headers(route)
-        );
+        let via = format!("SIP/2.0/{transport} {local};branch={branch};rport");
+        let request = dialog.request(method, cseq, &via, "User-Agent: phone-sip-edge\r\n");
         self.start_client(branch, request.into_bytes(), path, self.now);
     }
 }

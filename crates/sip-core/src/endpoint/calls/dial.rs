@@ -40,6 +40,18 @@ pub(super) struct Branch {
 }
 
 impl Branch {
+    /// The dialog the callee's answer made: `to` is its To (with its tag), `target` its
+    /// Contact.
+    pub(super) fn dialog(&self, to: String, target: String) -> sip_wire::build::Dialog {
+        sip_wire::build::Dialog {
+            call_id: self.call_id.clone(),
+            local: self.from.clone(),
+            remote: to,
+            remote_target: target,
+            route: self.route.clone(),
+        }
+    }
+
     /// The INVITE as it stands (a retry with credentials has a new Via, CSeq and
     /// `extra`).
     pub(super) fn invite(&self) -> Vec<u8> {
@@ -80,7 +92,7 @@ pub(super) fn location_cid(call_id: &str) -> String {
     format!("location-{}", call_id.replace(['<', '>', ' '], ""))
 }
 
-/// The ACK for a B leg's 2xx (§13.2.2.4): a new transaction to the remote target.
+/// The ACK of a B leg's 2xx (and of its retransmissions).
 pub(super) fn build_ack(branch: &Branch, local: Option<SocketAddr>, seed: &str) -> Vec<u8> {
     let local = local.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
     let transport = if branch.path.reliable() { "TCP" } else { "UDP" };
@@ -92,18 +104,68 @@ pub(super) fn build_ack(branch: &Branch, local: Option<SocketAddr>, seed: &str) 
         .remote_to
         .clone()
         .unwrap_or_else(|| branch.to.clone());
-    format!(
-        "ACK {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch=z9hG4bK{seed}a{};rport\r\nMax-Forwards: 70\r\n{}From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
-        branch.cseq,
-        route_headers(&branch.route),
-        branch.from,
-        branch.call_id,
+    let via = format!(
+        "SIP/2.0/{transport} {local};branch=z9hG4bK{seed}a{};rport",
         branch.cseq
-    )
-    .into_bytes()
+    );
+    // §13.2.2.4: the ACK of a 2xx is a request in the dialog with the INVITE's CSeq.
+    branch
+        .dialog(to, target)
+        .request("ACK", branch.cseq, &via, "")
+        .into_bytes()
 }
 
 impl SipCore {
+    /// A 2xx to a B leg's INVITE whose call is gone (the caller's CANCEL or the Dial's
+    /// timeout crossed the callee's answer): ACK it, each time it comes, and end the
+    /// dialog it made with one BYE (RFC 3261 §15, §13.2.2.4).
+    pub(in crate::endpoint) fn orphan_answer(
+        &mut self,
+        branch: &str,
+        invite: &[u8],
+        response: &[u8],
+        path: Path,
+    ) {
+        let (Ok(invite), Ok(response)) = (
+            rsip::Request::try_from(invite),
+            rsip::Response::try_from(response),
+        ) else {
+            return;
+        };
+        if !(200..300).contains(&response.status_code.code()) {
+            return;
+        }
+        let parties = sip_wire::build::request_parties(&invite);
+        let answer = sip_wire::build::response_parties(&response);
+        let (Some(parties), Some(answer)) = (parties, answer) else {
+            return;
+        };
+        let target = response
+            .contact_header()
+            .map(|c| sip_wire::build::uri(c.value()).to_owned())
+            .unwrap_or_else(|_| invite.uri.to_string());
+        let mut route = record_route(&response.headers);
+        route.reverse();
+        let dialog = sip_wire::build::Dialog {
+            call_id: parties.call_id,
+            local: parties.from,
+            remote: answer.to,
+            remote_target: target,
+            route,
+        };
+        let Some(local) = self.local_addr() else {
+            return;
+        };
+        let transport = if path.reliable() { "TCP" } else { "UDP" };
+        let via = format!("SIP/2.0/{transport} {local};branch={branch}a;rport");
+        let ack = dialog.request("ACK", parties.cseq, &via, "");
+        self.send(path, ack.into_bytes());
+        if self.orphans.insert(branch.to_owned()) {
+            tracing::info!(call_id = %dialog.call_id, "a callee answered after the call ended: BYE");
+            self.send_in_dialog("BYE", &dialog, parties.cseq + 1, path);
+        }
+    }
+
     /// `Dial()`: INVITEs to every target (every reachable contact of a line, or the
     /// trunk), ringing at once; the Dial ends in a [`CallEvent`].
     pub fn call_dial(
@@ -329,10 +391,15 @@ impl SipCore {
             branch.cancel_pending = true;
             return;
         }
-        let cancel = format!(
-            "CANCEL {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} CANCEL\r\nContent-Length: 0\r\n\r\n",
-            branch.request_uri, branch.via, branch.from, branch.to, branch.call_id, branch.cseq
-        );
+        let invite = branch.invite();
+        let cancel = rsip::Request::try_from(invite.as_slice())
+            .ok()
+            .and_then(|invite| sip_wire::build::cancel(&invite));
+        let Some(cancel) = cancel else {
+            tracing::warn!(channel = %branch.channel, "cannot build the CANCEL of a B leg");
+            return;
+        };
+        let cancel = cancel.to_string();
         let key = format!("{}|CANCEL", branch.via_branch);
         let path = branch.path;
         let transport = path.transport();
@@ -610,62 +677,8 @@ impl SipCore {
         else {
             return;
         };
-        let (from, call_id, cseq, path, route) = (
-            branch.from.clone(),
-            branch.call_id.clone(),
-            branch.cseq,
-            branch.path,
-            branch.route.clone(),
-        );
-        self.send_in_dialog("BYE", &target, &route, &from, &to, &call_id, cseq, path);
-    }
-
-    /// The ACK a B leg's non-2xx final response needs (§17.1.1.3): same branch,
-    /// Request-URI and From, the response's To.
-    pub(in crate::endpoint) fn branch_flush(&mut self, key: &str) {
-        let Some(&(id, index)) = self.branch_owner.get(key) else {
-            return;
-        };
-        let Some((tx, path)) = self.clients.get_mut(key) else {
-            return;
-        };
-        let mut out = Vec::new();
-        while let Some(transmit) = tx.poll_transmit() {
-            out.push(transmit);
-        }
-        let path = *path;
-        let Some(branch) = self.calls.get(&id).and_then(|c| c.branches.get(index)) else {
-            for transmit in out {
-                if let Transmit::Message(bytes) = transmit {
-                    self.outbox
-                        .push_back(crate::endpoint::Datagram { path, bytes });
-                }
-            }
-            return;
-        };
-        for transmit in out {
-            match transmit {
-                Transmit::Message(bytes) => self
-                    .outbox
-                    .push_back(crate::endpoint::Datagram { path, bytes }),
-                Transmit::Ack(_) => {
-                    // The final response's To (with the callee's tag), as parsed by
-                    // `SipCore::response` for this transmit.
-                    let to = self
-                        .last_response
-                        .as_ref()
-                        .and_then(|r| r.to_header().ok())
-                        .map(|t| t.value().to_owned())
-                        .unwrap_or_else(|| branch.to.clone());
-                    let ack = format!(
-                        "ACK {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
-                        branch.request_uri, branch.via, branch.from, branch.call_id, branch.cseq
-                    );
-                    let bytes = ack.into_bytes();
-                    self.outbox
-                        .push_back(crate::endpoint::Datagram { path, bytes });
-                }
-            }
-        }
+        let dialog = branch.dialog(to, target);
+        let (cseq, path) = (branch.cseq, branch.path);
+        self.send_in_dialog("BYE", &dialog, cseq, path);
     }
 }

@@ -257,11 +257,6 @@ pub(super) fn echo_record_route(
     extra
 }
 
-/// Route headers for a route set.
-pub(super) fn route_headers(route: &[String]) -> String {
-    route.iter().map(|r| format!("Route: {r}\r\n")).collect()
-}
-
 #[cfg(test)]
 mod route_tests {
     use super::*;
@@ -283,7 +278,6 @@ mod route_tests {
                 "<sip:p3.example;lr>"
             ]
         );
-        assert_eq!(route_headers(&route[..1]), "Route: <sip:p1.example;lr>\r\n");
         assert_eq!(echo_record_route(&request, vec![]).len(), 2);
     }
 }
