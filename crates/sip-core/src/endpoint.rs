@@ -610,6 +610,23 @@ impl SipCore {
         self.transactions.len()
     }
 
+    /// The keys and states of the open server transactions, and the branches of the
+    /// client ones (to say what [`Self::held`] counts).
+    pub fn held_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .transactions
+            .iter()
+            .map(|(key, (tx, _))| format!("server {key} {:?}", tx.state()))
+            .chain(
+                self.clients
+                    .iter()
+                    .map(|(key, (tx, _))| format!("client {key} {:?}", tx.state())),
+            )
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// How much per-call and per-transaction state the endpoint holds: once every
     /// call has ended and every timer has run out, all of it is zero (a leak
     /// otherwise).

@@ -590,8 +590,8 @@ pub(crate) fn parse_contact(contact: &str) -> Option<(String, Params)> {
     Some((uri.to_owned(), params))
 }
 
-/// A response to `request` (RFC 3261 §8.2.6): its Via headers, From, To with our tag,
-/// Call-ID and CSeq, then `extra`.
+/// A response to `request` (RFC 3261 §8.2.6): its Via headers, From, To with our tag
+/// (none when `to_tag` is empty), Call-ID and CSeq, then `extra`.
 pub fn response(
     request: &rsip::Request,
     status: u16,
@@ -608,7 +608,8 @@ pub fn response(
             | rsip::Header::CSeq(_) => headers.push(header.clone()),
             rsip::Header::To(to) => {
                 let value = to.value();
-                if value.to_ascii_lowercase().contains(";tag=") {
+                // An empty tag is no tag (a 100 Trying has none, §8.2.6.1).
+                if to_tag.is_empty() || value.to_ascii_lowercase().contains(";tag=") {
                     headers.push(header.clone());
                 } else {
                     headers.push(rsip::Header::To(rsip::headers::To::new(format!(

@@ -352,3 +352,71 @@ fn a_thousand_calls_leave_nothing_behind() {
     assert_eq!(sim.tasks.started.len(), 1000);
     assert_idle(&mut sim);
 }
+
+#[test]
+fn the_100_trying_has_no_empty_tag() {
+    let mut sim = Sim::new();
+    sim.carrier_sends(&CarrierCall::new(1).invite());
+    let trying = sim.carrier_gets();
+    assert_eq!(trying.status(), Some(100));
+    assert_eq!(trying.header("To"), "<sip:13235550100@192.0.2.100>");
+}
+
+#[test]
+fn a_bye_before_the_answer_ends_the_invite_with_487() {
+    let mut sim = Sim::new();
+    let mut call = CarrierCall::new(1);
+    let invite = ring(&mut sim, &call);
+    sim.phone_sends(&respond(&invite, 180, "p1", None));
+    let ringing = sim.carrier_gets_status(180);
+    // The carrier ends the early dialog with a BYE (§15.1.2 allows it for a UAS).
+    call.remote_to = Some(ringing.header("To").to_owned());
+    call.remote_target = Some(format!("sip:{}@192.0.2.100", support::DID));
+    sim.carrier_sends(&call.in_dialog("BYE", None));
+    let answers: Vec<_> = sim.to_carrier.drain(..).collect();
+    assert!(answers
+        .iter()
+        .any(|m| m.status() == Some(200) && m.cseq_method() == "BYE"));
+    let terminated = answers
+        .iter()
+        .find(|m| m.status() == Some(487))
+        .cloned()
+        .expect("487 to the INVITE");
+    sim.carrier_sends(&call.ack(&terminated));
+    sim.phone_gets_request("CANCEL");
+    assert_idle(&mut sim);
+}
+
+#[test]
+fn requests_of_an_earlier_dialog_with_the_same_call_id_are_not_this_calls() {
+    let mut sim = Sim::new();
+    let (mut first, _) = answered_call(&mut sim);
+    let stale_bye = first.in_dialog("BYE", None);
+    sim.carrier_sends(&stale_bye);
+    let bye = sim.phone_gets_request("BYE");
+    sim.phone_sends(&respond(&bye, 200, "p1", None));
+    sim.advance(Duration::from_secs(40));
+    sim.to_carrier.clear();
+    // The carrier calls again with the same Call-ID (a new INVITE transaction).
+    let mut second = CarrierCall::new(1);
+    second.branch = "z9hG4bKsecond".into();
+    second.from = second.from.replace("tag=cf1", "tag=cf2");
+    let invite = ring(&mut sim, &second);
+    sim.phone_sends(&respond(&invite, 200, "p2", Some(&answer_sdp())));
+    let ok = sim.carrier_gets_status(200);
+    // The first call's BYE and an ACK with the first call's To tag are not for it.
+    let mut stale = first.clone();
+    stale.cseq = 10;
+    sim.carrier_sends(&stale.in_dialog("BYE", None));
+    assert_eq!(sim.carrier_gets().status(), Some(481));
+    sim.carrier_sends(&first.ack(&Msg(
+        ok.0.replace(ok.header("To"), first.remote_to.as_deref().unwrap()),
+    )));
+    sim.advance(Duration::from_millis(600));
+    assert_eq!(sim.carrier_gets(), ok, "the 200 is still sent again");
+    second.answered(&ok);
+    sim.carrier_sends(&second.ack(&ok));
+    sim.carrier_sends(&second.in_dialog("BYE", None));
+    assert_eq!(sim.carrier_gets().status(), Some(200));
+    assert_idle(&mut sim);
+}

@@ -509,19 +509,42 @@ impl Sim {
     /// would (200 to BYE, CANCEL, NOTIFY and OPTIONS; 486 to a new INVITE; nothing
     /// else), while the endpoint's timers run for `for_` of SIP time.
     pub fn settle(&mut self, for_: Duration) {
+        self.settle_with(for_, false);
+    }
+
+    /// As [`Self::settle`], but the carrier ends every call it is answered: it ACKs
+    /// each 2xx to an INVITE and sends a BYE in its dialog (as the relay's media
+    /// timeout would end a call whose ends both went silent).
+    pub fn close_and_settle(&mut self, for_: Duration) {
+        self.settle_with(for_, true);
+    }
+
+    fn settle_with(&mut self, for_: Duration, closing: bool) {
         let until = self.now + for_;
         loop {
             let mut busy = false;
             while let Some(msg) = self.to_phone.pop_front() {
                 busy = true;
+                if std::env::var("SIM_DEBUG").is_ok() {
+                    eprintln!("PHONE GETS {}", msg.start());
+                }
                 if let Some(answer) = passive_answer(&msg, "ps") {
                     self.phone_sends(&answer);
                 }
             }
             while let Some(msg) = self.to_carrier.pop_front() {
                 busy = true;
+                if std::env::var("SIM_DEBUG").is_ok() {
+                    eprintln!("CARRIER GETS {}\n{}", msg.start(), msg.0);
+                }
                 if let Some(answer) = passive_answer(&msg, "cs") {
                     self.carrier_sends(&answer);
+                }
+                let answered = msg.status().is_some_and(|s| (200..300).contains(&s));
+                if closing && answered && msg.cseq_method() == "INVITE" {
+                    let (ack, bye) = ack_and_bye(&msg);
+                    self.carrier_sends(&ack);
+                    self.carrier_sends(&bye);
                 }
             }
             if busy {
@@ -546,4 +569,35 @@ fn passive_answer(msg: &Msg, tag: &str) -> Option<String> {
         "INVITE" if !msg.header("To").contains(";tag=") => Some(respond(msg, 486, tag, None)),
         _ => None,
     }
+}
+
+/// The carrier's ACK of a 2xx to its INVITE, and a BYE in the dialog it made.
+fn ack_and_bye(ok: &Msg) -> (String, String) {
+    let seq: u32 = ok
+        .header("CSeq")
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let request = |method: &str, seq: u32, branch: &str| {
+        finish(
+            format!(
+                "{method} {} SIP/2.0\r\nVia: SIP/2.0/UDP {CARRIER};branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} {method}\r\n",
+                ok.contact_uri(),
+                ok.header("From"),
+                ok.header("To"),
+                ok.call_id()
+            ),
+            None,
+        )
+    };
+    let id: String = ok
+        .call_id()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    (
+        request("ACK", seq, &format!("closing-ack-{id}")),
+        request("BYE", seq + 1, &format!("closing-bye-{id}")),
+    )
 }

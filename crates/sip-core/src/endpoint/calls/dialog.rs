@@ -5,6 +5,27 @@
 use super::*;
 
 impl SipCore {
+    /// Whether `request` (ACK, BYE, re-INVITE) is in the dialog of the call's leg: its
+    /// To carries our tag on that leg (RFC 3261 §12.2.2). A request of an earlier call
+    /// that had the same Call-ID is not.
+    fn in_dialog(&self, id: u64, leg: Option<usize>, request: &rsip::Request) -> bool {
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        let ours = match leg {
+            None => Some(call.a_tag.as_str()),
+            Some(index) => call
+                .branches
+                .get(index)
+                .and_then(|b| sip_wire::build::tag(&b.from)),
+        };
+        let theirs = request
+            .to_header()
+            .ok()
+            .and_then(|to| sip_wire::build::tag(to.value()).map(str::to_owned));
+        ours.is_some() && theirs.as_deref() == ours
+    }
+
     /// BYE, CANCEL, ACK and re-INVITE inside a call; false if the request is not for a
     /// call (the caller answers it as before).
     pub(in crate::endpoint) fn call_request(
@@ -48,7 +69,7 @@ impl SipCore {
             }
             rsip::Method::Ack => {
                 let (id, leg) = *self.call_ids.get(&call_id)?;
-                if leg.is_none() {
+                if leg.is_none() && self.in_dialog(id, leg, request) {
                     if let Some(call) = self.calls.get_mut(&id) {
                         if call.a_state == AState::Answered {
                             call.a_state = AState::Confirmed;
@@ -60,11 +81,26 @@ impl SipCore {
             }
             rsip::Method::Bye => {
                 let (id, leg) = *self.call_ids.get(&call_id)?;
+                if !self.in_dialog(id, leg, request) {
+                    return None;
+                }
                 let ok = crate::registrar::response(request, 200, "OK", tag, vec![]);
                 match leg {
                     None => {
                         let call = self.calls.get(&id)?;
-                        let status = call.a_final;
+                        if call.a_state == AState::Early {
+                            // §15.1.2: a BYE before our final answer ends the INVITE
+                            // with 487 (else its transaction waits for ever).
+                            let terminated = crate::registrar::response(
+                                &call.a_invite,
+                                487,
+                                "Request Terminated",
+                                &call.a_tag,
+                                vec![],
+                            );
+                            self.respond_a(id, terminated);
+                        }
+                        let status = self.calls.get(&id)?.a_final;
                         if let Some(call) = self.calls.get_mut(&id) {
                             call.a_state = AState::Ended;
                             call.a_ok = None;
@@ -101,6 +137,9 @@ impl SipCore {
                 let to = request.to_header().ok()?.value().to_owned();
                 tag_of(&to)?;
                 let (id, leg) = *self.call_ids.get(&call_id)?;
+                if !self.in_dialog(id, leg, request) {
+                    return None;
+                }
                 let offer = std::str::from_utf8(&request.body)
                     .ok()
                     .and_then(|t| sdp::Session::parse(t).ok());
