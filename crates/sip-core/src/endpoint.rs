@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rsip::prelude::*;
 
+use crate::error::{RejectLabels, RejectReason};
 use crate::guard::{self, Admission, Guard};
 use crate::outbound::{self, OutboundRegistration};
 use crate::qualify::{Key, Qualifier};
@@ -123,6 +124,17 @@ pub struct Counters {
     /// Calls admitted, and calls up now.
     pub calls: prometheus_client::metrics::counter::Counter,
     pub calls_active: prometheus_client::metrics::gauge::Gauge,
+    /// Messages refused, by why.
+    pub refused: prometheus_client::metrics::family::Family<
+        crate::error::RejectLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl Counters {
+    fn refuse(&self, reason: RejectReason) {
+        self.refused.get_or_create(&RejectLabels { reason }).inc();
+    }
 }
 
 /// The shared state of the SIP side of the edge.
@@ -377,10 +389,12 @@ impl SipCore {
             Admission::Allowed => {}
             Admission::RateLimited => {
                 self.counters.rate_limited.inc();
+                self.counters.refuse(RejectReason::RateLimited);
                 return;
             }
             Admission::Banned => {
                 self.counters.banned_drops.inc();
+                self.counters.refuse(RejectReason::Banned);
                 return;
             }
         }
@@ -388,6 +402,7 @@ impl SipCore {
         match wire::parse(bytes, !path.reliable(), &tag) {
             Err(rejected) => {
                 self.counters.rejected.inc();
+                self.counters.refuse(RejectReason::Malformed);
                 tracing::debug!(peer = %path.peer(), reason = %rejected.reason, "SIP message refused");
                 match rejected.response {
                     Some(response) => self.send(path, response),
@@ -397,6 +412,7 @@ impl SipCore {
                 }
             }
             Ok(Parsed::Extension(e)) => {
+                self.counters.refuse(RejectReason::NotImplemented);
                 if let Some(response) =
                     wire::response_from_headers(&e.headers, 501, "Not Implemented", &tag)
                 {
@@ -431,6 +447,7 @@ impl SipCore {
         // No branch (empty) matches none of ours.
         let Some((tx, _)) = self.clients.get_mut(&branch) else {
             self.counters.dropped.inc();
+            self.counters.refuse(RejectReason::Stray);
             return;
         };
         let now = self.now;

@@ -18,6 +18,7 @@
 pub use sip_wire::{digest, sdp, wire};
 
 pub mod endpoint;
+pub mod error;
 #[doc(hidden)]
 pub mod fork;
 pub mod guard;

@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::driver::{CallTask, Driver};
 use crate::endpoint::{CallEvent, SipCore, Target};
+use crate::error::CallError;
 use crate::relays::{Relay, RelayPool};
 
 /// How long the router has to close the stream after a hang-up (it runs `h` first).
@@ -204,6 +205,16 @@ fn direction(d: crate::sdp::Direction) -> media::Direction {
 }
 
 impl Call {
+    /// Ends the call on `error`: the caller hears its status, the span notes its cause.
+    fn fail(&self, id: u64, error: CallError) {
+        let cause = error.q850();
+        ended(
+            self.sip(|core| core.call_hangup(id, cause)),
+            cause,
+            &error.to_string(),
+        );
+    }
+
     /// Runs a command on the SIP side.
     fn sip<R>(&self, f: impl FnOnce(&mut SipCore) -> R) -> R {
         self.edge.with(|core, _| f(core))
@@ -233,20 +244,12 @@ impl Call {
             Err(e) => {
                 // No relay: the caller gets 503, as Asterisk without RTP ports would.
                 tracing::warn!(channel = %call.channel, error = %e, "no media relay for the call");
-                ended(
-                    self.sip(|core| core.call_hangup(id, 34)),
-                    34,
-                    "no media relay",
-                );
+                self.fail(id, CallError::NoRelay);
                 return;
             }
         };
         let (Some(relay_a), Some(relay_b)) = (local_of(&session.a), local_of(&session.b)) else {
-            ended(
-                self.sip(|core| core.call_hangup(id, 34)),
-                34,
-                "no media relay",
-            );
+            self.fail(id, CallError::NoRelay);
             return;
         };
         self.watch.register(&relay, &session_id, notify);
@@ -282,11 +285,7 @@ impl Call {
             Ok(stream) => stream.into_inner(),
             Err(e) => {
                 tracing::warn!(channel = %call.channel, error = %e, "the router is unreachable");
-                ended(
-                    self.sip(|core| core.call_hangup(id, 34)),
-                    34,
-                    "router unreachable",
-                );
+                self.fail(id, CallError::RouterUnreachable);
                 self.watch.unregister(&session_id);
                 self.delete(&relay, &session_id).await;
                 return;
@@ -442,11 +441,7 @@ impl Call {
     ) -> Step {
         use dialplan_command::Command;
         match what {
-            Command::Answer(_) => Step::Done(
-                self.sip(|core| core.call_answer(id))
-                    .err()
-                    .unwrap_or_default(),
-            ),
+            Command::Answer(_) => Step::done(self.sip(|core| core.call_answer(id))),
             Command::Indicate(indicate) => {
                 use router::indicate::Indication;
                 let status = match Indication::try_from(indicate.indication) {
@@ -456,11 +451,7 @@ impl Call {
                     Ok(Indication::Congestion) => 503,
                     _ => return Step::Done("unknown indication".into()),
                 };
-                Step::Done(
-                    self.sip(|core| core.call_indicate(id, status))
-                        .err()
-                        .unwrap_or_default(),
-                )
+                Step::done(self.sip(|core| core.call_indicate(id, status)))
             }
             Command::Dial(dial) => {
                 let targets: Vec<Target> = dial
@@ -488,7 +479,7 @@ impl Call {
             }
             Command::ConnectVoicemail(connect) => {
                 if let Err(e) = self.sip(|core| core.call_answer(id)) {
-                    return Step::Done(e);
+                    return Step::Done(e.to_string());
                 }
                 let mut client = relay.client.clone();
                 let redirected = client
@@ -566,4 +557,11 @@ enum Step {
     Waiting,
     DialFailed(router::DialStatus),
     HungUp,
+}
+
+impl Step {
+    /// A command carried out, or the error the router is told.
+    fn done(result: Result<(), CallError>) -> Self {
+        Step::Done(result.err().map(|e| e.to_string()).unwrap_or_default())
+    }
 }

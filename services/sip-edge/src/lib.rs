@@ -20,7 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub use sip_core::endpoint;
-pub use sip_core::{fork, guard, outbound, qualify, registrar, transaction};
+pub use sip_core::{error, fork, guard, outbound, qualify, registrar, transaction};
 pub use sip_wire::{digest, fuzzing, sdp, wire};
 
 pub mod b2bua;
@@ -484,6 +484,11 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         "registrations",
         "Registered contacts",
         counters.registrations.clone(),
+    );
+    registry.register(
+        "refused",
+        "SIP messages refused, by reason (malformed, rate_limited, banned, not_implemented, not_allowed, stray, no_dialog, not_acceptable, unavailable, auth_failed)",
+        counters.refused.clone(),
     );
     registry.register(
         "calls_active",

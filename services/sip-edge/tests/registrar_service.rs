@@ -310,6 +310,8 @@ async fn repeated_auth_failures_ban_the_source_but_911_still_gets_through() {
         "sip_auth_failures_total 5",
         "sip_bans_total 1",
         "sip_banned_drops_total 1",
+        "sip_refused_total{reason=\"auth_failed\"} 5",
+        "sip_refused_total{reason=\"banned\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
@@ -405,6 +407,11 @@ To: <sip:127.0.0.1>\r\nFrom: <sip:x@127.0.0.1>;tag=f\r\nCall-ID: flood{i}\r\nCSe
     let metrics = edge.metrics().await;
     let limited = format!("sip_rate_limited_total {}", 20 - answers);
     assert!(metrics.contains(&limited), "{limited} in {metrics}");
+    let by_reason = format!(
+        "sip_refused_total{{reason=\"rate_limited\"}} {}",
+        20 - answers
+    );
+    assert!(metrics.contains(&by_reason), "{by_reason} in {metrics}");
     edge.stop().await;
 }
 

@@ -18,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::{Event, Path, SipCore};
+use crate::error::{CallError, RejectReason};
 use crate::fork::{DialStatus, Fork, ForkAction};
 use crate::sdp;
 use crate::transaction::{ClientEvent, ClientTransaction, ServerTransaction, TimerValues};
@@ -358,12 +359,14 @@ impl SipCore {
             Some(Ok(offer)) => Some(offer),
             Some(Err(e)) => {
                 tracing::info!(error = %e, "INVITE with unreadable SDP");
+                self.counters.refuse(RejectReason::NotAcceptable);
                 let response =
                     crate::registrar::response(&request, 488, "Not Acceptable Here", &tag, vec![]);
                 return Err(Box::new((tx, response)));
             }
             // No offer: the edge offers in its 200 (RFC 3264 late offer): not yet.
             None => {
+                self.counters.refuse(RejectReason::NotAcceptable);
                 let response = crate::registrar::response(
                     &request,
                     488,
@@ -379,12 +382,14 @@ impl SipCore {
         if let Some(offer) = &offer {
             if let Err(e) = offer.anchored(&info.codecs, (IpAddr::from([127, 0, 0, 1]), 9), "x") {
                 tracing::info!(%peer, error = %e, "no common codec");
+                self.counters.refuse(RejectReason::NotAcceptable);
                 let response =
                     crate::registrar::response(&request, 488, "Not Acceptable Here", &tag, vec![]);
                 return Err(Box::new((tx, response)));
             }
         }
         if !self.accepting_calls {
+            self.counters.refuse(RejectReason::Unavailable);
             let retry = vec![rsip::Header::Other("Retry-After".into(), "60".into())];
             let response =
                 crate::registrar::response(&request, 503, "Service Unavailable", &tag, retry);
@@ -525,15 +530,15 @@ impl SipCore {
     }
 
     /// `Answer()`: 200 with SDP to the caller (retransmitted until the ACK).
-    pub fn call_answer(&mut self, id: u64) -> Result<(), String> {
-        let call = self.calls.get(&id).ok_or("the call is gone")?;
+    pub fn call_answer(&mut self, id: u64) -> Result<(), CallError> {
+        let call = self.calls.get(&id).ok_or(CallError::Gone)?;
         match call.a_state {
             AState::Answered | AState::Confirmed => return Ok(()),
-            AState::Ended => return Err("the call has ended".into()),
+            AState::Ended => return Err(CallError::Ended),
             AState::Early => {}
         }
-        let sdp = self.a_answer_sdp(id).ok_or("no media for the caller")?;
-        let call = self.calls.get(&id).ok_or("the call is gone")?;
+        let sdp = self.a_answer_sdp(id).ok_or(CallError::NoMedia)?;
+        let call = self.calls.get(&id).ok_or(CallError::Gone)?;
         let contact = self.contact(&call.peer, &call.a_path);
         let response = with_body(
             crate::registrar::response(
@@ -568,8 +573,8 @@ impl SipCore {
     }
 
     /// `Ringing()`/`Progress()` (180, 183 with SDP), `Busy()` (486), `Congestion()` (503).
-    pub fn call_indicate(&mut self, id: u64, status: u16) -> Result<(), String> {
-        let call = self.calls.get(&id).ok_or("the call is gone")?;
+    pub fn call_indicate(&mut self, id: u64, status: u16) -> Result<(), CallError> {
+        let call = self.calls.get(&id).ok_or(CallError::Gone)?;
         if call.a_state != AState::Early {
             return Ok(());
         }
@@ -582,8 +587,8 @@ impl SipCore {
                 echo_record_route(&call.a_invite, vec![]),
             ),
             183 => {
-                let sdp = self.a_answer_sdp(id).ok_or("no media for the caller")?;
-                let call = self.calls.get(&id).ok_or("the call is gone")?;
+                let sdp = self.a_answer_sdp(id).ok_or(CallError::NoMedia)?;
+                let call = self.calls.get(&id).ok_or(CallError::Gone)?;
                 let contact = self.contact(&call.peer, &call.a_path);
                 with_body(
                     crate::registrar::response(

@@ -8,6 +8,7 @@ impl SipCore {
     /// A wrong password from `source`: counted, and banned after repeated tries.
     pub(super) fn auth_failed(&mut self, source: std::net::IpAddr) {
         self.counters.auth_failures.inc();
+        self.counters.refuse(RejectReason::AuthFailed);
         if self.guard.auth_failed(self.now, source) {
             self.counters.bans.inc();
             tracing::warn!(%source, "banned after repeated authentication failures");

@@ -82,6 +82,7 @@ impl SipCore {
                     // The line may be a resource not read yet (the edge has just
                     // started): come back shortly, rather than a 403 that phones take
                     // as final.
+                    self.counters.refuse(RejectReason::Unavailable);
                     let retry = vec![rsip::Header::Other("Retry-After".into(), "5".into())];
                     crate::registrar::response(&request, 503, "Service Unavailable", &tag, retry)
                 } else {
@@ -107,7 +108,7 @@ impl SipCore {
             {
                 // A re-INVITE inside a call's dialog.
                 self.call_request(&request, &key, &path, &tag)
-                    .unwrap_or_else(|| no_dialog(&request, &tag))
+                    .unwrap_or_else(|| no_dialog(&self.counters, &request, &tag))
             }
             rsip::Method::Invite => {
                 // Who is calling: a trunk by its address (not challenged with
@@ -140,8 +141,9 @@ impl SipCore {
             rsip::Method::Subscribe => self.subscribe(&request, &path, &tag),
             rsip::Method::Bye | rsip::Method::Cancel => self
                 .call_request(&request, &key, &path, &tag)
-                .unwrap_or_else(|| no_dialog(&request, &tag)),
+                .unwrap_or_else(|| no_dialog(&self.counters, &request, &tag)),
             _ => {
+                self.counters.refuse(RejectReason::NotAllowed);
                 let allow = vec![rsip::Header::Other("Allow".into(), ALLOW.into())];
                 crate::registrar::response(&request, 405, "Method Not Allowed", &tag, allow)
             }
@@ -170,7 +172,8 @@ impl SipCore {
 }
 
 /// 481: a BYE, CANCEL or re-INVITE for no call the edge knows.
-fn no_dialog(request: &rsip::Request, tag: &str) -> rsip::Response {
+fn no_dialog(counters: &Counters, request: &rsip::Request, tag: &str) -> rsip::Response {
+    counters.refuse(RejectReason::NoDialog);
     crate::registrar::response(request, 481, "Call/Transaction Does Not Exist", tag, vec![])
 }
 

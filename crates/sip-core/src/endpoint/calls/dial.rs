@@ -175,12 +175,12 @@ impl SipCore {
         targets: &[Target],
         timeout: Option<Duration>,
         caller: (String, String),
-    ) -> Result<(), String> {
+    ) -> Result<(), CallError> {
         let now = self.now;
-        let local = self.local_addr().ok_or("no SIP socket")?;
-        let call = self.calls.get(&id).ok_or("the call is gone")?;
-        let offer = call.a_offer.clone().ok_or("no offer from the caller")?;
-        let relay_b = call.relay_b.ok_or("no media session")?;
+        let local = self.local_addr().ok_or(CallError::NoSocket)?;
+        let call = self.calls.get(&id).ok_or(CallError::Gone)?;
+        let offer = call.a_offer.clone().ok_or(CallError::NoOffer)?;
+        let relay_b = call.relay_b.ok_or(CallError::NoMedia)?;
         let caller_location = self.peers.get(&call.peer).and_then(|p| p.location.clone());
         let mut branches = Vec::new();
         for target in targets {
@@ -295,7 +295,7 @@ impl SipCore {
         if let Some(at) = fork.poll_timeout() {
             self.call_deadlines.push(std::cmp::Reverse((at, id)));
         }
-        let call = self.calls.get_mut(&id).ok_or("the call is gone")?;
+        let call = self.calls.get_mut(&id).ok_or(CallError::Gone)?;
         call.dial_command = command_id;
         call.branches = branches;
         call.fork = Some(fork);

@@ -160,6 +160,7 @@ impl SipCore {
                     .map(|p| p.codecs.clone())
                     .unwrap_or_default();
                 let (Some(offer), Some(relay)) = (offer, relay) else {
+                    self.counters.refuse(RejectReason::NotAcceptable);
                     return Some(crate::registrar::response(
                         request,
                         488,
@@ -169,6 +170,7 @@ impl SipCore {
                     ));
                 };
                 let Ok(mut answer) = offer.anchored(&codecs, relay, "phone") else {
+                    self.counters.refuse(RejectReason::NotAcceptable);
                     return Some(crate::registrar::response(
                         request,
                         488,
