@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rsip::prelude::*;
 
 use crate::error::{RejectLabels, RejectReason};
-use crate::guard::{self, Admission, Guard};
+use crate::guard::{self, Admission, SharedGuard};
 use crate::outbound::{self, OutboundRegistration};
 use crate::qualify::{Key, Qualifier};
 use crate::registrar::{Binding, Registrar, Source};
@@ -140,7 +140,7 @@ impl Counters {
 /// The shared state of the SIP side of the edge.
 pub struct SipCore {
     registrar: Registrar,
-    guard: Guard,
+    guard: std::sync::Arc<SharedGuard>,
     emergency_numbers: Vec<String>,
     transactions: HashMap<String, (ServerTransaction<Vec<u8>>, Path)>,
     /// When each transaction next needs `handle_timeout`, earliest first. Entries go
@@ -208,6 +208,10 @@ pub struct SipCore {
     /// Whether calls can get a task (the driver has a spawner).
     accepting_calls: bool,
     call_seq: u64,
+    /// (this shard, shards): see [`SipCore::set_shard`].
+    shard: (usize, usize),
+    /// What this shard last added to the shared gauges (registrations, calls up).
+    gauged: (i64, i64),
     /// The response being handed to its client transaction, parsed once: a call's
     /// B leg reads it from here instead of parsing the bytes again.
     last_response: Option<rsip::Response>,
@@ -246,7 +250,7 @@ impl SipCore {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         mut registrar: Registrar,
-        guard: Guard,
+        guard: std::sync::Arc<SharedGuard>,
         qualifier: Qualifier,
         emergency_numbers: Vec<String>,
         saved: Option<HashMap<String, Vec<Binding>>>,
@@ -262,7 +266,7 @@ impl SipCore {
             registrar.restore(saved_bindings.clone(), unix);
             saved_bindings.retain(|line, _| !registrar.has_line(line));
         }
-        let core = Self {
+        let mut core = Self {
             registrar,
             guard,
             emergency_numbers,
@@ -303,6 +307,8 @@ impl SipCore {
             call_deadlines: BinaryHeap::new(),
             accepting_calls: false,
             call_seq: 0,
+            shard: (0, 1),
+            gauged: (0, 0),
             last_response: None,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -340,13 +346,29 @@ impl SipCore {
         self.outbox.push_back(Datagram { path, bytes });
     }
 
+    /// A fresh token for tags, branches and Call-IDs: `<shard>s<hex>`, so that the
+    /// answers to our requests and the requests in our dialogs come back to this
+    /// shard ([`sip_wire::shard::shard_of`]).
     fn tag(&mut self) -> String {
         self.tag_counter += 1;
         format!(
-            "{:x}",
+            "{}s{:x}",
+            self.shard.0,
             self.tag_seed
                 .wrapping_add(self.tag_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15))
         )
+    }
+
+    /// This endpoint is shard `index` of `count` (the driver spreads messages over
+    /// them by Call-ID, and REGISTERs by line): its call ids are `index` modulo
+    /// `count`, and its tokens say `index`.
+    pub fn set_shard(&mut self, index: usize, count: usize) {
+        self.shard = (index, count.max(1));
+    }
+
+    /// Which shard this is, of how many.
+    pub fn shard(&self) -> (usize, usize) {
+        self.shard
     }
 
     /// The address advertised in Via and Contact instead of the bound one.

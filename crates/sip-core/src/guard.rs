@@ -183,6 +183,58 @@ impl Guard {
     }
 }
 
+/// The guard the edge's shards share: one [`Guard`] per stripe of source addresses,
+/// each behind its own lock, so that two shards contend only for the same source.
+pub struct SharedGuard {
+    stripes: Vec<std::sync::Mutex<Guard>>,
+}
+
+impl SharedGuard {
+    pub fn new(config: GuardConfig, exempt: &[IpAddr], stripes: usize) -> Self {
+        let stripes = stripes.max(1);
+        let config = GuardConfig {
+            max_sources: (config.max_sources / stripes).max(1),
+            ..config
+        };
+        Self {
+            stripes: (0..stripes)
+                .map(|_| std::sync::Mutex::new(Guard::new(config.clone(), exempt.iter().copied())))
+                .collect(),
+        }
+    }
+
+    fn stripe(&self, ip: IpAddr) -> std::sync::MutexGuard<'_, Guard> {
+        let key = match ip {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            IpAddr::V6(v6) => (u128::from(v6) ^ (u128::from(v6) >> 64)) as u64,
+        };
+        let index = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % self.stripes.len();
+        self.stripes[index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// See [`Guard::admit`].
+    pub fn admit(&self, now: Instant, ip: IpAddr, emergency: bool) -> Admission {
+        self.stripe(ip).admit(now, ip, emergency)
+    }
+
+    /// See [`Guard::auth_failed`].
+    pub fn auth_failed(&self, now: Instant, ip: IpAddr) -> bool {
+        self.stripe(ip).auth_failed(now, ip)
+    }
+
+    /// See [`Guard::set_exempt_nets`].
+    pub fn set_exempt_nets(&self, nets: Vec<ipnet::IpNet>) {
+        for stripe in &self.stripes {
+            stripe
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_exempt_nets(nets.clone());
+        }
+    }
+}
+
 /// Whether a raw message is an INVITE to one of `numbers`, read from the request line
 /// alone so that it can be decided before any parsing or limit.
 pub fn is_emergency_invite(bytes: &[u8], numbers: &[String]) -> bool {

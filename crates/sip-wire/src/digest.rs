@@ -520,8 +520,10 @@ pub fn verify(
     }
     match authority.check(&credentials.nonce, now) {
         NonceState::Valid => Verdict::Ok,
-        NonceState::Stale => Verdict::Stale,
-        NonceState::Forged => Verdict::Rejected,
+        // The password is right but the nonce is not one of ours: another shard's, or
+        // one from before a restart. Only the password's owner can answer a nonce, so a
+        // new challenge (stale=true) gives nothing away.
+        NonceState::Stale | NonceState::Forged => Verdict::Stale,
     }
 }
 
@@ -673,9 +675,17 @@ mod tests {
             Verdict::Stale,
             "expired"
         );
+        // A nonce that is not ours, answered with the right password (another shard's,
+        // one from before a restart): challenged again, not refused; with a wrong one,
+        // refused.
         let mut forged = a.issue(1_000);
         forged.replace_range(0..2, "ff");
         let creds = answer(&forged, "password", 1, Algorithm::Md5);
+        assert_eq!(
+            verify(&mut a, &creds, "phone", "REGISTER", Some("password"), 1_010),
+            Verdict::Stale
+        );
+        let creds = answer(&forged, "guess", 1, Algorithm::Md5);
         assert_eq!(
             verify(&mut a, &creds, "phone", "REGISTER", Some("password"), 1_010),
             Verdict::Rejected

@@ -7,6 +7,7 @@ use crate::wire::{parse, Parsed, StreamFramer, StreamItem, MAX_MESSAGE};
 /// framing yields the same messages whether the bytes come at once or in pieces, none
 /// larger than the cap; SDP that anchors prints back to SDP aimed at the relay.
 pub fn check(data: &[u8]) {
+    assert!(crate::shard::shard_of(data, 3) < 3);
     for datagram in [true, false] {
         match parse(data, datagram, "fz") {
             Ok(Parsed::Sip(_)) | Ok(Parsed::Extension(_)) => {}

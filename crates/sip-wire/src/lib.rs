@@ -12,4 +12,5 @@ pub mod digest;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod sdp;
+pub mod shard;
 pub mod wire;

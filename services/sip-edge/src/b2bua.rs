@@ -209,15 +209,15 @@ impl Call {
     fn fail(&self, id: u64, error: CallError) {
         let cause = error.q850();
         ended(
-            self.sip(|core| core.call_hangup(id, cause)),
+            self.sip(id, |core| core.call_hangup(id, cause)),
             cause,
             &error.to_string(),
         );
     }
 
-    /// Runs a command on the SIP side.
-    fn sip<R>(&self, f: impl FnOnce(&mut SipCore) -> R) -> R {
-        self.edge.with(|core, _| f(core))
+    /// Runs a command on the SIP side of call `id`.
+    fn sip<R>(&self, id: u64, f: impl FnOnce(&mut SipCore) -> R) -> R {
+        self.edge.with_call(id, f)
     }
 
     async fn run(self, task: CallTask) {
@@ -253,10 +253,10 @@ impl Call {
             return;
         };
         self.watch.register(&relay, &session_id, notify);
-        self.sip(|core| core.call_set_media(id, relay_a, relay_b));
+        self.sip(id, |core| core.call_set_media(id, relay_a, relay_b));
 
         let (to_router, events) = mpsc::unbounded_channel();
-        let context = self.sip(|core| core.peer_context(&call.peer));
+        let context = self.sip(id, |core| core.peer_context(&call.peer));
         let _ = to_router.send(Box::new(router::ChannelEvent {
             event: Some(channel_event::Event::NewChannel(router::NewChannel {
                 channel: call.channel.clone(),
@@ -324,7 +324,7 @@ impl Call {
                     let gone = match event {
                         CallEvent::MediaTimeout => {
                             // Asterisk's rtptimeout: both legs end, the dialplan hears it.
-                            ended(self.sip(|core| core.call_hangup(id, 16)), 16, "media timeout");
+                            ended(self.sip(id, |core| core.call_hangup(id, 16)), 16, "media timeout");
                             Some((16, "media timeout"))
                         }
                         CallEvent::CallerGone { cause, status } => {
@@ -385,7 +385,7 @@ impl Call {
             }
         }
         // Still up when the dialplan ends: Asterisk hangs up (cause 16) as well.
-        let status = self.sip(|core| core.call_hangup(id, 16));
+        let status = self.sip(id, |core| core.call_hangup(id, 16));
         if status.is_some() && !noted {
             ended(status, 16, "dialplan");
         }
@@ -441,7 +441,7 @@ impl Call {
     ) -> Step {
         use dialplan_command::Command;
         match what {
-            Command::Answer(_) => Step::done(self.sip(|core| core.call_answer(id))),
+            Command::Answer(_) => Step::done(self.sip(id, |core| core.call_answer(id))),
             Command::Indicate(indicate) => {
                 use router::indicate::Indication;
                 let status = match Indication::try_from(indicate.indication) {
@@ -451,7 +451,7 @@ impl Call {
                     Ok(Indication::Congestion) => 503,
                     _ => return Step::Done("unknown indication".into()),
                 };
-                Step::done(self.sip(|core| core.call_indicate(id, status)))
+                Step::done(self.sip(id, |core| core.call_indicate(id, status)))
             }
             Command::Dial(dial) => {
                 let targets: Vec<Target> = dial
@@ -461,6 +461,8 @@ impl Call {
                     .map(|t| Target {
                         peer: t.peer.clone(),
                         number: t.number.clone(),
+                        // A line's contacts, from the shard that keeps its bindings.
+                        contacts: self.edge.with_line(&t.peer, |core| core.contacts(&t.peer)),
                     })
                     .collect();
                 let caller = dial
@@ -469,7 +471,9 @@ impl Call {
                     .unwrap_or_default();
                 let timeout = (dial.timeout_secs > 0)
                     .then(|| Duration::from_secs(u64::from(dial.timeout_secs)));
-                match self.sip(|core| core.call_dial(id, command_id, &targets, timeout, caller)) {
+                match self.sip(id, |core| {
+                    core.call_dial(id, command_id, &targets, timeout, caller)
+                }) {
                     Ok(()) => Step::Waiting,
                     Err(e) => {
                         tracing::info!(error = %e, "Dial cannot start");
@@ -478,7 +482,7 @@ impl Call {
                 }
             }
             Command::ConnectVoicemail(connect) => {
-                if let Err(e) = self.sip(|core| core.call_answer(id)) {
+                if let Err(e) = self.sip(id, |core| core.call_answer(id)) {
                     return Step::Done(e.to_string());
                 }
                 let mut client = relay.client.clone();
@@ -494,7 +498,7 @@ impl Call {
             Command::Hangup(hangup) => {
                 let cause = if hangup.cause == 0 { 16 } else { hangup.cause };
                 ended(
-                    self.sip(|core| core.call_hangup(id, cause)),
+                    self.sip(id, |core| core.call_hangup(id, cause)),
                     cause,
                     "Hangup",
                 );

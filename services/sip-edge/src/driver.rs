@@ -22,6 +22,9 @@ use crate::wire::{StreamFramer, StreamItem};
 /// How long a TCP connection may stay silent before it is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(600);
 
+/// How late a timer may run so that timers close together run in one wake.
+pub const TIMER_SLACK: Duration = Duration::from_millis(10);
+
 /// A new call and the channels of its task: `events` from the SIP side, and `notify`
 /// for others (the relay's media-timeout watcher) to reach the task.
 #[derive(Debug)]
@@ -33,27 +36,38 @@ pub struct CallTask {
 
 type Bindings = HashMap<String, Vec<Binding>>;
 
-/// What the driver keeps beside the endpoint, under the same lock.
+/// One endpoint and what the driver keeps beside it, under the shard's own lock.
 struct State {
     core: SipCore,
-    /// Writers of the open TCP connections, by peer.
-    tcp: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
-    /// The event channel of each call's task.
+    /// The event channel of each of its calls' tasks.
     calls: HashMap<u64, mpsc::UnboundedSender<CallEvent>>,
-    spawner: Option<mpsc::UnboundedSender<CallTask>>,
-    /// The bindings writer (one write at a time; a copy that finds it busy is taken
-    /// again later).
-    persist: Option<mpsc::Sender<Bindings>>,
-    /// When the timer task will next wake by itself.
+    /// The deadline its timer task sleeps for (it wakes up to TIMER_SLACK later).
     armed: Option<Instant>,
 }
 
-/// The endpoint and its I/O. Shared by the socket readers, the timer task, the call
-/// tasks, the gRPC API and the resource watchers.
-pub struct Driver {
+struct Shard {
     state: Mutex<State>,
-    udp: Arc<UdpSocket>,
     wake: Notify,
+}
+
+/// What is written to disk: the latest bindings of each shard, and the writer.
+#[derive(Default)]
+struct Persist {
+    latest: Vec<Bindings>,
+    writer: Option<mpsc::Sender<Bindings>>,
+}
+
+/// The endpoints (one per shard) and their I/O. Shared by the socket readers, the
+/// timer tasks, the call tasks, the gRPC API and the resource watchers. A message
+/// locks only its own shard ([`sip_wire::shard::shard_of`]): by Call-ID, REGISTERs by
+/// line; a call's commands lock the shard of its id.
+pub struct Driver {
+    shards: Vec<Shard>,
+    udp: Arc<UdpSocket>,
+    /// Writers of the open TCP connections, by peer (locked to send over TCP only).
+    tcp: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>,
+    spawner: std::sync::OnceLock<mpsc::UnboundedSender<CallTask>>,
+    persist: Mutex<Persist>,
     /// Where the bindings are written, if anywhere.
     persist_path: Option<PathBuf>,
 }
@@ -99,39 +113,77 @@ pub fn write_registrations(path: &FsPath, bindings: &Bindings) -> std::io::Resul
     std::fs::rename(&tmp, path)
 }
 
+/// The saved bindings of the lines shard `index` of `shards` keeps.
+pub fn bindings_of_shard(saved: &Bindings, index: usize, shards: usize) -> Bindings {
+    saved
+        .iter()
+        .filter(|(line, _)| sip_wire::shard::shard_of_line(line, shards) == index)
+        .map(|(line, b)| (line.clone(), b.clone()))
+        .collect()
+}
+
 impl Driver {
-    /// The driver of `core`, sending UDP from `udp` (whose address the endpoint puts
-    /// in Via and Contact) and writing the bindings to `persist_path`.
-    pub fn new(mut core: SipCore, udp: Arc<UdpSocket>, persist_path: Option<PathBuf>) -> Self {
-        if let Ok(local) = udp.local_addr() {
-            core.set_local(local);
-        }
+    /// The driver of `cores` (shard `k` is `cores[k]`), sending UDP from `udp` (whose
+    /// address the endpoints put in Via and Contact) and writing the bindings to
+    /// `persist_path`. Only shard 0 registers to providers.
+    pub fn new(cores: Vec<SipCore>, udp: Arc<UdpSocket>, persist_path: Option<PathBuf>) -> Self {
+        let count = cores.len();
+        let local = udp.local_addr().ok();
+        let mut latest = Vec::new();
+        let shards = cores
+            .into_iter()
+            .enumerate()
+            .map(|(index, mut core)| {
+                if let Some(local) = local {
+                    core.set_local(local);
+                }
+                core.set_shard(index, count);
+                if index > 0 {
+                    core.set_registering(false);
+                }
+                latest.push(core.bindings());
+                Shard {
+                    state: Mutex::new(State {
+                        core,
+                        calls: HashMap::new(),
+                        armed: None,
+                    }),
+                    wake: Notify::new(),
+                }
+            })
+            .collect();
         Self {
-            state: Mutex::new(State {
-                core,
-                tcp: HashMap::new(),
-                calls: HashMap::new(),
-                spawner: None,
-                persist: None,
-                armed: None,
-            }),
+            shards,
             udp,
-            wake: Notify::new(),
+            tcp: Mutex::new(HashMap::new()),
+            spawner: std::sync::OnceLock::new(),
+            persist: Mutex::new(Persist {
+                latest,
+                writer: None,
+            }),
             persist_path,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// How many shards (endpoints) there are.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
     }
 
-    /// Runs `f` on the endpoint at the current time, then carries out its outputs.
-    pub fn with<R>(&self, f: impl FnOnce(&mut SipCore, Instant) -> R) -> R {
+    fn lock(&self, index: usize) -> MutexGuard<'_, State> {
+        self.shards[index]
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on shard `index` at the current time, then carries out its outputs.
+    pub fn with_shard<R>(&self, index: usize, f: impl FnOnce(&mut SipCore, Instant) -> R) -> R {
         let now = Instant::now();
-        let mut state = self.lock();
+        let mut state = self.lock(index);
         state.core.advance(now);
         let result = f(&mut state.core, now);
-        self.pump(&mut state);
+        self.pump(index, &mut state);
         let next = state.core.poll_timeout();
         let earlier = match (next, state.armed) {
             (Some(next), Some(armed)) => next < armed,
@@ -140,26 +192,52 @@ impl Driver {
         };
         drop(state);
         if earlier {
-            self.wake.notify_one();
+            self.shards[index].wake.notify_one();
         }
         result
     }
 
-    /// Sends what the endpoint queued and acts on its events. Sends happen under the
-    /// lock, so messages on one TCP connection leave in the order they were made (a
-    /// UDP send does not block; a TCP one is a queue push).
-    fn pump(&self, state: &mut State) {
-        // Acting on an event may queue more (a call refused as it starts).
-        while self.pump_once(state) {}
+    /// Runs `f` on the shard of call `id`.
+    pub fn with_call<R>(&self, id: u64, f: impl FnOnce(&mut SipCore) -> R) -> R {
+        let index = (id % self.shards.len() as u64) as usize;
+        self.with_shard(index, |core, _| f(core))
     }
 
-    fn pump_once(&self, state: &mut State) -> bool {
+    /// Runs `f` on the shard that keeps the registrations of `line`.
+    pub fn with_line<R>(&self, line: &str, f: impl FnOnce(&mut SipCore) -> R) -> R {
+        let index = sip_wire::shard::shard_of_line(line, self.shards.len());
+        self.with_shard(index, |core, _| f(core))
+    }
+
+    /// Runs `f` on every shard (configuration, queries over all of them).
+    pub fn each<R>(&self, mut f: impl FnMut(&mut SipCore) -> R) -> Vec<R> {
+        (0..self.shards.len())
+            .map(|index| self.with_shard(index, |core, _| f(core)))
+            .collect()
+    }
+
+    /// The message from `path`, to its shard.
+    pub fn handle(&self, path: Path, bytes: &[u8]) {
+        let index = sip_wire::shard::shard_of(bytes, self.shards.len());
+        self.with_shard(index, |core, now| core.handle_datagram(now, path, bytes));
+    }
+
+    /// Sends what shard `index` queued and acts on its events. Sends happen under the
+    /// shard's lock, so that its messages on one TCP connection leave in the order
+    /// they were made (a UDP send does not block; a TCP one is a queue push).
+    fn pump(&self, index: usize, state: &mut State) {
+        // Acting on an event may queue more (a call refused as it starts).
+        while self.pump_once(index, state) {}
+    }
+
+    fn pump_once(&self, index: usize, state: &mut State) -> bool {
         let mut busy = false;
         while let Some(datagram) = state.core.poll_transmit() {
             busy = true;
             let path = datagram.path;
             if path.reliable {
-                match state.tcp.get(&path.peer) {
+                let tcp = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
+                match tcp.get(&path.peer) {
                     Some(writer) => {
                         let _ = writer.send(datagram.bytes);
                     }
@@ -181,7 +259,7 @@ impl Driver {
                         events,
                         notify: notify.clone(),
                     };
-                    let started = state.spawner.as_ref().is_some_and(|s| s.send(task).is_ok());
+                    let started = self.spawner.get().is_some_and(|s| s.send(task).is_ok());
                     if started {
                         state.calls.insert(id, notify);
                     } else {
@@ -198,10 +276,20 @@ impl Driver {
                     state.calls.remove(&id);
                 }
                 Event::Persist(bindings) => {
-                    let sent = state
-                        .persist
+                    let mut persist = self.persist.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(latest) = persist.latest.get_mut(index) {
+                        *latest = bindings;
+                    }
+                    let all: Bindings = persist
+                        .latest
+                        .iter()
+                        .flatten()
+                        .map(|(l, b)| (l.clone(), b.clone()))
+                        .collect();
+                    let sent = persist
+                        .writer
                         .as_ref()
-                        .is_some_and(|w| w.try_send(bindings).is_ok());
+                        .is_some_and(|w| w.try_send(all).is_ok());
                     if !sent {
                         state.core.persistence_failed();
                     }
@@ -213,12 +301,11 @@ impl Driver {
 
     /// Where new calls get their task; INVITEs are taken from now on.
     pub fn set_spawner(&self, spawner: mpsc::UnboundedSender<CallTask>) {
-        let mut state = self.lock();
-        state.spawner = Some(spawner);
-        state.core.set_accepting_calls(true);
+        let _ = self.spawner.set(spawner);
+        self.each(|core| core.set_accepting_calls(true));
     }
 
-    /// The UDP socket the endpoint's datagrams leave from.
+    /// The UDP socket the endpoints' datagrams leave from.
     pub fn udp(&self) -> &Arc<UdpSocket> {
         &self.udp
     }
@@ -232,9 +319,7 @@ pub async fn serve_udp(edge: Arc<Driver>, stop: service_runtime::Shutdown) {
         tokio::select! {
             _ = stop.triggered() => return,
             received = socket.recv_from(&mut buffer) => match received {
-                Ok((len, from)) => {
-                    edge.with(|core, now| core.handle_datagram(now, Path::udp(from), &buffer[..len]));
-                }
+                Ok((len, from)) => edge.handle(Path::udp(from), &buffer[..len]),
                 Err(e) => tracing::debug!(error = %e, "SIP UDP receive error"),
             }
         }
@@ -271,8 +356,11 @@ async fn connection(
             }
         }
     });
-    edge.lock().tcp.insert(peer, tx.clone());
-    edge.with(|core, _| core.handle_connection_opened(peer));
+    edge.tcp
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(peer, tx.clone());
+    edge.each(|core| core.handle_connection_opened(peer));
     let mut framer = StreamFramer::new();
     let mut buffer = vec![0u8; 16 * 1024];
     'reading: loop {
@@ -295,7 +383,7 @@ async fn connection(
                     let _ = tx.send(b"\r\n".to_vec());
                 }
                 Ok(Some(StreamItem::Message(message))) => {
-                    edge.with(|core, now| core.handle_datagram(now, Path::tcp(peer), &message));
+                    edge.handle(Path::tcp(peer), &message);
                 }
                 Ok(None) => break,
                 Err(reason) => {
@@ -305,25 +393,32 @@ async fn connection(
             }
         }
     }
-    {
-        let mut state = edge.lock();
+    let closed = {
+        let mut tcp = edge.tcp.lock().unwrap_or_else(|e| e.into_inner());
         // A newer connection from the same address keeps its writer.
-        if state.tcp.get(&peer).is_some_and(|w| w.same_channel(&tx)) {
-            state.tcp.remove(&peer);
-            state.core.handle_connection_closed(peer);
+        let ours = tcp.get(&peer).is_some_and(|w| w.same_channel(&tx));
+        if ours {
+            tcp.remove(&peer);
         }
+        ours
+    };
+    if closed {
+        edge.each(|core| core.handle_connection_closed(peer));
     }
     drop(tx);
     let _ = write_task.await;
 }
 
-/// Runs the endpoint's timers until `stop`, sleeping until its next deadline (or until
-/// an input moves it earlier), then writes what changed in the bindings. The bindings
-/// are written by a task of their own, one write at a time, off the endpoint's lock.
+/// Runs every shard's timers until `stop`, then writes what changed in the bindings.
+/// The bindings are written by a task of their own, one write at a time, off the
+/// shards' locks.
 pub async fn run_timers(edge: Arc<Driver>, stop: service_runtime::Shutdown) {
     let writer = edge.persist_path.clone().map(|path| {
         let (to_writer, mut writes) = mpsc::channel::<Bindings>(1);
-        edge.lock().persist = Some(to_writer);
+        edge.persist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .writer = Some(to_writer);
         let edge = edge.clone();
         tokio::spawn(async move {
             while let Some(bindings) = writes.recv().await {
@@ -338,35 +433,58 @@ pub async fn run_timers(edge: Arc<Driver>, stop: service_runtime::Shutdown) {
                     Err(e) => e.to_string(),
                 };
                 tracing::error!(path = %shown, %error, "cannot persist registrations");
-                edge.with(|core, _| core.persistence_failed());
+                edge.each(|core| core.persistence_failed());
             }
         })
     });
-    loop {
-        let next = edge.with(|core, now| {
-            core.handle_timeout(now);
-            core.poll_timeout()
-        });
-        // At least a millisecond apart: a deadline that stays in the past cannot spin.
-        let now = Instant::now();
-        let at = next
-            .unwrap_or(now + Duration::from_secs(3600))
-            .max(now + Duration::from_millis(1));
-        edge.lock().armed = Some(at);
-        tokio::select! {
-            _ = stop.triggered() => break,
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
-            _ = edge.wake.notified() => {}
-        }
+    let timers: Vec<_> = (0..edge.shards())
+        .map(|index| tokio::spawn(shard_timers(edge.clone(), index, stop.clone())))
+        .collect();
+    for timer in timers {
+        let _ = timer.await;
     }
-    edge.lock().persist = None;
+    edge.persist
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .writer = None;
     if let Some(writer) = writer {
         let _ = writer.await;
     }
-    let last = edge.with(|core, _| core.flush());
-    if let (Some(bindings), Some(path)) = (last, &edge.persist_path) {
-        if let Err(e) = write_registrations(path, &bindings) {
+    let changed = edge.each(|core| core.flush().is_some());
+    if let (true, Some(path)) = (changed.contains(&true), &edge.persist_path) {
+        let all: Bindings = edge
+            .each(|core| core.bindings())
+            .into_iter()
+            .flatten()
+            .collect();
+        if let Err(e) = write_registrations(path, &all) {
             tracing::error!(path = %path.display(), error = %e, "cannot persist registrations");
+        }
+    }
+}
+
+/// One shard's timers: sleeps until its endpoint's next deadline (or until an input
+/// moves it earlier).
+async fn shard_timers(edge: Arc<Driver>, index: usize, stop: service_runtime::Shutdown) {
+    loop {
+        let next = edge.with_shard(index, |core, now| {
+            core.handle_timeout(now);
+            core.poll_timeout()
+        });
+        // Timers due within TIMER_SLACK of each other run in one wake (thousands of
+        // transactions make thousands of distinct deadlines a second; SIP's timers are
+        // hundreds of milliseconds long), and a deadline left in the past cannot spin.
+        let now = Instant::now();
+        let at = next
+            .unwrap_or(now + Duration::from_secs(3600))
+            .max(now + TIMER_SLACK);
+        // Inputs wake the task only for a deadline earlier than the one it knows of
+        // (not for one inside the slack it added).
+        edge.lock(index).armed = next;
+        tokio::select! {
+            _ = stop.triggered() => break,
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+            _ = edge.shards[index].wake.notified() => {}
         }
     }
 }

@@ -135,6 +135,10 @@ pub struct Config {
     /// This replica's name in the Lease: the pod's name (default: the host name).
     #[arg(long, env = "PHONE_POD_NAME")]
     pub pod_name: Option<String>,
+    /// SIP endpoints to spread calls and registrations over (by Call-ID, REGISTERs by
+    /// line), each with its own lock and timers; 0: one per core.
+    #[arg(long, env = "PHONE_SIP_SHARDS", default_value_t = 0)]
+    pub sip_shards: usize,
 }
 
 impl Config {
@@ -163,6 +167,7 @@ impl Config {
             pod_name: None,
             media_relay_service: None,
             router_service: None,
+            sip_shards: 0,
         }
     }
 }
@@ -500,7 +505,15 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         source,
     })?;
     let trunks = trunks(&sip).await;
-    let guard = guard::Guard::new(
+    let shards = match config.sip_shards {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let exempt: Vec<std::net::IpAddr> = trunks
+        .iter()
+        .flat_map(|t| t.addrs.iter().map(|a| a.ip()))
+        .collect();
+    let guard = Arc::new(guard::SharedGuard::new(
         guard::GuardConfig {
             rate: config.rate_limit,
             burst: config.rate_burst,
@@ -509,24 +522,29 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
             ban_time: config.ban_time,
             ..guard::GuardConfig::default()
         },
-        trunks
-            .iter()
-            .flat_map(|t| t.addrs.iter().map(|a| a.ip()))
-            .collect::<Vec<_>>(),
-    );
+        &exempt,
+        shards,
+    ));
     let persist = config.data_dir.join("registrations.json");
-    let mut core = endpoint::SipCore::new(
-        registrar_for(&sip, &config.auth_algorithms.0),
-        guard,
-        qualifier_for(&sip),
-        config.emergency_numbers.clone(),
-        Some(driver::load_bindings(&persist)),
-        counters,
-        (std::time::Instant::now(), driver::unix_now()),
-        driver::random_seed(),
-    );
-    core.set_file_config(file_lines(&sip), peer_infos(&sip, &trunks), mwi_lines(&sip));
-    core.set_trunks(trunks);
+    let saved = driver::load_bindings(&persist);
+    let epoch = (std::time::Instant::now(), driver::unix_now());
+    let cores = (0..shards)
+        .map(|index| {
+            let mut core = endpoint::SipCore::new(
+                registrar_for(&sip, &config.auth_algorithms.0),
+                guard.clone(),
+                qualifier_for(&sip),
+                config.emergency_numbers.clone(),
+                Some(driver::bindings_of_shard(&saved, index, shards)),
+                counters.clone(),
+                epoch,
+                driver::random_seed(),
+            );
+            core.set_file_config(file_lines(&sip), peer_infos(&sip, &trunks), mwi_lines(&sip));
+            core.set_trunks(trunks.clone());
+            core
+        })
+        .collect();
     let peers = Peers {
         router: Balanced::new(&config.router_url)?,
         media_relays: relays::RelayPool::new(&config.media_relays)?,
@@ -554,7 +572,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         router_service: config.router_service,
         advertise_ip: config.advertise_ip,
         sip,
-        edge: Arc::new(driver::Driver::new(core, Arc::new(udp), Some(persist))),
+        edge: Arc::new(driver::Driver::new(cores, Arc::new(udp), Some(persist))),
         tcp,
         peers,
     })
@@ -617,7 +635,7 @@ impl Bound {
         }
         if let (Some((client, namespace)), Some((name, timing))) = (&kube, lease) {
             // Registering waits for the Lease (set before the first tick).
-            edge.with(|core, _| core.set_registering(false));
+            edge.with_shard(0, |core, _| core.set_registering(false));
             let registering = edge.clone();
             let stop = shutdown.clone();
             tokio::spawn(phone_kube::lease::hold(
@@ -626,13 +644,13 @@ impl Bound {
                 identity.clone(),
                 timing,
                 move |holding| {
-                    registering.with(|core, _| core.set_registering(holding));
+                    registering.with_shard(0, |core, _| core.set_registering(holding));
                 },
                 async move { stop.triggered().await },
             ));
         }
         if let Some((client, namespace)) = kube {
-            edge.with(|core, _| core.expect_resource_lines());
+            edge.each(|core| core.expect_resource_lines());
             tokio::spawn(trunks::run(
                 client.clone(),
                 namespace.clone(),
@@ -659,11 +677,13 @@ impl Bound {
             server.in_flight(),
         );
         edge.set_spawner(spawner);
-        edge.with(|core, _| {
-            core.set_outbound(outbound);
-            core.set_advertise(advertise);
-        });
-        tokio::spawn(driver::serve_udp(edge.clone(), shutdown.clone()));
+        edge.with_shard(0, |core, _| core.set_outbound(outbound));
+        edge.each(|core| core.set_advertise(advertise));
+        // A reader per shard on the one socket: any reader takes any message, to its
+        // shard.
+        for _ in 0..edge.shards() {
+            tokio::spawn(driver::serve_udp(edge.clone(), shutdown.clone()));
+        }
         tokio::spawn(driver::serve_tcp(edge.clone(), tcp, shutdown.clone()));
         let ticker = tokio::spawn(driver::run_timers(edge.clone(), shutdown.clone()));
         server
@@ -695,16 +715,21 @@ impl Edge for EdgeApi {
         if update.mailbox.is_empty() {
             return Err(Status::invalid_argument("mailbox is empty"));
         }
-        let notified = self.edge.with(|core, _| {
-            core.update_mailbox(
-                &update.mailbox,
-                &update.context,
-                update.new_messages,
-                update.old_messages,
-                update.urgent_new,
-                update.urgent_old,
-            )
-        });
+        // Each shard lights the lamps of the subscriptions and bindings it keeps.
+        let notified = self
+            .edge
+            .each(|core| {
+                core.update_mailbox(
+                    &update.mailbox,
+                    &update.context,
+                    update.new_messages,
+                    update.old_messages,
+                    update.urgent_new,
+                    update.urgent_old,
+                )
+            })
+            .into_iter()
+            .sum();
         Ok(Response::new(MailboxUpdateResponse { notified }))
     }
 
@@ -713,20 +738,26 @@ impl Edge for EdgeApi {
         request: Request<ListRegistrationsRequest>,
     ) -> Result<Response<ListRegistrationsResponse>, Status> {
         let peer = request.into_inner().peer;
-        let registrations = self.edge.with(|core, _| {
-            core.registrations(Some(peer.as_str()).filter(|p| !p.is_empty()))
-                .into_iter()
-                .map(|(line, b)| Registration {
-                    reachable: core.reachable(&line, &b.contact),
-                    peer: line,
-                    contact: b.contact,
-                    expires_time: i64::try_from(b.expires_at).unwrap_or(i64::MAX),
-                    source: b.source.to_string(),
-                    transport: b.transport,
-                    user_agent: b.user_agent.unwrap_or_default(),
-                })
-                .collect()
-        });
+        let mut registrations: Vec<Registration> = self
+            .edge
+            .each(|core| {
+                core.registrations(Some(peer.as_str()).filter(|p| !p.is_empty()))
+                    .into_iter()
+                    .map(|(line, b)| Registration {
+                        reachable: core.reachable(&line, &b.contact),
+                        peer: line,
+                        contact: b.contact,
+                        expires_time: i64::try_from(b.expires_at).unwrap_or(i64::MAX),
+                        source: b.source.to_string(),
+                        transport: b.transport,
+                        user_agent: b.user_agent.unwrap_or_default(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .into_iter()
+            .flatten()
+            .collect();
+        registrations.sort_by(|a, b| (&a.peer, &a.contact).cmp(&(&b.peer, &b.contact)));
         Ok(Response::new(ListRegistrationsResponse { registrations }))
     }
 }

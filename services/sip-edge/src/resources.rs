@@ -65,7 +65,13 @@ pub async fn run(
                 .filter_map(|r| r.outcome.as_ref().ok().cloned())
                 .collect();
             let count = usable.len();
-            let gone = edge.with(|core, _| core.set_resource_lines(usable));
+            let mut gone: Vec<String> = edge
+                .each(|core| core.set_resource_lines(usable.clone()))
+                .into_iter()
+                .flatten()
+                .collect();
+            gone.sort();
+            gone.dedup();
             tracing::info!(lines = count, ended = gone.len(), "line resources applied");
             *resolved.lock().unwrap_or_else(|e| e.into_inner()) = now;
         }
@@ -173,12 +179,15 @@ async fn write_status(
     let wanted: Vec<(String, LineStatus)> = {
         let resolved = resolved.lock().unwrap_or_else(|e| e.into_inner());
         written.retain(|name, _| resolved.iter().any(|r| &r.name == name));
-        edge.with(|core, _| {
-            resolved
-                .iter()
-                .map(|r| (r.name.clone(), status_of(core, r)))
-                .collect()
-        })
+        resolved
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    edge.with_line(&r.peer, |core| status_of(core, r)),
+                )
+            })
+            .collect()
     };
     phone_kube::write_changed(lines, wanted, written, |status| {
         serde_json::json!({

@@ -98,7 +98,19 @@ pub async fn run(
                 });
             }
             let count = usable.len();
-            edge.with(|core, _| core.set_resource_trunks(usable));
+            // Only shard 0 registers to providers; every shard knows the trunks.
+            for index in 1..edge.shards() {
+                let without: Vec<ResourceTrunk> = usable
+                    .iter()
+                    .map(|r| ResourceTrunk {
+                        trunk: r.trunk.clone(),
+                        peer: r.peer.clone(),
+                        registration: None,
+                    })
+                    .collect();
+                edge.with_shard(index, |core, _| core.set_resource_trunks(without));
+            }
+            edge.with_shard(0, |core, _| core.set_resource_trunks(usable));
             tracing::info!(trunks = count, "trunk resources applied");
             *resolved.lock().unwrap_or_else(|e| e.into_inner()) = now;
         }
@@ -222,7 +234,7 @@ async fn status_task(
         let wanted: Option<Vec<(String, TrunkStatus)>> = {
             let resolved = resolved.lock().unwrap_or_else(|e| e.into_inner());
             written.retain(|name, _| resolved.iter().any(|r| &r.name == name));
-            edge.with(|core, _| {
+            edge.with_shard(0, |core, _| {
                 core.registering().then(|| {
                     resolved
                         .iter()

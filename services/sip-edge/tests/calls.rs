@@ -693,7 +693,7 @@ async fn an_emergency_call_carries_the_lines_location_to_the_carrier() {
     };
     system
         .edge
-        .with(|core, _| core.set_resource_lines(vec![line]));
+        .each(|core| core.set_resource_lines(vec![line.clone()]));
     let phone = Peer::new(system.edge_sip).await;
     let rtp = rtp_socket().await;
     let call = |number: &str, call_id: &str, auth: &str, cseq: u32| {

@@ -614,9 +614,11 @@ async fn invite_final(
     extra: &str,
 ) -> String {
     let local = socket.local_addr().unwrap();
+    // A retry with credentials (`<branch>-2`) keeps its challenged INVITE's Call-ID.
+    let call_id = branch.split('-').next().unwrap_or(branch);
     let invite = format!(
         "INVITE sip:{number}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch}\r\nMax-Forwards: 70\r\n\
-To: <sip:{number}@127.0.0.1>\r\nFrom: <sip:13105550199@carrier.example.com>;tag=c1\r\nCall-ID: {branch}@test\r\n\
+To: <sip:{number}@127.0.0.1>\r\nFrom: <sip:13105550199@carrier.example.com>;tag=c1\r\nCall-ID: {call_id}@test\r\n\
 CSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
     );
     socket.send_to(invite.as_bytes(), edge).await.unwrap();
@@ -661,16 +663,17 @@ async fn invites_from_the_trunk_are_not_challenged_and_phones_must_authenticate(
         .expect("Proxy-Authenticate");
     let challenge = Challenge::parse(header).unwrap();
     let uri = "sip:13105550199@127.0.0.1";
+    // Each retry keeps its challenged INVITE's Call-ID (RFC 3261 §22.2), as phones do:
+    // the edge's shards are chosen by Call-ID.
     for (password, branch, expected) in [
-        ("password", "z9hG4bKp2", "SIP/2.0 488 "),
-        ("guess", "z9hG4bKp3", "SIP/2.0 403 "),
+        ("password", "z9hG4bKp1-2", "SIP/2.0 488 "),
+        ("guess", "z9hG4bKp3-2", "SIP/2.0 403 "),
     ] {
         let nonce_challenge = if password == "password" {
             challenge.clone()
         } else {
             // A fresh nonce for the second try (nonces are single-use).
-            let again =
-                invite_final(&phone, edge.sip, "13105550199", &format!("{branch}x"), "").await;
+            let again = invite_final(&phone, edge.sip, "13105550199", "z9hG4bKp3", "").await;
             Challenge::parse(
                 again
                     .split("\r\n")

@@ -125,6 +125,10 @@ pub struct Target {
     pub peer: String,
     /// `SIP/<number>@<peer>`; empty for `SIP/<peer>`.
     pub number: String,
+    /// A line's reachable registered contacts (Request-URI, where to send), from
+    /// [`SipCore::contacts`] on the shard that holds the line's registrations; unused
+    /// for a trunk.
+    pub contacts: Vec<(String, Path)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,7 +400,8 @@ impl SipCore {
             return Err(Box::new((tx, response)));
         };
         self.call_seq += 1;
-        let id = self.call_seq;
+        let (shard, shards) = self.shard;
+        let id = self.call_seq * shards as u64 + shard as u64;
         let channel = format!(
             "SIP/{peer}-{:08x}",
             (self.tag_seed as u32).wrapping_add(id as u32)
@@ -474,7 +479,7 @@ impl SipCore {
                 bridged: None,
             },
         );
-        self.counters.calls_active.set(self.calls.len() as i64);
+        self.gauge_calls();
         Ok(())
     }
 
@@ -665,8 +670,15 @@ impl SipCore {
             }
             tracing::info!(channel = %call.channel, "call ended");
             self.events.push_back(Event::CallGone(id));
-            self.counters.calls_active.set(self.calls.len() as i64);
+            self.gauge_calls();
         }
+    }
+
+    /// The shared calls-up gauge, by this shard's change.
+    fn gauge_calls(&mut self) {
+        let now = self.calls.len() as i64;
+        self.counters.calls_active.inc_by(now - self.gauged.1);
+        self.gauged.1 = now;
     }
 
     /// BYE to the caller.

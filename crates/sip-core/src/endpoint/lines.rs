@@ -5,6 +5,11 @@
 use super::*;
 
 impl SipCore {
+    /// Every binding this endpoint keeps (what [`Event::Persist`] hands out).
+    pub fn bindings(&self) -> HashMap<String, Vec<Binding>> {
+        self.registrar.snapshot()
+    }
+
     /// A wrong password from `source`: counted, and banned after repeated tries.
     pub(super) fn auth_failed(&mut self, source: std::net::IpAddr) {
         self.counters.auth_failures.inc();
@@ -59,10 +64,10 @@ impl SipCore {
         out
     }
 
-    pub(super) fn update_gauge(&self) {
-        self.counters
-            .registrations
-            .set(self.registrar.binding_count() as i64);
+    pub(super) fn update_gauge(&mut self) {
+        let now = self.registrar.binding_count() as i64;
+        self.counters.registrations.inc_by(now - self.gauged.0);
+        self.gauged.0 = now;
     }
 
     /// Marks the bindings changed; `handle_timeout` hands them out for writing and

@@ -300,7 +300,7 @@ mod trunk_tests {
     fn core() -> SipCore {
         SipCore::new(
             crate::registrar::Registrar::new(Default::default(), Vec::new(), [7; 32]),
-            Guard::new(Default::default(), []),
+            std::sync::Arc::new(crate::guard::SharedGuard::new(Default::default(), &[], 1)),
             Qualifier::new(HashMap::new()),
             Vec::new(),
             None,

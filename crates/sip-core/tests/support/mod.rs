@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use sip_core::endpoint::{CallEvent, Counters, Event, Path, PeerInfo, SipCore, Target, Trunk};
-use sip_core::guard::{Guard, GuardConfig};
+use sip_core::guard::{GuardConfig, SharedGuard};
 use sip_core::qualify::Qualifier;
 use sip_core::registrar::{Binding, Line, Registrar, RegistrarConfig};
 
@@ -329,7 +329,11 @@ impl Sim {
             registered_at: UNIX,
         };
         let saved = HashMap::from([("desk".to_owned(), vec![binding])]);
-        let guard = Guard::new(GuardConfig::default(), [CARRIER.ip(), PHONE.ip()]);
+        let guard = std::sync::Arc::new(SharedGuard::new(
+            GuardConfig::default(),
+            &[CARRIER.ip(), PHONE.ip()],
+            1,
+        ));
         let mut edge = SipCore::new(
             registrar,
             guard,
@@ -433,6 +437,7 @@ impl Sim {
                 let desk = Target {
                     peer: "desk".into(),
                     number: String::new(),
+                    contacts: self.edge.contacts("desk"),
                 };
                 let caller = (call.caller_number, call.caller_name);
                 self.edge

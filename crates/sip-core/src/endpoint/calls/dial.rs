@@ -116,6 +116,16 @@ pub(super) fn build_ack(branch: &Branch, local: Option<SocketAddr>, seed: &str) 
 }
 
 impl SipCore {
+    /// Where a Dial to `line` rings: each of its registered contacts that answers its
+    /// keep-alives, as (Request-URI, path).
+    pub fn contacts(&self, line: &str) -> Vec<(String, Path)> {
+        self.registrations(Some(line))
+            .into_iter()
+            .filter(|(line, binding)| self.reachable(line, &binding.contact))
+            .filter_map(|(_, binding)| Some((uri_of(&binding.contact), self.path_to(&binding)?)))
+            .collect()
+    }
+
     /// A 2xx to a B leg's INVITE whose call is gone (the caller's CANCEL or the Dial's
     /// timeout crossed the callee's answer): ACK it, each time it comes, and end the
     /// dialog it made with one BYE (RFC 3261 §15, §13.2.2.4).
@@ -199,14 +209,7 @@ impl SipCore {
                 let host = info.host.clone().unwrap_or_else(|| addr.ip().to_string());
                 destinations.push((format!("sip:{number}@{host}"), Path::udp(addr)));
             } else {
-                for (line, binding) in self.registrations(Some(&target.peer)) {
-                    if !self.reachable(&line, &binding.contact) {
-                        continue;
-                    }
-                    if let Some(path) = self.path_to(&binding) {
-                        destinations.push((uri_of(&binding.contact), path));
-                    }
-                }
+                destinations.extend(target.contacts.iter().cloned());
             }
             let codecs = info.codecs.clone();
             let Ok(sdp) = offer.anchored(&codecs, relay_b, "phone") else {
