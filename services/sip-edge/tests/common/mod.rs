@@ -135,6 +135,8 @@ impl System {
         stops.push(stop);
 
         let mut config = sip_edge::Config::loopback(conf.path().to_owned(), data.path().to_owned());
+        // Three shards whatever the machine: every message must find its shard.
+        config.sip_shards = 3;
         config.router_url = router_url;
         config.media_relays = vec![relay_url.clone()];
         let edge = sip_edge::bind(config).await.unwrap();
