@@ -182,18 +182,14 @@ pub struct Call {
 }
 
 /// `<sip:x@y>;params` or `sip:x@y` to the URI.
+/// The URI of a name-addr (`sip_wire::build::uri`), owned.
 fn uri_of(value: &str) -> String {
-    match (value.find('<'), value.find('>')) {
-        (Some(start), Some(end)) if start < end => value[start + 1..end].to_owned(),
-        _ => value.split(';').next().unwrap_or(value).trim().to_owned(),
-    }
+    sip_wire::build::uri(value).to_owned()
 }
 
+/// The tag of a From or To value (`sip_wire::build::tag`), owned.
 fn tag_of(value: &str) -> Option<String> {
-    value
-        .split(';')
-        .find_map(|p| p.trim().strip_prefix("tag="))
-        .map(|t| t.trim().to_owned())
+    sip_wire::build::tag(value).map(str::to_owned)
 }
 
 fn sdp_remote(session: &sdp::Session) -> Option<SocketAddr> {
