@@ -105,8 +105,8 @@ pub enum Event {
     Call { id: u64, event: CallEvent },
     /// The call is gone from the SIP side: its task gets no more events.
     CallGone(u64),
-    /// The bindings changed: write this copy (see [`PERSIST_EVERY`]); report a failed
-    /// write with [`SipCore::persistence_failed`].
+    /// Bindings changed: each changed line's whole list (empty: it has none left), to
+    /// add to what is persisted (see [`PERSIST_EVERY`]).
     Persist(HashMap<String, Vec<Binding>>),
 }
 
@@ -190,6 +190,8 @@ pub struct SipCore {
     /// [`PERSIST_EVERY`], and by `flush` at shutdown (a write per REGISTER would cost
     /// the whole table each time).
     dirty: bool,
+    /// The lines whose bindings changed since they were last handed out.
+    changed: HashSet<String>,
     last_write: Instant,
     counters: Counters,
     tag_seed: u64,
@@ -294,6 +296,7 @@ impl SipCore {
             subscriptions: HashMap::new(),
             persist,
             dirty: false,
+            changed: HashSet::new(),
             last_write: now,
             counters,
             tag_seed: seed,
@@ -609,8 +612,9 @@ impl SipCore {
         if now >= self.next_second {
             self.next_second = now + Duration::from_secs(1);
             let unix = self.unix();
-            if !self.registrar.expire(unix).is_empty() {
-                self.persist();
+            let expired = self.registrar.expire(unix);
+            if !expired.is_empty() {
+                self.persist(&expired);
             }
             let bindings: Vec<Key> = self
                 .registrar

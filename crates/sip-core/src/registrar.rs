@@ -184,6 +184,11 @@ impl Registrar {
     }
 
     /// Every binding, for persisting.
+    /// A line's bindings, expired or not.
+    pub fn bindings_of(&self, line: &str) -> &[Binding] {
+        self.bindings.get(line).map_or(&[], Vec::as_slice)
+    }
+
     pub fn snapshot(&self) -> HashMap<String, Vec<Binding>> {
         self.bindings.clone()
     }

@@ -44,7 +44,7 @@ fn answered_call(sim: &mut Sim) -> (CarrierCall, Msg) {
 fn assert_idle(sim: &mut Sim) {
     sim.settle(Duration::from_secs(300));
     assert_eq!(
-        sim.edge.held(),
+        sim.held(),
         Held::default(),
         "after {:?}",
         sim.elapsed()

@@ -50,11 +50,44 @@ struct Shard {
     wake: Notify,
 }
 
-/// What is written to disk: the latest bindings of each shard, and the writer.
+/// The registrations on disk: `<data-dir>/registrations.json` (the whole table, as of
+/// the last compaction) and `registrations.journal` after it (one JSON line per changed
+/// line: its whole list of bindings, empty when it has none left). The shards hand
+/// their changes over here; a thread of its own appends them, and rewrites the table
+/// when the journal has grown past a few times its size, at start and at shutdown.
 #[derive(Default)]
-struct Persist {
-    latest: Vec<Bindings>,
-    writer: Option<mpsc::Sender<Bindings>>,
+struct Journal {
+    pending: Mutex<Pending>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// Changes not written yet, the latest per line.
+    changes: Bindings,
+    /// The table as loaded, for the writer to start from.
+    start: Option<Bindings>,
+    closed: bool,
+}
+
+/// One line of the journal.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Entry {
+    line: String,
+    bindings: Vec<Binding>,
+}
+
+impl Journal {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, changes: Bindings, close: bool) {
+        let mut pending = self.lock();
+        pending.changes.extend(changes);
+        pending.closed |= close;
+        self.wake.notify_one();
+    }
 }
 
 /// The endpoints (one per shard) and their I/O. Shared by the socket readers, the
@@ -67,7 +100,7 @@ pub struct Driver {
     /// Writers of the open TCP connections, by peer (locked to send over TCP only).
     tcp: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>,
     spawner: std::sync::OnceLock<mpsc::UnboundedSender<CallTask>>,
-    persist: Mutex<Persist>,
+    journal: Arc<Journal>,
     /// Where the bindings are written, if anywhere.
     persist_path: Option<PathBuf>,
 }
@@ -94,14 +127,118 @@ pub fn random_seed() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// Reads persisted bindings, if any.
+/// The journal beside the registrations file.
+fn journal_path(path: &FsPath) -> PathBuf {
+    path.with_extension("journal")
+}
+
+/// Reads persisted bindings, if any: the table, then the journal's changes in order
+/// (a torn last line, from a crash mid-write, is skipped).
 pub fn load_bindings(path: &FsPath) -> Bindings {
-    match std::fs::read(path) {
+    let mut table: Bindings = match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             tracing::warn!(path = %path.display(), error = %e, "registrations file unreadable; starting empty");
             HashMap::new()
         }),
         Err(_) => HashMap::new(),
+    };
+    let journal = std::fs::read(journal_path(path)).unwrap_or_default();
+    for (n, line) in journal.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Entry>(line) {
+            Ok(Entry { line, bindings }) if bindings.is_empty() => {
+                table.remove(&line);
+            }
+            Ok(Entry { line, bindings }) => {
+                table.insert(line, bindings);
+            }
+            Err(e) => {
+                tracing::warn!(path = %journal_path(path).display(), line = n + 1, error = %e, "registrations journal line unreadable; skipped")
+            }
+        }
+    }
+    table
+}
+
+/// Appends changes to the journal.
+fn append_journal(path: &FsPath, changes: &Bindings) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = Vec::new();
+    for (line, bindings) in changes {
+        serde_json::to_writer(
+            &mut out,
+            &Entry {
+                line: line.clone(),
+                bindings: bindings.clone(),
+            },
+        )
+        .map_err(std::io::Error::other)?;
+        out.push(b'\n');
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(journal_path(path))?
+        .write_all(&out)
+}
+
+/// Writes the whole table (dropping what has expired), then empties the journal. A
+/// crash between the two replays the journal onto a table that has it already: each
+/// entry is a line's whole list, so that changes nothing.
+fn compact(path: &FsPath, table: &mut Bindings) -> std::io::Result<()> {
+    let now = unix_now();
+    table.retain(|_, bindings| {
+        bindings.retain(|b| b.expires_at > now);
+        !bindings.is_empty()
+    });
+    write_registrations(path, table)?;
+    std::fs::File::create(journal_path(path)).map(drop)
+}
+
+/// The journal's writer: appends what the shards hand over, compacts now and then,
+/// until the journal is closed.
+fn write_journal(path: &FsPath, mut table: Bindings, journal: &Journal) {
+    // The journal may compact once it holds this many entries past the table's size.
+    const SLACK: usize = 1_000;
+    let mut appended = 0;
+    let mut healthy = compact(path, &mut table).is_ok();
+    loop {
+        let (changes, closed) = {
+            let mut pending = journal.lock();
+            while pending.changes.is_empty() && !pending.closed {
+                pending = journal
+                    .wake
+                    .wait(pending)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            (std::mem::take(&mut pending.changes), pending.closed)
+        };
+        let written = healthy && append_journal(path, &changes).is_ok();
+        appended += changes.len();
+        for (line, bindings) in changes {
+            if bindings.is_empty() {
+                table.remove(&line);
+            } else {
+                table.insert(line, bindings);
+            }
+        }
+        if !written || closed || appended > 4 * table.len() + SLACK {
+            healthy = match compact(path, &mut table) {
+                Ok(()) => {
+                    appended = 0;
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot persist registrations");
+                    false
+                }
+            };
+        }
+        if closed {
+            return;
+        }
     }
 }
 
@@ -124,12 +261,21 @@ pub fn bindings_of_shard(saved: &Bindings, index: usize, shards: usize) -> Bindi
 
 impl Driver {
     /// The driver of `cores` (shard `k` is `cores[k]`), sending UDP from `udp` (whose
-    /// address the endpoints put in Via and Contact) and writing the bindings to
-    /// `persist_path`. Only shard 0 registers to providers.
-    pub fn new(cores: Vec<SipCore>, udp: Arc<UdpSocket>, persist_path: Option<PathBuf>) -> Self {
+    /// address the endpoints put in Via and Contact) and keeping the bindings at
+    /// `persist`'s path, starting from the table loaded from it. Only shard 0
+    /// registers to providers.
+    pub fn new(
+        cores: Vec<SipCore>,
+        udp: Arc<UdpSocket>,
+        persist: Option<(PathBuf, Bindings)>,
+    ) -> Self {
         let count = cores.len();
         let local = udp.local_addr().ok();
-        let mut latest = Vec::new();
+        let journal = Journal::default();
+        let persist_path = persist.map(|(path, table)| {
+            journal.lock().start = Some(table);
+            path
+        });
         let shards = cores
             .into_iter()
             .enumerate()
@@ -141,7 +287,6 @@ impl Driver {
                 if index > 0 {
                     core.set_registering(false);
                 }
-                latest.push(core.bindings());
                 Shard {
                     state: Mutex::new(State {
                         core,
@@ -157,10 +302,7 @@ impl Driver {
             udp,
             tcp: Mutex::new(HashMap::new()),
             spawner: std::sync::OnceLock::new(),
-            persist: Mutex::new(Persist {
-                latest,
-                writer: None,
-            }),
+            journal: Arc::new(journal),
             persist_path,
         }
     }
@@ -275,25 +417,7 @@ impl Driver {
                 Event::CallGone(id) => {
                     state.calls.remove(&id);
                 }
-                Event::Persist(bindings) => {
-                    let mut persist = self.persist.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(latest) = persist.latest.get_mut(index) {
-                        *latest = bindings;
-                    }
-                    let all: Bindings = persist
-                        .latest
-                        .iter()
-                        .flatten()
-                        .map(|(l, b)| (l.clone(), b.clone()))
-                        .collect();
-                    let sent = persist
-                        .writer
-                        .as_ref()
-                        .is_some_and(|w| w.try_send(all).is_ok());
-                    if !sent {
-                        state.core.persistence_failed();
-                    }
-                }
+                Event::Persist(changes) => self.journal.add(changes, false),
             }
         }
         busy
@@ -409,33 +533,17 @@ async fn connection(
     let _ = write_task.await;
 }
 
-/// Runs every shard's timers until `stop`, then writes what changed in the bindings.
-/// The bindings are written by a task of their own, one write at a time, off the
-/// shards' locks.
+/// Runs every shard's timers until `stop`, with the registrations' journal writer
+/// beside them; then hands the writer the last changes and waits for it to finish.
 pub async fn run_timers(edge: Arc<Driver>, stop: service_runtime::Shutdown) {
-    let writer = edge.persist_path.clone().map(|path| {
-        let (to_writer, mut writes) = mpsc::channel::<Bindings>(1);
-        edge.persist
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .writer = Some(to_writer);
-        let edge = edge.clone();
-        tokio::spawn(async move {
-            while let Some(bindings) = writes.recv().await {
-                let path = path.clone();
-                let shown = path.display().to_string();
-                let written =
-                    tokio::task::spawn_blocking(move || write_registrations(&path, &bindings))
-                        .await;
-                let error = match written {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                };
-                tracing::error!(path = %shown, %error, "cannot persist registrations");
-                edge.each(|core| core.persistence_failed());
-            }
-        })
+    let writer = edge.persist_path.clone().and_then(|path| {
+        let journal = edge.journal.clone();
+        let table = journal.lock().start.take().unwrap_or_default();
+        std::thread::Builder::new()
+            .name("registrations".into())
+            .spawn(move || write_journal(&path, table, &journal))
+            .map_err(|e| tracing::error!(error = %e, "cannot start the registrations writer"))
+            .ok()
     });
     let timers: Vec<_> = (0..edge.shards())
         .map(|index| tokio::spawn(shard_timers(edge.clone(), index, stop.clone())))
@@ -443,23 +551,10 @@ pub async fn run_timers(edge: Arc<Driver>, stop: service_runtime::Shutdown) {
     for timer in timers {
         let _ = timer.await;
     }
-    edge.persist
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .writer = None;
+    let last: Bindings = edge.each(|core| core.flush()).into_iter().flatten().flatten().collect();
+    edge.journal.add(last, true);
     if let Some(writer) = writer {
-        let _ = writer.await;
-    }
-    let changed = edge.each(|core| core.flush().is_some());
-    if let (true, Some(path)) = (changed.contains(&true), &edge.persist_path) {
-        let all: Bindings = edge
-            .each(|core| core.bindings())
-            .into_iter()
-            .flatten()
-            .collect();
-        if let Err(e) = write_registrations(path, &all) {
-            tracing::error!(path = %path.display(), error = %e, "cannot persist registrations");
-        }
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     }
 }
 
@@ -486,5 +581,82 @@ async fn shard_timers(edge: Arc<Driver>, index: usize, stop: service_runtime::Sh
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
             _ = edge.shards[index].wake.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(contact: &str, expires_at: u64) -> Binding {
+        Binding {
+            contact: contact.into(),
+            expires_at,
+            source: "192.0.2.10:5060".parse().unwrap(),
+            transport: "udp".into(),
+            call_id: "c".into(),
+            cseq: 1,
+            user_agent: None,
+            nat: false,
+            registered_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_journal_replays_onto_the_table_and_a_torn_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registrations.json");
+        let later = unix_now() + 3600;
+        let table = HashMap::from([
+            ("a".to_owned(), vec![binding("sip:a@x", later)]),
+            ("b".to_owned(), vec![binding("sip:b@x", later)]),
+        ]);
+        write_registrations(&path, &table).unwrap();
+        let changes = HashMap::from([
+            ("a".to_owned(), Vec::new()),
+            ("c".to_owned(), vec![binding("sip:c@x", later)]),
+        ]);
+        append_journal(&path, &changes).unwrap();
+        let mut torn = std::fs::read(journal_path(&path)).unwrap();
+        torn.extend_from_slice(b"{\"line\":\"d\",\"bindi");
+        std::fs::write(journal_path(&path), torn).unwrap();
+        let mut lines: Vec<String> = load_bindings(&path).into_keys().collect();
+        lines.sort();
+        assert_eq!(lines, ["b", "c"]);
+    }
+
+    #[test]
+    fn the_writer_appends_changes_and_compacts_when_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registrations.json");
+        let later = unix_now() + 3600;
+        let start = HashMap::from([
+            ("a".to_owned(), vec![binding("sip:a@x", later)]),
+            // Expired: dropped by the first compaction.
+            ("old".to_owned(), vec![binding("sip:old@x", 1)]),
+        ]);
+        let journal = Arc::new(Journal::default());
+        let writer = {
+            let (path, journal) = (path.clone(), journal.clone());
+            std::thread::spawn(move || write_journal(&path, start, &journal))
+        };
+        journal.add(
+            HashMap::from([("b".to_owned(), vec![binding("sip:b@x", later)])]),
+            false,
+        );
+        // Appended, not yet compacted: the journal holds it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::metadata(journal_path(&path)).map_or(0, |m| m.len()) == 0 {
+            assert!(Instant::now() < deadline, "nothing appended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut lines: Vec<String> = load_bindings(&path).into_keys().collect();
+        lines.sort();
+        assert_eq!(lines, ["a", "b"]);
+        journal.add(HashMap::from([("a".to_owned(), Vec::new())]), true);
+        writer.join().unwrap();
+        assert_eq!(std::fs::metadata(journal_path(&path)).unwrap().len(), 0);
+        let table: Bindings = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(table.into_keys().collect::<Vec<_>>(), ["b"]);
     }
 }

@@ -572,7 +572,11 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         router_service: config.router_service,
         advertise_ip: config.advertise_ip,
         sip,
-        edge: Arc::new(driver::Driver::new(cores, Arc::new(udp), Some(persist))),
+        edge: Arc::new(driver::Driver::new(
+            cores,
+            Arc::new(udp),
+            Some((persist, saved)),
+        )),
         tcp,
         peers,
     })

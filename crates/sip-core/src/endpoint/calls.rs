@@ -256,8 +256,9 @@ impl SipCore {
         // The first set: the registrations persisted before a restart come back.
         if let Some(saved) = self.saved_bindings.take() {
             if !saved.is_empty() {
+                let lines: Vec<String> = saved.keys().cloned().collect();
                 self.registrar.restore(saved, self.unix());
-                self.persist();
+                self.persist(&lines);
                 self.update_gauge();
             }
         }
@@ -302,7 +303,7 @@ impl SipCore {
         self.mwi_lines = mwi;
         if !gone.is_empty() {
             tracing::info!(lines = ?gone, "lines removed; their registrations end");
-            self.persist();
+            self.persist(&gone);
             self.update_gauge();
         }
         gone

@@ -70,26 +70,42 @@ impl SipCore {
         self.gauged.0 = now;
     }
 
-    /// Marks the bindings changed; `handle_timeout` hands them out for writing and
-    /// updates the gauge.
-    pub(super) fn persist(&mut self) {
+    /// Marks the bindings of `lines` changed; `handle_timeout` hands them out for
+    /// writing and updates the gauge.
+    pub(super) fn persist<'a>(&mut self, lines: impl IntoIterator<Item = &'a String>) {
         self.dirty = true;
+        if self.persist {
+            self.changed.extend(lines.into_iter().cloned());
+        }
     }
 
-    /// The bindings to write now if they changed (at shutdown).
+    /// The bindings of the lines that changed since they were last handed out: each
+    /// line's whole list, empty when it has none left.
+    fn changes(&mut self) -> HashMap<String, Vec<Binding>> {
+        let lines = std::mem::take(&mut self.changed);
+        lines
+            .into_iter()
+            .map(|line| {
+                let bindings = self.registrar.bindings_of(&line).to_vec();
+                (line, bindings)
+            })
+            .collect()
+    }
+
+    /// The changes not handed out yet (at shutdown).
     pub fn flush(&mut self) -> Option<HashMap<String, Vec<Binding>>> {
         if !self.dirty || !self.persist {
             return None;
         }
         self.dirty = false;
         self.last_write = self.now;
-        Some(self.registrar.snapshot())
+        Some(self.changes())
     }
 
-    /// When the bindings changed and the last write is `PERSIST_EVERY` old: a copy for
-    /// the driver to serialize and write (with thousands of lines that takes long
-    /// enough for the SIP socket's receive buffer to overflow if it were done here).
-    /// Updates the registrations gauge as well.
+    /// When bindings changed and the last hand-out is `PERSIST_EVERY` old: the changed
+    /// lines' bindings, for the driver to append to its journal (a copy of the whole
+    /// table each second, with thousands of lines, overflowed the SIP socket's receive
+    /// buffer). Updates the registrations gauge as well.
     pub(super) fn due_persistence(&mut self, now: Instant) {
         if !self.dirty || now.duration_since(self.last_write) < PERSIST_EVERY {
             return;
@@ -98,15 +114,9 @@ impl SipCore {
         self.dirty = false;
         self.last_write = now;
         if self.persist {
-            let bindings = self.registrar.snapshot();
-            self.events.push_back(Event::Persist(bindings));
+            let changes = self.changes();
+            self.events.push_back(Event::Persist(changes));
         }
-    }
-
-    /// A write of [`Event::Persist`] that failed or was not made: the bindings are
-    /// written again later.
-    pub fn persistence_failed(&mut self) {
-        self.dirty = true;
     }
 
     /// Where to send a request to a binding: its source for `nat=yes`, else its

@@ -92,7 +92,7 @@ impl SipCore {
                     }
                     if let Some(line) = &outcome.changed {
                         tracing::debug!(line = %line, "registration changed");
-                        self.persist();
+                        self.persist([line]);
                     }
                     outcome.response
                 }

@@ -237,26 +237,22 @@ impl SipCore {
             return;
         }
         self.outbound_branches.remove(branch);
-        let header = |name: &str| {
-            response.headers.iter().find_map(|h| {
-                let text = h.to_string();
-                let (n, v) = text.split_once(": ")?;
-                n.eq_ignore_ascii_case(name).then(|| v.to_owned())
-            })
-        };
-        let challenge = header(if status == 407 {
-            "Proxy-Authenticate"
-        } else {
-            "WWW-Authenticate"
+        let challenge = response.headers.iter().find_map(|h| match h {
+            rsip::Header::ProxyAuthenticate(v) if status == 407 => Some(v.value().to_owned()),
+            rsip::Header::WwwAuthenticate(v) if status != 407 => Some(v.value().to_owned()),
+            _ => None,
         });
-        let expires = header("Expires")
-            .and_then(|v| v.trim().parse().ok())
+        // The Expires header, else the expires parameter of the Contact.
+        let expires = response
+            .expires_header()
+            .and_then(|e| e.value().trim().parse().ok())
             .or_else(|| {
-                header("Contact").and_then(|c| {
-                    c.split(';')
-                        .find_map(|p| p.trim().strip_prefix("expires="))
-                        .and_then(|v| v.trim().parse().ok())
-                })
+                let contact = response.contact_header().ok()?;
+                let (_, params) = crate::registrar::parse_contact(contact.value())?;
+                params
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case("expires"))
+                    .and_then(|(_, value)| value.as_deref()?.trim().parse().ok())
             });
         let Some(local) = self.local_addr() else {
             return;

@@ -10,7 +10,9 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use sip_core::endpoint::{CallEvent, Counters, Event, Path, PeerInfo, SipCore, Target, Trunk};
+use sip_core::endpoint::{
+    CallEvent, Counters, Event, Held, Path, PeerInfo, SipCore, Target, Trunk,
+};
 use sip_core::guard::{GuardConfig, SharedGuard};
 use sip_core::qualify::Qualifier;
 use sip_core::registrar::{Binding, Line, Registrar, RegistrarConfig};
@@ -288,9 +290,10 @@ pub struct Tasks {
     pub gone: Vec<u64>,
 }
 
-/// The endpoint, its clock and the two peers' inboxes.
+/// The endpoints (one per shard, as the edge runs them), their clock and the two
+/// peers' inboxes.
 pub struct Sim {
-    pub edge: SipCore,
+    pub edges: Vec<SipCore>,
     pub start: Instant,
     pub now: Instant,
     pub to_carrier: VecDeque<Msg>,
@@ -310,13 +313,18 @@ impl Sim {
     /// An edge with the carrier as a trunk (its INVITEs unchallenged) and the desk
     /// phone registered at [`PHONE`].
     pub fn new() -> Self {
+        Self::sharded(1)
+    }
+
+    /// The same edge as `shards` endpoints, messages routed between them as the
+    /// driver routes them (`sip_wire::shard`).
+    pub fn sharded(shards: usize) -> Self {
         let start = Instant::now();
         let desk = Line {
             name: "desk".into(),
             secret: Some("s3cret".into()),
             nat: false,
         };
-        let registrar = Registrar::new(RegistrarConfig::default(), vec![desk.clone()], [9; 32]);
         let binding = Binding {
             contact: format!("sip:desk@{PHONE}"),
             expires_at: UNIX + 7200,
@@ -328,45 +336,58 @@ impl Sim {
             nat: false,
             registered_at: UNIX,
         };
-        let saved = HashMap::from([("desk".to_owned(), vec![binding])]);
         let guard = std::sync::Arc::new(SharedGuard::new(
             GuardConfig::default(),
             &[CARRIER.ip(), PHONE.ip()],
-            1,
+            shards,
         ));
-        let mut edge = SipCore::new(
-            registrar,
-            guard,
-            Qualifier::new(HashMap::new()),
-            vec!["911".into()],
-            Some(saved),
-            Counters::default(),
-            (start, UNIX),
-            42,
-        );
-        let peer = |name: &str, trunk: Option<SocketAddr>| PeerInfo {
-            name: name.into(),
-            codecs: vec!["ulaw".into()],
-            context: "inbound".into(),
-            trunk,
-            ..PeerInfo::default()
-        };
-        edge.set_file_config(
-            vec![desk],
-            vec![peer("desk", None), peer("carrier", Some(CARRIER))],
-            HashMap::new(),
-        );
-        edge.set_trunks(vec![Trunk {
-            name: "carrier".into(),
-            addrs: vec![CARRIER],
-            any_port: false,
-            no_challenge: true,
-            nets: Vec::new(),
-        }]);
-        edge.set_local(EDGE);
-        edge.set_accepting_calls(true);
+        let desk_shard = sip_wire::shard::shard_of_line("desk", shards);
+        let edges = (0..shards)
+            .map(|index| {
+                let registrar =
+                    Registrar::new(RegistrarConfig::default(), vec![desk.clone()], [9; 32]);
+                let saved = if index == desk_shard {
+                    HashMap::from([("desk".to_owned(), vec![binding.clone()])])
+                } else {
+                    HashMap::new()
+                };
+                let mut edge = SipCore::new(
+                    registrar,
+                    guard.clone(),
+                    Qualifier::new(HashMap::new()),
+                    vec!["911".into()],
+                    Some(saved),
+                    Counters::default(),
+                    (start, UNIX),
+                    42 + index as u64,
+                );
+                let peer = |name: &str, trunk: Option<SocketAddr>| PeerInfo {
+                    name: name.into(),
+                    codecs: vec!["ulaw".into()],
+                    context: "inbound".into(),
+                    trunk,
+                    ..PeerInfo::default()
+                };
+                edge.set_file_config(
+                    vec![desk.clone()],
+                    vec![peer("desk", None), peer("carrier", Some(CARRIER))],
+                    HashMap::new(),
+                );
+                edge.set_trunks(vec![Trunk {
+                    name: "carrier".into(),
+                    addrs: vec![CARRIER],
+                    any_port: false,
+                    no_challenge: true,
+                    nets: Vec::new(),
+                }]);
+                edge.set_local(EDGE);
+                edge.set_shard(index, shards);
+                edge.set_accepting_calls(true);
+                edge
+            })
+            .collect();
         Self {
-            edge,
+            edges,
             start,
             now: start,
             to_carrier: VecDeque::new(),
@@ -376,48 +397,74 @@ impl Sim {
         }
     }
 
+    /// The first (or only) endpoint.
+    pub fn edge(&mut self) -> &mut SipCore {
+        &mut self.edges[0]
+    }
+
+    /// What every endpoint holds, added up.
+    pub fn held(&self) -> Held {
+        self.edges.iter().map(SipCore::held).fold(Held::default(), |a, b| Held {
+            server_transactions: a.server_transactions + b.server_transactions,
+            client_transactions: a.client_transactions + b.client_transactions,
+            calls: a.calls + b.calls,
+            call_ids: a.call_ids + b.call_ids,
+            branches: a.branches + b.branches,
+            branch_answers: a.branch_answers + b.branch_answers,
+            queued: a.queued + b.queued,
+        })
+    }
+
+    pub fn held_keys(&self) -> Vec<String> {
+        self.edges.iter().flat_map(SipCore::held_keys).collect()
+    }
+
     /// SIP time since the start.
     pub fn elapsed(&self) -> Duration {
         self.now - self.start
     }
 
-    pub fn carrier_sends(&mut self, text: &str) {
-        self.edge
-            .handle_datagram(self.now, Path::udp(CARRIER), text.as_bytes());
+    fn deliver(&mut self, from: SocketAddr, text: &str) {
+        let shard = sip_wire::shard::shard_of(text.as_bytes(), self.edges.len());
+        self.edges[shard].handle_datagram(self.now, Path::udp(from), text.as_bytes());
         self.pump();
+    }
+
+    pub fn carrier_sends(&mut self, text: &str) {
+        self.deliver(CARRIER, text);
     }
 
     pub fn phone_sends(&mut self, text: &str) {
-        self.edge
-            .handle_datagram(self.now, Path::udp(PHONE), text.as_bytes());
-        self.pump();
+        self.deliver(PHONE, text);
     }
 
-    /// Carries out what the endpoint asked for: datagrams into the peers' inboxes
+    /// Carries out what the endpoints asked for: datagrams into the peers' inboxes
     /// (each must be one well-formed message), events to the call tasks.
     pub fn pump(&mut self) {
         loop {
             let mut busy = false;
-            while let Some(datagram) = self.edge.poll_transmit() {
-                busy = true;
-                let text = String::from_utf8(datagram.bytes).expect("the edge sends text");
-                assert!(
-                    matches!(
-                        sip_core::wire::parse(text.as_bytes(), true, "t"),
-                        Ok(sip_core::wire::Parsed::Sip(_))
-                    ),
-                    "the edge sent a message its own parser refuses:\n{text}"
-                );
-                let msg = Msg(text);
-                match datagram.path.peer {
-                    p if p == CARRIER => self.to_carrier.push_back(msg),
-                    p if p == PHONE => self.to_phone.push_back(msg),
-                    other => panic!("a message to {other}: {}", msg.start()),
+            for shard in 0..self.edges.len() {
+                while let Some(datagram) = self.edges[shard].poll_transmit() {
+                    busy = true;
+                    let text = String::from_utf8(datagram.bytes).expect("the edge sends text");
+                    assert!(
+                        matches!(
+                            sip_core::wire::parse(text.as_bytes(), true, "t"),
+                            Ok(sip_core::wire::Parsed::Sip(_))
+                        ),
+                        "the edge sent a message its own parser refuses:\n{text}"
+                    );
+                    let msg = Msg(text);
+                    match datagram.path.peer {
+                        p if p == CARRIER => self.to_carrier.push_back(msg),
+                        p if p == PHONE => self.to_phone.push_back(msg),
+                        other => panic!("a message to {other}: {}", msg.start()),
+                    }
                 }
-            }
-            while let Some(event) = self.edge.poll_event() {
-                busy = true;
-                self.task(event);
+                while let Some(event) = self.edges[shard].poll_event() {
+                    busy = true;
+                    self.task(shard, event);
+                }
             }
             if !busy {
                 return;
@@ -426,22 +473,26 @@ impl Sim {
     }
 
     /// The call tasks' part: media from a relay, the Dial, and a hang-up when the
-    /// Dial or the caller ends (the dialplan has nothing after the Dial).
-    fn task(&mut self, event: Event) {
+    /// Dial or the caller ends (the dialplan has nothing after the Dial). A call's
+    /// commands go to its shard, the desk's contacts come from the desk's.
+    fn task(&mut self, shard: usize, event: Event) {
+        let shards = self.edges.len();
         match event {
             Event::NewCall(call) => {
+                assert_eq!(call.id % shards as u64, shard as u64, "a call's id names its shard");
                 self.tasks.started.push(call.id);
                 let relay = IpAddr::from([10, 0, 0, 5]);
-                self.edge
-                    .call_set_media(call.id, (relay, 30_000), (relay, 30_002));
+                let contacts =
+                    self.edges[sip_wire::shard::shard_of_line("desk", shards)].contacts("desk");
+                let edge = &mut self.edges[shard];
+                edge.call_set_media(call.id, (relay, 30_000), (relay, 30_002));
                 let desk = Target {
                     peer: "desk".into(),
                     number: String::new(),
-                    contacts: self.edge.contacts("desk"),
+                    contacts,
                 };
                 let caller = (call.caller_number, call.caller_name);
-                self.edge
-                    .call_dial(call.id, 1, &[desk], Some(self.dial_timeout), caller)
+                edge.call_dial(call.id, 1, &[desk], Some(self.dial_timeout), caller)
                     .expect("the Dial starts");
             }
             Event::Call { id, event } => {
@@ -450,7 +501,7 @@ impl Sim {
                     CallEvent::CallerGone { .. }
                     | CallEvent::DialFinished { .. }
                     | CallEvent::BridgeEnded { .. } => {
-                        self.edge.call_hangup(id, 16);
+                        self.edges[shard].call_hangup(id, 16);
                     }
                     _ => {}
                 }
@@ -460,23 +511,37 @@ impl Sim {
         }
     }
 
-    /// Runs the endpoint's timers up to `by` from now, deadline by deadline.
+    /// The earliest deadline of any endpoint.
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.edges.iter().filter_map(SipCore::poll_timeout).min()
+    }
+
+    /// Runs every endpoint's timers due now.
+    fn run_timers(&mut self) {
+        let now = self.now;
+        for edge in &mut self.edges {
+            if edge.poll_timeout().is_some_and(|at| at <= now) {
+                edge.handle_timeout(now);
+            }
+        }
+        self.pump();
+    }
+
+    /// Runs the endpoints' timers up to `by` from now, deadline by deadline.
     pub fn advance(&mut self, by: Duration) {
         let until = self.now + by;
-        while let Some(at) = self.edge.poll_timeout().filter(|at| *at <= until) {
+        while let Some(at) = self.poll_timeout().filter(|at| *at <= until) {
             self.now = self.now.max(at);
-            self.edge.handle_timeout(self.now);
-            self.pump();
+            self.run_timers();
         }
         self.now = until;
     }
 
-    /// Jumps to the endpoint's next deadline and runs it.
+    /// Jumps to the next deadline and runs it.
     pub fn next_timeout(&mut self) {
-        if let Some(at) = self.edge.poll_timeout() {
+        if let Some(at) = self.poll_timeout() {
             self.now = self.now.max(at);
-            self.edge.handle_timeout(self.now);
-            self.pump();
+            self.run_timers();
         }
     }
 
@@ -555,11 +620,10 @@ impl Sim {
             if busy {
                 continue;
             }
-            match self.edge.poll_timeout() {
+            match self.poll_timeout() {
                 Some(at) if at <= until => {
                     self.now = self.now.max(at);
-                    self.edge.handle_timeout(self.now);
-                    self.pump();
+                    self.run_timers();
                 }
                 _ => break,
             }
