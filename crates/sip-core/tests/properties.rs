@@ -240,12 +240,7 @@ fn run(actions: Vec<Action>, shards: usize) -> Result<(), TestCaseError> {
         }
     }
     sim.close_and_settle(Duration::from_secs(600));
-    prop_assert_eq!(
-        sim.held(),
-        Held::default(),
-        "{:?}",
-        sim.held_keys()
-    );
+    prop_assert_eq!(sim.held(), Held::default(), "{:?}", sim.held_keys());
     for id in &sim.tasks.started {
         prop_assert!(sim.tasks.gone.contains(id), "call {} never ended", id);
     }

@@ -43,12 +43,7 @@ fn answered_call(sim: &mut Sim) -> (CarrierCall, Msg) {
 
 fn assert_idle(sim: &mut Sim) {
     sim.settle(Duration::from_secs(300));
-    assert_eq!(
-        sim.held(),
-        Held::default(),
-        "after {:?}",
-        sim.elapsed()
-    );
+    assert_eq!(sim.held(), Held::default(), "after {:?}", sim.elapsed());
     assert!(sim
         .tasks
         .started
@@ -333,7 +328,16 @@ fn retransmissions_of_every_kind_are_absorbed() {
 
 #[test]
 fn a_thousand_calls_leave_nothing_behind() {
-    let mut sim = Sim::new();
+    thousand_calls(Sim::new());
+}
+
+#[test]
+fn a_thousand_calls_over_three_shards_leave_nothing_behind() {
+    let sim = Sim::sharded(3);
+    thousand_calls(sim);
+}
+
+fn thousand_calls(mut sim: Sim) {
     for n in 0..1000 {
         let mut call = CarrierCall::new(n);
         sim.carrier_sends(&call.invite());
@@ -350,6 +354,13 @@ fn a_thousand_calls_leave_nothing_behind() {
         sim.to_phone.clear();
     }
     assert_eq!(sim.tasks.started.len(), 1000);
+    if sim.edges.len() > 1 {
+        // Every shard took some of the calls.
+        let shards = sim.edges.len() as u64;
+        for shard in 0..shards {
+            assert!(sim.tasks.started.iter().any(|id| id % shards == shard));
+        }
+    }
     assert_idle(&mut sim);
 }
 

@@ -325,7 +325,7 @@ impl Driver {
         let mut state = self.lock(index);
         state.core.advance(now);
         let result = f(&mut state.core, now);
-        self.pump(index, &mut state);
+        self.pump(&mut state);
         let next = state.core.poll_timeout();
         let earlier = match (next, state.armed) {
             (Some(next), Some(armed)) => next < armed,
@@ -367,12 +367,12 @@ impl Driver {
     /// Sends what shard `index` queued and acts on its events. Sends happen under the
     /// shard's lock, so that its messages on one TCP connection leave in the order
     /// they were made (a UDP send does not block; a TCP one is a queue push).
-    fn pump(&self, index: usize, state: &mut State) {
+    fn pump(&self, state: &mut State) {
         // Acting on an event may queue more (a call refused as it starts).
-        while self.pump_once(index, state) {}
+        while self.pump_once(state) {}
     }
 
-    fn pump_once(&self, index: usize, state: &mut State) -> bool {
+    fn pump_once(&self, state: &mut State) -> bool {
         let mut busy = false;
         while let Some(datagram) = state.core.poll_transmit() {
             busy = true;
@@ -551,7 +551,12 @@ pub async fn run_timers(edge: Arc<Driver>, stop: service_runtime::Shutdown) {
     for timer in timers {
         let _ = timer.await;
     }
-    let last: Bindings = edge.each(|core| core.flush()).into_iter().flatten().flatten().collect();
+    let last: Bindings = edge
+        .each(|core| core.flush())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
     edge.journal.add(last, true);
     if let Some(writer) = writer {
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;

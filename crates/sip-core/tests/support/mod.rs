@@ -404,15 +404,18 @@ impl Sim {
 
     /// What every endpoint holds, added up.
     pub fn held(&self) -> Held {
-        self.edges.iter().map(SipCore::held).fold(Held::default(), |a, b| Held {
-            server_transactions: a.server_transactions + b.server_transactions,
-            client_transactions: a.client_transactions + b.client_transactions,
-            calls: a.calls + b.calls,
-            call_ids: a.call_ids + b.call_ids,
-            branches: a.branches + b.branches,
-            branch_answers: a.branch_answers + b.branch_answers,
-            queued: a.queued + b.queued,
-        })
+        self.edges
+            .iter()
+            .map(SipCore::held)
+            .fold(Held::default(), |a, b| Held {
+                server_transactions: a.server_transactions + b.server_transactions,
+                client_transactions: a.client_transactions + b.client_transactions,
+                calls: a.calls + b.calls,
+                call_ids: a.call_ids + b.call_ids,
+                branches: a.branches + b.branches,
+                branch_answers: a.branch_answers + b.branch_answers,
+                queued: a.queued + b.queued,
+            })
     }
 
     pub fn held_keys(&self) -> Vec<String> {
@@ -479,7 +482,11 @@ impl Sim {
         let shards = self.edges.len();
         match event {
             Event::NewCall(call) => {
-                assert_eq!(call.id % shards as u64, shard as u64, "a call's id names its shard");
+                assert_eq!(
+                    call.id % shards as u64,
+                    shard as u64,
+                    "a call's id names its shard"
+                );
                 self.tasks.started.push(call.id);
                 let relay = IpAddr::from([10, 0, 0, 5]);
                 let contacts =
