@@ -130,7 +130,8 @@ async fn an_inbound_call_to_voicemail_is_one_trace_across_the_five_services() {
 
     // The call's trace: the edge's call span is its root, and the mailer's attempt is
     // in it once the email has gone (it ends after its send, and may reach the
-    // receiver in a later batch).
+    // receiver in a later batch; so may the voicemail's deliver, which ends when the
+    // mailer has answered).
     let trace = wait_until(Duration::from_secs(30), || {
         let spans = receiver.spans();
         let found = spans
@@ -145,11 +146,16 @@ async fn an_inbound_call_to_voicemail_is_one_trace_across_the_five_services() {
                     .collect::<Vec<_>>()
             })
             .filter(|trace| {
+                // Every span the checks below look for: each service exports in
+                // batches of its own, so one may come a batch after the others.
                 [
                     "media-relay.session",
                     "mailer.send",
                     "mailer.attempt",
                     "voicemail.session",
+                    "voicemail.recording",
+                    "voicemail.upload",
+                    "voicemail.deliver",
                 ]
                 .iter()
                 .all(|name| trace.iter().any(|s| s.name() == *name))
