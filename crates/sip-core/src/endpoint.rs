@@ -616,9 +616,13 @@ impl SipCore {
             if !expired.is_empty() {
                 self.persist(&expired);
             }
+            // Only the lines that are probed: with thousands of lines, a copy of every
+            // binding each second held the shard for long enough to drop datagrams.
+            let qualifier = &self.qualifier;
             let bindings: Vec<Key> = self
                 .registrar
                 .lines_with_bindings()
+                .filter(|(line, _)| qualifier.qualifies(line))
                 .flat_map(|(line, bindings)| {
                     bindings
                         .iter()

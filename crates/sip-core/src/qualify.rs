@@ -46,6 +46,11 @@ impl Qualifier {
         }
     }
 
+    /// Whether `line` is probed at all (`qualify=`).
+    pub fn qualifies(&self, line: &str) -> bool {
+        self.policies.contains_key(line)
+    }
+
     /// Follows the registrar: new bindings are probed at once, gone ones forgotten.
     pub fn sync(&mut self, now: Instant, bindings: impl IntoIterator<Item = Key>) {
         let mut live: HashMap<Key, ()> = HashMap::new();
