@@ -113,9 +113,7 @@ fn challenge_lists_sha256_then_md5_with_qop_auth() {
     assert!(text.starts_with("SIP/2.0 401 Unauthorized\r\n"), "{text}");
     let challenges = header(&out.response, "WWW-Authenticate");
     assert_eq!(challenges.len(), 2);
-    assert!(
-        challenges[0].contains("algorithm=SHA-256") && challenges[1].contains("algorithm=MD5")
-    );
+    assert!(challenges[0].contains("algorithm=SHA-256") && challenges[1].contains("algorithm=MD5"));
     assert!(challenges
         .iter()
         .all(|c| c.contains("realm=\"asterisk\"") && c.contains("qop=\"auth\"")));
