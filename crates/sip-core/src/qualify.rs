@@ -36,6 +36,9 @@ pub struct Qualifier {
     policies: HashMap<String, Policy>,
     states: HashMap<Key, State>,
     branches: HashMap<String, Key>,
+    /// What [`Qualifier::poll_timeout`] says, kept as the states change (the endpoint
+    /// asks after every message; the states are one per qualified binding).
+    next: Option<Instant>,
 }
 
 impl Qualifier {
@@ -68,6 +71,7 @@ impl Qualifier {
         self.states.retain(|key, _| live.contains_key(key));
         let states = &self.states;
         self.branches.retain(|_, key| states.contains_key(key));
+        self.refresh();
     }
 
     /// Bindings to probe now; report each with [`Qualifier::sent`].
@@ -85,7 +89,12 @@ impl Qualifier {
     /// When [`Self::due`] or [`Self::check`] next has something: a probe to send, or
     /// one whose answer is late.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.states
+        self.next
+    }
+
+    fn refresh(&mut self) {
+        self.next = self
+            .states
             .iter()
             .filter_map(|(key, state)| match &state.outstanding {
                 None => Some(state.next_probe),
@@ -95,7 +104,7 @@ impl Qualifier {
                 }
                 Some(_) => None,
             })
-            .min()
+            .min();
     }
 
     /// A due probe that could not be sent (no way to the binding now): tried again a
@@ -105,6 +114,7 @@ impl Qualifier {
         if let (Some(state), Some(every)) = (self.states.get_mut(key), every) {
             state.next_probe = now + every;
         }
+        self.refresh();
     }
 
     pub fn sent(&mut self, key: &Key, branch: String, now: Instant) {
@@ -116,6 +126,7 @@ impl Qualifier {
             state.next_probe = now + policy.every;
             self.branches.insert(branch, key.clone());
         }
+        self.refresh();
     }
 
     /// An answer to the probe with `branch`. Returns the binding whose reachability
@@ -130,6 +141,7 @@ impl Qualifier {
         let reachable = rtt <= limit;
         let changed = state.reachable != reachable;
         state.reachable = reachable;
+        self.refresh();
         changed.then_some(key)
     }
 
@@ -149,6 +161,7 @@ impl Qualifier {
             }
         }
         changed.sort();
+        self.refresh();
         changed
     }
 
@@ -160,6 +173,7 @@ impl Qualifier {
                 state.reachable = false;
             }
         }
+        self.refresh();
     }
 
     /// Whether the binding answers; true when not qualified or not yet probed.

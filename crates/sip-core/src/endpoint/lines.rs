@@ -5,11 +5,6 @@
 use super::*;
 
 impl SipCore {
-    /// Every binding this endpoint keeps (what [`Event::Persist`] hands out).
-    pub fn bindings(&self) -> HashMap<String, Vec<Binding>> {
-        self.registrar.snapshot()
-    }
-
     /// A wrong password from `source`: counted, and banned after repeated tries.
     pub(super) fn auth_failed(&mut self, source: std::net::IpAddr) {
         self.counters.auth_failures.inc();
@@ -51,15 +46,16 @@ impl SipCore {
     /// Current registrations (at the endpoint's last input), for the gRPC API.
     pub fn registrations(&self, peer: Option<&str>) -> Vec<(String, Binding)> {
         let now = self.unix();
-        let mut out = Vec::new();
-        for (line, bindings) in self.registrar.snapshot() {
-            if peer.is_some_and(|p| p != line) {
-                continue;
-            }
-            for b in bindings.into_iter().filter(|b| b.expires_at > now) {
-                out.push((line.clone(), b));
-            }
-        }
+        // One line's bindings, or every line's: copied, but never the whole table for
+        // one line (a Dial asks for its line's contacts).
+        let mut out: Vec<(String, Binding)> = match peer {
+            Some(line) => live(line, self.registrar.bindings_of(line), now).collect(),
+            None => self
+                .registrar
+                .lines_with_bindings()
+                .flat_map(|(line, bindings)| live(line, bindings, now))
+                .collect(),
+        };
         out.sort_by(|a, b| (&a.0, &a.1.contact).cmp(&(&b.0, &b.1.contact)));
         out
     }
@@ -161,4 +157,16 @@ Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         self.qualifier.sent(key, branch.clone(), now);
         self.start_client(branch, options.into_bytes(), path, now);
     }
+}
+
+/// A line's bindings that have not expired at `now`, with the line's name.
+fn live<'a>(
+    line: &'a str,
+    bindings: &'a [Binding],
+    now: u64,
+) -> impl Iterator<Item = (String, Binding)> + 'a {
+    bindings
+        .iter()
+        .filter(move |b| b.expires_at > now)
+        .map(move |b| (line.to_owned(), b.clone()))
 }

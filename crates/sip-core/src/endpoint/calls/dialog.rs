@@ -22,8 +22,37 @@ impl SipCore {
         let theirs = request
             .to_header()
             .ok()
-            .and_then(|to| sip_wire::build::tag(to.value()).map(str::to_owned));
-        ours.is_some() && theirs.as_deref() == ours
+            .and_then(|to| sip_wire::build::tag(to.value()));
+        ours.is_some() && theirs == ours
+    }
+
+    /// The caller ended its leg (CANCEL, or BYE): an INVITE not answered yet gets 487
+    /// (§9.2, and §15.1.2 for a BYE, else its transaction waits for ever), the B legs a
+    /// CANCEL or a BYE, the task `CallerGone`; the call is forgotten.
+    fn caller_left(&mut self, id: u64) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        if call.a_state == AState::Early {
+            let terminated = crate::registrar::response(
+                &call.a_invite,
+                487,
+                "Request Terminated",
+                &call.a_tag,
+                vec![],
+            );
+            self.respond_a(id, terminated);
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let status = call.a_final;
+        call.a_state = AState::Ended;
+        call.a_ok = None;
+        self.end_branches(id, None);
+        let event = CallEvent::CallerGone { cause: 16, status };
+        self.events.push_back(Event::Call { id, event });
+        self.forget_call(id);
     }
 
     /// BYE, CANCEL, ACK and re-INVITE inside a call; false if the request is not for a
@@ -45,26 +74,7 @@ impl SipCore {
                 if call.a_key != invite_key || call.a_state != AState::Early {
                     return Some(crate::registrar::response(request, 200, "OK", tag, vec![]));
                 }
-                let terminated = crate::registrar::response(
-                    &call.a_invite,
-                    487,
-                    "Request Terminated",
-                    &call.a_tag,
-                    vec![],
-                );
-                self.respond_a(id, terminated);
-                if let Some(call) = self.calls.get_mut(&id) {
-                    call.a_state = AState::Ended;
-                }
-                self.end_branches(id, None);
-                self.events.push_back(Event::Call {
-                    id,
-                    event: CallEvent::CallerGone {
-                        cause: 16,
-                        status: Some(487),
-                    },
-                });
-                self.forget_call(id);
+                self.caller_left(id);
                 Some(crate::registrar::response(request, 200, "OK", tag, vec![]))
             }
             rsip::Method::Ack => {
@@ -86,32 +96,7 @@ impl SipCore {
                 }
                 let ok = crate::registrar::response(request, 200, "OK", tag, vec![]);
                 match leg {
-                    None => {
-                        let call = self.calls.get(&id)?;
-                        if call.a_state == AState::Early {
-                            // §15.1.2: a BYE before our final answer ends the INVITE
-                            // with 487 (else its transaction waits for ever).
-                            let terminated = crate::registrar::response(
-                                &call.a_invite,
-                                487,
-                                "Request Terminated",
-                                &call.a_tag,
-                                vec![],
-                            );
-                            self.respond_a(id, terminated);
-                        }
-                        let status = self.calls.get(&id)?.a_final;
-                        if let Some(call) = self.calls.get_mut(&id) {
-                            call.a_state = AState::Ended;
-                            call.a_ok = None;
-                        }
-                        self.end_branches(id, None);
-                        self.events.push_back(Event::Call {
-                            id,
-                            event: CallEvent::CallerGone { cause: 16, status },
-                        });
-                        self.forget_call(id);
-                    }
+                    None => self.caller_left(id),
                     Some(index) => {
                         let now = self.now;
                         let call = self.calls.get_mut(&id)?;
