@@ -33,6 +33,7 @@ use crate::registrar::{Binding, Registrar, Source};
 use crate::transaction::{ClientEvent, ClientTransaction};
 use crate::transaction::{ServerTransaction, TimerValues, Transmit, Transport};
 use crate::wire::{self, Parsed};
+use sip_wire::header::Via;
 
 mod calls;
 mod lines;
@@ -738,16 +739,11 @@ fn ack_for_failure(invite: &[u8], response: &[u8]) -> Option<Vec<u8>> {
     Some(ack.to_string().into_bytes())
 }
 
-/// `sip:user@host:port;params` to `host:port` when the host is an address.
-fn contact_addr(uri: &str) -> Option<SocketAddr> {
-    let rest = uri.split_once(':')?.1;
-    let host_port = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
-    let host_port = host_port.split([';', '?', '>']).next()?;
-    if let Ok(addr) = host_port.parse::<SocketAddr>() {
-        return Some(addr);
-    }
-    let ip: std::net::IpAddr = host_port.trim_matches(['[', ']']).parse().ok()?;
-    Some(SocketAddr::new(ip, 5060))
+/// `sip:user@host:port;params` (or in `<...>`) to `host:port` when the host is an
+/// address.
+fn contact_addr(contact: &str) -> Option<SocketAddr> {
+    let uri = sip_wire::header::NameAddr::parse(contact)?.uri;
+    sip_wire::header::SipUri::parse(uri)?.addr(5060)
 }
 
 fn flush(tx: &mut ServerTransaction<Vec<u8>>, path: Path, out: &mut VecDeque<Datagram>) {

@@ -191,20 +191,21 @@ impl OutboundRegistration {
             authorization = format!("{name}: {}\r\n", creds.to_header());
             self.answered_nonce = Some(challenge.nonce.clone());
         }
-        let bytes = format!(
-            "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\nMax-Forwards: 70\r\n\
-From: <sip:{user}@{domain}>;tag={tag}\r\nTo: <sip:{user}@{domain}>\r\nCall-ID: {call_id}\r\n\
-CSeq: {cseq} REGISTER\r\nContact: <sip:{contact}@{local}>\r\nExpires: {expiry}\r\n{authorization}\
-Content-Length: 0\r\n\r\n",
-            user = self.user,
-            domain = self.domain,
-            tag = self.from_tag,
-            call_id = self.call_id,
-            cseq = self.cseq,
-            contact = self.contact_user,
-            expiry = self.expiry,
-        )
-        .into_bytes();
+        let user_uri = format!("<sip:{}@{}>", self.user, self.domain);
+        let bytes = sip_wire::build::Outgoing {
+            method: "REGISTER",
+            request_uri: &uri,
+            via: &sip_wire::header::Via::ours(false, local, &branch),
+            route: &[],
+            from: &format!("{user_uri};tag={}", self.from_tag),
+            to: &user_uri,
+            call_id: &self.call_id,
+            cseq: self.cseq,
+            contact: Some(&format!("<sip:{}@{local}>", self.contact_user)),
+            headers: &format!("Expires: {}\r\n{authorization}", self.expiry),
+            body: None,
+        }
+        .to_bytes();
         self.state = State::Waiting {
             branch: branch.clone(),
         };

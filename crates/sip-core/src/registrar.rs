@@ -410,10 +410,11 @@ impl Registrar {
             .headers
             .iter()
             .filter_map(|h| match h {
-                rsip::Header::Contact(c) => Some(c.value().to_owned()),
+                rsip::Header::Contact(c) => Some(c.value()),
                 _ => None,
             })
-            .flat_map(|v| split_contacts(&v))
+            .flat_map(sip_wire::header::split_list)
+            .map(str::to_owned)
             .collect();
         let transport = if source.reliable { "tcp" } else { "udp" };
         let mut changed = false;
@@ -539,45 +540,14 @@ impl Registrar {
     }
 }
 
-/// Splits a Contact header value holding several contacts at commas outside quotes and
-/// angle brackets.
-fn split_contacts(value: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let (mut quoted, mut angle, mut start) = (false, 0i32, 0);
-    for (i, c) in value.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle += 1,
-            '>' if !quoted => angle -= 1,
-            ',' if !quoted && angle == 0 => {
-                out.push(value[start..i].trim().to_owned());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(value[start..].trim().to_owned());
-    out.retain(|c| !c.is_empty());
-    out
-}
-
 /// `;name[=value]` parameters, in order.
 type Params = Vec<(String, Option<String>)>;
 
 /// `["name"] <uri>;params` or `uri;params` to the URI and the parameters.
 pub(crate) fn parse_contact(contact: &str) -> Option<(String, Params)> {
-    let (uri, params) = match contact.find('<') {
-        Some(open) => {
-            let close = open + contact[open..].find('>')?;
-            (&contact[open + 1..close], &contact[close + 1..])
-        }
-        None => match contact.find(';') {
-            Some(semi) => (&contact[..semi], &contact[semi..]),
-            None => (contact, ""),
-        },
-    };
-    let uri = uri.trim();
-    if uri.is_empty() || !uri.contains(':') {
+    let name_addr = sip_wire::header::NameAddr::parse(contact)?;
+    let (uri, params) = (name_addr.uri, name_addr.params);
+    if !uri.contains(':') {
         return None;
     }
     let params = params

@@ -4,6 +4,7 @@
 //! the messages it derives from, so the headers that must match are copied, never
 //! retyped.
 
+use crate::header::NameAddr;
 use rsip::prelude::*;
 use rsip::{Header, Headers, Method, Request};
 
@@ -17,24 +18,14 @@ pub struct DialogId {
 
 /// The `tag` parameter of a From or To value (`"A" <sip:a@h>;tag=x`).
 pub fn tag(value: &str) -> Option<&str> {
-    let params = match value.rfind('>') {
-        Some(end) => &value[end + 1..],
-        None => value.split_once(';').map(|(_, p)| p).unwrap_or(""),
-    };
-    params
-        .split(';')
-        .filter_map(|p| p.trim().split_once('='))
-        .find(|(name, _)| name.eq_ignore_ascii_case("tag"))
-        .map(|(_, v)| v.trim())
+    NameAddr::parse(value)?
+        .param("tag")
         .filter(|v| !v.is_empty())
 }
 
 /// The URI of a name-addr or addr-spec (`"A" <sip:a@h>;p` or `sip:a@h;p`).
 pub fn uri(value: &str) -> &str {
-    match (value.find('<'), value.find('>')) {
-        (Some(start), Some(end)) if start < end => &value[start + 1..end],
-        _ => value.split(';').next().unwrap_or(value).trim(),
-    }
+    NameAddr::parse(value).map_or(value.trim(), |n| n.uri)
 }
 
 /// The message's From, To, Call-ID, and CSeq number and method, as they are.
@@ -171,18 +162,78 @@ impl Dialog {
     /// the ACK of a 2xx, which shares its INVITE's CSeq number), `extra` more header
     /// lines (each ending in CRLF).
     pub fn request(&self, method: &str, cseq: u32, via: &str, extra: &str) -> String {
-        let route: String = self
-            .route
-            .iter()
-            .map(|r| format!("Route: {r}\r\n"))
-            .collect();
-        format!(
-            "{method} {target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n{route}From: {local}\r\nTo: {remote}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: 0\r\n\r\n",
-            target = self.remote_target,
-            local = self.local,
-            remote = self.remote,
-            call_id = self.call_id,
-        )
+        Outgoing {
+            method,
+            request_uri: &self.remote_target,
+            via,
+            route: &self.route,
+            from: &self.local,
+            to: &self.remote,
+            call_id: &self.call_id,
+            cseq,
+            contact: None,
+            headers: extra,
+            body: None,
+        }
+        .text()
+    }
+}
+
+/// A request as the edge writes it, header by header in the order RFC 3261 §8.1.1
+/// lists them: Via, Max-Forwards, Route, From, To, Call-ID, CSeq, Contact, then the
+/// others, Content-Type and Content-Length. The values are taken as given: a
+/// request derived from another copies them from it ([`Dialog`], [`cancel`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub method: &'a str,
+    pub request_uri: &'a str,
+    /// The Via value (a new branch per transaction).
+    pub via: &'a str,
+    /// Route values, in order.
+    pub route: &'a [String],
+    pub from: &'a str,
+    pub to: &'a str,
+    pub call_id: &'a str,
+    pub cseq: u32,
+    pub contact: Option<&'a str>,
+    /// More header lines, each ending in CRLF.
+    pub headers: &'a str,
+    /// The content type and the body.
+    pub body: Option<(&'a str, &'a str)>,
+}
+
+impl Outgoing<'_> {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.text().into_bytes()
+    }
+
+    pub fn text(&self) -> String {
+        use std::fmt::Write;
+        let body = self.body.map_or("", |(_, body)| body);
+        let mut out = String::with_capacity(256 + self.headers.len() + body.len());
+        // Writing to a String cannot fail.
+        let _ = write!(
+            out,
+            "{} {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\n",
+            self.method, self.request_uri, self.via
+        );
+        for route in self.route {
+            let _ = write!(out, "Route: {route}\r\n");
+        }
+        let _ = write!(
+            out,
+            "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n",
+            self.from, self.to, self.call_id, self.cseq, self.method
+        );
+        if let Some(contact) = self.contact {
+            let _ = write!(out, "Contact: {contact}\r\n");
+        }
+        out.push_str(self.headers);
+        if let Some((content_type, _)) = self.body {
+            let _ = write!(out, "Content-Type: {content_type}\r\n");
+        }
+        let _ = write!(out, "Content-Length: {}\r\n\r\n{body}", body.len());
+        out
     }
 }
 
@@ -250,5 +301,41 @@ mod tests {
         assert_eq!(tag("<sip:a@h>;tag="), None);
         assert_eq!(uri("\"A\" <sip:a@h;lr>;tag=1"), "sip:a@h;lr");
         assert_eq!(uri("sip:a@h;tag=1"), "sip:a@h");
+    }
+
+    #[test]
+    fn an_outgoing_request_on_exact_bytes() {
+        let route = ["<sip:192.0.2.50;lr>".to_owned()];
+        let invite = Outgoing {
+            method: "INVITE",
+            request_uri: "sip:desk@192.0.2.10:5062",
+            via: "SIP/2.0/UDP 192.0.2.100:5060;branch=z9hG4bK0s1;rport",
+            route: &route,
+            from: "\"Ann\" <sip:100@192.0.2.100>;tag=0s2",
+            to: "<sip:desk@192.0.2.10:5062>",
+            call_id: "0s3-1-0@192.0.2.100",
+            cseq: 1,
+            contact: Some("<sip:100@192.0.2.100:5060>"),
+            headers: "Allow: INVITE, ACK, BYE\r\n",
+            body: Some(("application/sdp", "v=0\r\n")),
+        };
+        assert_eq!(
+            String::from_utf8(invite.to_bytes()).unwrap(),
+            "INVITE sip:desk@192.0.2.10:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.100:5060;branch=z9hG4bK0s1;rport\r\nMax-Forwards: 70\r\nRoute: <sip:192.0.2.50;lr>\r\nFrom: \"Ann\" <sip:100@192.0.2.100>;tag=0s2\r\nTo: <sip:desk@192.0.2.10:5062>\r\nCall-ID: 0s3-1-0@192.0.2.100\r\nCSeq: 1 INVITE\r\nContact: <sip:100@192.0.2.100:5060>\r\nAllow: INVITE, ACK, BYE\r\nContent-Type: application/sdp\r\nContent-Length: 5\r\n\r\nv=0\r\n"
+        );
+        let options = Outgoing {
+            method: "OPTIONS",
+            contact: None,
+            route: &[],
+            headers: "",
+            body: None,
+            ..invite
+        };
+        let bytes = options.to_bytes();
+        let parsed = Request::try_from(bytes.as_slice()).unwrap();
+        assert_eq!(parsed.method, Method::Options);
+        assert!(String::from_utf8(bytes)
+            .unwrap()
+            .ends_with("CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"));
     }
 }

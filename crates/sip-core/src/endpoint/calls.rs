@@ -24,6 +24,7 @@ use crate::sdp;
 use crate::transaction::{ClientEvent, ClientTransaction, ServerTransaction, TimerValues};
 use rsip::prelude::*;
 use sip_wire::build::Dialog;
+use sip_wire::header::{NameAddr, SipUri, Via};
 
 mod dial;
 mod dialog;
@@ -409,18 +410,12 @@ impl SipCore {
             .unwrap_or_default();
         let (caller_number, caller_name) = match &info.caller_id {
             Some(forced) => forced.clone(),
-            None => (
-                uri_of(&from)
-                    .split_once(':')
-                    .map(|(_, rest)| rest.split('@').next().unwrap_or("").to_owned())
-                    .unwrap_or_default(),
-                from.split('<')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .trim_matches('"')
-                    .to_owned(),
-            ),
+            None => NameAddr::parse(&from)
+                .map(|from| {
+                    let user = SipUri::parse(from.uri).and_then(|uri| uri.user);
+                    (user.unwrap_or("").to_owned(), from.display.to_owned())
+                })
+                .unwrap_or_default(),
         };
         let call_id = request
             .call_id_header()
@@ -722,8 +717,7 @@ impl SipCore {
             return;
         };
         let branch = format!("z9hG4bK{}", self.tag());
-        let transport = if path.reliable() { "TCP" } else { "UDP" };
-        let via = format!("SIP/2.0/{transport} {local};branch={branch};rport");
+        let via = Via::ours(path.reliable(), local, &branch);
         let request = dialog.request(method, cseq, &via, "User-Agent: phone-sip-edge\r\n");
         self.start_client(branch, request.into_bytes(), path, self.now);
     }

@@ -147,15 +147,21 @@ impl SipCore {
         };
         let branch = format!("z9hG4bK{}", self.tag());
         let tag = self.tag();
-        let transport = if path.reliable() { "TCP" } else { "UDP" };
-        let options = format!(
-            "OPTIONS {contact} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
-Max-Forwards: 70\r\nFrom: <sip:asterisk@{local}>;tag={tag}\r\nTo: <{contact}>\r\n\
-Call-ID: {tag}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-            contact = binding.contact,
-        );
+        let options = sip_wire::build::Outgoing {
+            method: "OPTIONS",
+            request_uri: &binding.contact,
+            via: &Via::ours(path.reliable(), local, &branch),
+            route: &[],
+            from: &format!("<sip:asterisk@{local}>;tag={tag}"),
+            to: &format!("<{}>", binding.contact),
+            call_id: &format!("{tag}@{local}"),
+            cseq: 1,
+            contact: None,
+            headers: "",
+            body: None,
+        };
         self.qualifier.sent(key, branch.clone(), now);
-        self.start_client(branch, options.into_bytes(), path, now);
+        self.start_client(branch, options.to_bytes(), path, now);
     }
 }
 

@@ -112,17 +112,21 @@ impl SipCore {
                 let body = message_summary(mailbox, local.ip(), [new, old, urgent_new, urgent_old]);
                 let branch = format!("z9hG4bK{}", self.tag());
                 let tag = self.tag();
-                let transport = if path.reliable() { "TCP" } else { "UDP" };
-                let notify = format!(
-                    "NOTIFY {contact} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\n\
-Max-Forwards: 70\r\nFrom: <sip:{mailbox}@{local}>;tag={tag}\r\nTo: <{contact}>\r\n\
-Call-ID: {tag}@{local}\r\nCSeq: 1 NOTIFY\r\nEvent: message-summary\r\n\
-Subscription-State: active\r\nContent-Type: application/simple-message-summary\r\n\
-Content-Length: {}\r\n\r\n{body}",
-                    body.len(),
-                    contact = binding.contact,
-                );
-                self.start_client(branch, notify.into_bytes(), path, now);
+                let notify = sip_wire::build::Outgoing {
+                    method: "NOTIFY",
+                    request_uri: &binding.contact,
+                    via: &Via::ours(path.reliable(), local, &branch),
+                    route: &[],
+                    from: &format!("<sip:{mailbox}@{local}>;tag={tag}"),
+                    to: &format!("<{}>", binding.contact),
+                    call_id: &format!("{tag}@{local}"),
+                    cseq: 1,
+                    contact: None,
+                    headers: "Event: message-summary\r\nSubscription-State: active\r\n",
+                    body: Some(("application/simple-message-summary", &body)),
+                }
+                .to_bytes();
+                self.start_client(branch, notify, path, now);
                 sent += 1;
             }
         }
@@ -163,20 +167,22 @@ Content-Length: {}\r\n\r\n{body}",
         } else {
             format!("active;expires={remaining}")
         };
-        let transport = if sub.path.reliable() { "TCP" } else { "UDP" };
-        let notify = format!(
-            "NOTIFY {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch={branch};rport\r\nMax-Forwards: 70\r\n\
-From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} NOTIFY\r\nContact: <sip:edge@{local}>\r\n\
-Event: message-summary\r\nSubscription-State: {state}\r\nContent-Type: application/simple-message-summary\r\n\
-Content-Length: {}\r\n\r\n{body}",
-            body.len(),
-            target = sub.target,
-            from = sub.local,
-            to = sub.remote,
-            cseq = sub.cseq,
-        );
+        let notify = sip_wire::build::Outgoing {
+            method: "NOTIFY",
+            request_uri: &sub.target,
+            via: &Via::ours(sub.path.reliable(), local, &branch),
+            route: &[],
+            from: &sub.local,
+            to: &sub.remote,
+            call_id,
+            cseq: sub.cseq,
+            contact: Some(&format!("<sip:edge@{local}>")),
+            headers: &format!("Event: message-summary\r\nSubscription-State: {state}\r\n"),
+            body: Some(("application/simple-message-summary", &body)),
+        }
+        .to_bytes();
         let path = sub.path;
-        self.start_client(branch, notify.into_bytes(), path, now);
+        self.start_client(branch, notify, path, now);
     }
 
     /// A SUBSCRIBE: message-summary only, from an authenticated line.

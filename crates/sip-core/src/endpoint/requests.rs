@@ -177,8 +177,7 @@ fn no_dialog(counters: &Counters, request: &rsip::Request, tag: &str) -> rsip::R
     crate::registrar::response(request, 481, "Call/Transaction Does Not Exist", tag, vec![])
 }
 
-/// RFC 3261 §18.2.1 and RFC 3581: `received` when the source differs from sent-by or
-/// `rport` was asked for; `rport` filled in with the source port.
+/// RFC 3261 §18.2.1 and RFC 3581 on the top Via (`sip_wire::header::stamp_via`).
 fn stamp_via(request: &mut rsip::Request, source: SocketAddr) {
     let Some(via) = request.headers.iter_mut().find_map(|h| match h {
         rsip::Header::Via(v) => Some(v),
@@ -186,35 +185,7 @@ fn stamp_via(request: &mut rsip::Request, source: SocketAddr) {
     }) else {
         return;
     };
-    let value = via.value().to_owned();
-    let (first, rest) = match value.find(',') {
-        Some(i) => (&value[..i], &value[i..]),
-        None => (value.as_str(), ""),
-    };
-    let mut params: Vec<String> = first.split(';').map(str::to_owned).collect();
-    let sent_by_host = params[0]
-        .split_whitespace()
-        .nth(1)
-        .map(|h| {
-            h.rsplit_once(':')
-                .map(|(h, _)| h)
-                .unwrap_or(h)
-                .trim_matches(['[', ']'])
-                .to_owned()
-        })
-        .unwrap_or_default();
-    let mut wants_rport = false;
-    for p in params.iter_mut().skip(1) {
-        if p.trim().eq_ignore_ascii_case("rport") {
-            *p = format!("rport={}", source.port());
-            wants_rport = true;
-        }
+    if let Some(stamped) = sip_wire::header::stamp_via(via.value(), source) {
+        *via = rsip::headers::Via::new(stamped);
     }
-    let ip = source.ip().to_string();
-    if (wants_rport || sent_by_host != ip)
-        && !params.iter().any(|p| p.trim().starts_with("received="))
-    {
-        params.push(format!("received={ip}"));
-    }
-    *via = rsip::headers::Via::new(format!("{}{rest}", params.join(";")));
 }

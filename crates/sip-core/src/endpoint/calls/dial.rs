@@ -70,20 +70,25 @@ impl Branch {
                 )
             }
         };
-        format!(
-            "INVITE {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} INVITE\r\nContact: {}\r\n{}Allow: {}\r\nUser-Agent: phone-sip-edge\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-            self.request_uri,
-            self.via,
-            self.from,
-            self.to,
-            self.call_id,
-            self.cseq,
-            self.contact,
+        let headers = format!(
+            "{}Allow: {}\r\nUser-Agent: phone-sip-edge\r\n",
             self.extra,
-            crate::endpoint::ALLOW,
-            body.len(),
-        )
-        .into_bytes()
+            crate::endpoint::ALLOW
+        );
+        sip_wire::build::Outgoing {
+            method: "INVITE",
+            request_uri: &self.request_uri,
+            via: &self.via,
+            route: &[],
+            from: &self.from,
+            to: &self.to,
+            call_id: &self.call_id,
+            cseq: self.cseq,
+            contact: Some(&self.contact),
+            headers: &headers,
+            body: Some((&content_type, &body)),
+        }
+        .to_bytes()
     }
 }
 
@@ -95,7 +100,6 @@ pub(super) fn location_cid(call_id: &str) -> String {
 /// The ACK of a B leg's 2xx (and of its retransmissions).
 pub(super) fn build_ack(branch: &Branch, local: Option<SocketAddr>, seed: &str) -> Vec<u8> {
     let local = local.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
-    let transport = if branch.path.reliable() { "TCP" } else { "UDP" };
     let target = branch
         .remote_target
         .clone()
@@ -104,9 +108,10 @@ pub(super) fn build_ack(branch: &Branch, local: Option<SocketAddr>, seed: &str) 
         .remote_to
         .clone()
         .unwrap_or_else(|| branch.to.clone());
-    let via = format!(
-        "SIP/2.0/{transport} {local};branch=z9hG4bK{seed}a{};rport",
-        branch.cseq
+    let via = Via::ours(
+        branch.path.reliable(),
+        local,
+        &format!("z9hG4bK{seed}a{}", branch.cseq),
     );
     // §13.2.2.4: the ACK of a 2xx is a request in the dialog with the INVITE's CSeq.
     branch
@@ -166,8 +171,7 @@ impl SipCore {
         let Some(local) = self.local_addr() else {
             return;
         };
-        let transport = if path.reliable() { "TCP" } else { "UDP" };
-        let via = format!("SIP/2.0/{transport} {local};branch={branch}a;rport");
+        let via = Via::ours(path.reliable(), local, &format!("{branch}a"));
         let ack = dialog.request("ACK", parties.cseq, &via, "");
         self.send(path, ack.into_bytes());
         if self.orphans.insert(branch.to_owned()) {
@@ -240,8 +244,7 @@ impl SipCore {
                 };
                 let from = format!("{display}<sip:{from_user}@{from_host}>;tag={tag}");
                 let to = format!("<{request_uri}>");
-                let transport = if path.reliable() { "TCP" } else { "UDP" };
-                let via = format!("SIP/2.0/{transport} {local};branch={via_branch};rport");
+                let via = Via::ours(path.reliable(), local, &via_branch);
                 let mut extra = String::new();
                 let mut location = None;
                 if info.trunk.is_some() {

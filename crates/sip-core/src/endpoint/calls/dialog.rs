@@ -244,27 +244,15 @@ impl SipCore {
 /// The entries of a message's Record-Route headers, in order (a header may hold several,
 /// comma-separated).
 pub(super) fn record_route(headers: &rsip::Headers) -> Vec<String> {
-    let mut out = Vec::new();
-    for header in headers.iter() {
-        if let rsip::Header::RecordRoute(rr) = header {
-            let value = rr.value();
-            let (mut depth, mut start) = (0i32, 0usize);
-            for (i, c) in value.char_indices() {
-                match c {
-                    '<' => depth += 1,
-                    '>' => depth -= 1,
-                    ',' if depth == 0 => {
-                        out.push(value[start..i].trim().to_owned());
-                        start = i + 1;
-                    }
-                    _ => {}
-                }
-            }
-            out.push(value[start..].trim().to_owned());
-        }
-    }
-    out.retain(|r| !r.is_empty());
-    out
+    headers
+        .iter()
+        .filter_map(|header| match header {
+            rsip::Header::RecordRoute(rr) => Some(rr.value()),
+            _ => None,
+        })
+        .flat_map(sip_wire::header::split_list)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `extra` with the request's Record-Route headers after it (§12.1.1: the UAS copies
