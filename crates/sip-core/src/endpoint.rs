@@ -210,6 +210,9 @@ pub struct SipCore {
     call_deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Whether calls can get a task (the driver has a spawner).
     accepting_calls: bool,
+    /// Draining: when the calls still up are ended ([`SipCore::drain`]).
+    drain_deadline: Option<Instant>,
+    draining: bool,
     call_seq: u64,
     /// (this shard, shards): see [`SipCore::set_shard`].
     shard: (usize, usize),
@@ -310,6 +313,8 @@ impl SipCore {
             branch_sdp: HashMap::new(),
             call_deadlines: BinaryHeap::new(),
             accepting_calls: false,
+            drain_deadline: None,
+            draining: false,
             call_seq: 0,
             shard: (0, 1),
             gauged: (0, 0),
@@ -563,6 +568,7 @@ impl SipCore {
             })
             .flatten();
         let persist = self.dirty.then_some(self.last_write + PERSIST_EVERY);
+        let drain = self.drain_deadline.filter(|_| !self.calls.is_empty());
         heaps
             .into_iter()
             .chain([
@@ -570,6 +576,7 @@ impl SipCore {
                 self.qualifier.poll_timeout(),
                 registering,
                 persist,
+                drain,
             ])
             .flatten()
             .min()
@@ -582,6 +589,10 @@ impl SipCore {
         self.advance(now);
         let now = self.now;
         self.call_tick(now);
+        if self.drain_deadline.is_some_and(|at| at <= now) {
+            self.drain_deadline = None;
+            self.stop_calls();
+        }
         for key in pop_due(&mut self.deadlines, now) {
             let Some((tx, path)) = self.transactions.get_mut(&key) else {
                 continue;

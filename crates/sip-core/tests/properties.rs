@@ -46,6 +46,9 @@ enum Action {
     /// Time passes.
     Wait(u16),
     NextTimeout,
+    /// SIGTERM: every endpoint drains, its calls ending at most this many
+    /// milliseconds later.
+    Drain(u16),
 }
 
 fn reaction() -> impl Strategy<Value = Reaction> {
@@ -71,6 +74,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => any::<usize>().prop_map(Action::DropToCarrier),
         2 => (0u16..5_000).prop_map(Action::Wait),
         2 => Just(Action::NextTimeout),
+        1 => (0u16..40_000).prop_map(Action::Drain),
     ]
 }
 
@@ -229,6 +233,12 @@ fn run(actions: Vec<Action>, shards: usize) -> Result<(), TestCaseError> {
             }
             Action::Wait(ms) => sim.advance(Duration::from_millis(u64::from(ms))),
             Action::NextTimeout => sim.next_timeout(),
+            Action::Drain(ms) => {
+                let (now, deadline) = (sim.now, sim.now + Duration::from_millis(u64::from(ms)));
+                for edge in &mut sim.edges {
+                    edge.drain(now, deadline);
+                }
+            }
         }
     }
     // The carrier ends the calls it was answered, as the relay's media timeout

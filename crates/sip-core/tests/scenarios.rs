@@ -431,3 +431,65 @@ fn requests_of_an_earlier_dialog_with_the_same_call_id_are_not_this_calls() {
     assert_eq!(sim.carrier_gets().status(), Some(200));
     assert_idle(&mut sim);
 }
+
+/// The drain (SIGTERM) in simulated time: an answered call goes on, a new call is
+/// turned away with 503 and Retry-After, the call's own requests are served; at the
+/// deadline the call still up gets a BYE on both legs saying why, its task hears
+/// `Stopped` (it tells the router and deletes the relay session), and nothing is left.
+#[test]
+fn at_the_drain_deadline_both_legs_get_a_bye_with_a_reason() {
+    for shards in [1, 3] {
+        let mut sim = Sim::sharded(shards);
+        let (mut call, invite) = answered_call(&mut sim);
+        let id = sim.tasks.started[0];
+        let (now, deadline) = (sim.now, sim.now + Duration::from_secs(30));
+        for edge in &mut sim.edges {
+            edge.drain(now, deadline);
+        }
+
+        // A new call: 503 with Retry-After, no task.
+        let second = CarrierCall::new(2);
+        sim.carrier_sends(&second.invite());
+        let refused = sim.carrier_gets_status(503);
+        assert!(!refused.header("Retry-After").is_empty(), "{}", refused.0);
+        sim.carrier_sends(&second.ack(&refused));
+        assert_eq!(sim.tasks.started, vec![id]);
+
+        // The call's own re-INVITE (hold) is still answered.
+        sim.advance(Duration::from_secs(10));
+        let hold = call.in_dialog(
+            "INVITE",
+            Some(&sdp(support::CARRIER.ip(), 40_000, "sendonly")),
+        );
+        sim.carrier_sends(&hold);
+        let ok = sim.carrier_gets_status(200);
+        sim.carrier_sends(&call.ack(&ok));
+        assert!(sim.to_phone.is_empty(), "{:?}", sim.to_phone);
+
+        // Nothing happens before the deadline; at it, BYE both ways with the reason.
+        sim.advance(Duration::from_secs(19));
+        assert!(sim.to_carrier.is_empty() && sim.to_phone.is_empty());
+        sim.advance(Duration::from_secs(1));
+        let to_carrier = sim.carrier_gets();
+        let to_phone = sim.phone_gets_request("BYE");
+        assert_eq!(to_carrier.method(), Some("BYE"), "{}", to_carrier.0);
+        for bye in [&to_carrier, &to_phone] {
+            assert_eq!(
+                bye.header("Reason"),
+                "Q.850;cause=41;text=\"edge shutting down\"",
+                "{}",
+                bye.0
+            );
+        }
+        assert!(to_phone.header("To").contains("tag=p1"));
+        assert_eq!(to_phone.call_id(), invite.call_id());
+        assert!(matches!(
+            sim.tasks.events[&id].last(),
+            Some(CallEvent::Stopped { cause: 41 })
+        ));
+        assert!(sim.tasks.gone.contains(&id));
+        sim.carrier_sends(&respond(&to_carrier, 200, "x", None));
+        sim.phone_sends(&respond(&to_phone, 200, "p1", None));
+        assert_idle(&mut sim);
+    }
+}

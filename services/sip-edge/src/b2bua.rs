@@ -35,6 +35,8 @@ use crate::relays::{Relay, RelayPool};
 
 /// How long the router has to close the stream after a hang-up (it runs `h` first).
 const HANGUP_GRACE: Duration = Duration::from_secs(5);
+/// The same after the drain's deadline ended the call.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Routes the relays' media-timeout events to the calls they belong to: one
 /// `WatchEvents` stream per relay (not per call), opened when a call first uses it.
@@ -325,11 +327,16 @@ impl Call {
                         CallEvent::MediaTimeout => {
                             // Asterisk's rtptimeout: both legs end, the dialplan hears it.
                             ended(self.sip(id, |core| core.call_hangup(id, 16)), 16, "media timeout");
-                            Some((16, "media timeout"))
+                            Some((16, "media timeout", HANGUP_GRACE))
+                        }
+                        CallEvent::Stopped { cause } => {
+                            // The drain's deadline: the endpoint sent BYE both ways.
+                            ended(Some(200), cause, "edge shutting down");
+                            Some((cause, "edge shutting down", STOP_GRACE))
                         }
                         CallEvent::CallerGone { cause, status } => {
                             ended(status, cause, "caller hung up");
-                            Some((cause, "caller hung up"))
+                            Some((cause, "caller hung up", HANGUP_GRACE))
                         }
                         CallEvent::Bridged { channel, remote, event_payload_types, nat, .. } => {
                             tracing::info!(%channel, "bridged");
@@ -368,14 +375,15 @@ impl Call {
                             None
                         }
                     };
-                    if let Some((cause, reason)) = gone {
+                    if let Some((cause, reason, grace)) = gone {
                         noted = true;
                         send(channel_event::Event::HangUp(router::HangUp {
                             cause,
                             reason: reason.into(),
                         }));
-                        // The router runs `h`, then closes; don't wait forever.
-                        let _ = tokio::time::timeout(HANGUP_GRACE, async {
+                        // The router runs `h`, then closes; don't wait forever (and
+                        // not long once the drain's deadline has passed).
+                        let _ = tokio::time::timeout(grace, async {
                             while let Ok(Some(_)) = commands.message().await {}
                         })
                         .await;

@@ -423,6 +423,19 @@ impl Driver {
         busy
     }
 
+    /// Starts the drain on every shard ([`SipCore::drain`]): the calls up end at
+    /// `deadline` from now. Returns how many there are.
+    pub fn drain(&self, deadline: Duration) -> usize {
+        (0..self.shards.len())
+            .map(|index| {
+                self.with_shard(index, |core, now| {
+                    core.drain(now, now + deadline);
+                    core.calls_up()
+                })
+            })
+            .sum()
+    }
+
     /// Where new calls get their task; INVITEs are taken from now on.
     pub fn set_spawner(&self, spawner: mpsc::UnboundedSender<CallTask>) {
         let _ = self.spawner.set(spawner);

@@ -213,6 +213,8 @@ pub struct Bound {
     /// The Service whose EndpointSlices list the relays.
     relay_service: Option<String>,
     router_service: Option<String>,
+    /// How long a drain lets calls run before it ends them.
+    drain_deadline: std::time::Duration,
     /// Clients of the services the edge drives; used by the call path (issue #4).
     #[allow(dead_code)]
     peers: Peers,
@@ -570,6 +572,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         lease,
         relay_service: config.media_relay_service,
         router_service: config.router_service,
+        drain_deadline: config.common.drain_deadline,
         advertise_ip: config.advertise_ip,
         sip,
         edge: Arc::new(driver::Driver::new(
@@ -609,7 +612,7 @@ impl Bound {
         let file_peers: std::collections::HashSet<String> =
             self.sip.peers.iter().map(|p| p.name.clone()).collect();
         let Bound {
-            server,
+            mut server,
             tcp,
             edge,
             peers,
@@ -618,6 +621,7 @@ impl Bound {
             lease,
             relay_service,
             router_service,
+            drain_deadline,
             ..
         } = self;
         if let (Some((client, namespace)), Some(service)) = (&kube, router_service) {
@@ -683,21 +687,45 @@ impl Bound {
         edge.set_spawner(spawner);
         edge.with_shard(0, |core, _| core.set_outbound(outbound));
         edge.each(|core| core.set_advertise(advertise));
+        // SIP runs through the drain, until the last call has ended: its own stop.
+        let sip_stop = Shutdown::new();
         // A reader per shard on the one socket: any reader takes any message, to its
         // shard.
         for _ in 0..edge.shards() {
-            tokio::spawn(driver::serve_udp(edge.clone(), shutdown.clone()));
+            tokio::spawn(driver::serve_udp(edge.clone(), sip_stop.clone()));
         }
-        tokio::spawn(driver::serve_tcp(edge.clone(), tcp, shutdown.clone()));
-        let ticker = tokio::spawn(driver::run_timers(edge.clone(), shutdown.clone()));
+        tokio::spawn(driver::serve_tcp(edge.clone(), tcp, sip_stop.clone()));
+        let ticker = tokio::spawn(driver::run_timers(edge.clone(), sip_stop.clone()));
+        // The drain: new INVITEs get 503 from the first moment; the calls up go on
+        // until they end, or until the deadline ends them.
+        tokio::spawn({
+            let (edge, shutdown) = (edge.clone(), shutdown.clone());
+            async move {
+                shutdown.triggered().await;
+                let calls = edge.drain(drain_deadline);
+                tracing::info!(calls, deadline = ?drain_deadline, "draining: new calls get 503, the calls up go on");
+            }
+        });
+        let calls = server.in_flight();
+        server.accept_while_draining();
         server
-            .serve_one(EdgeServer::new(EdgeApi { edge }), shutdown)
+            .serve_one(EdgeServer::new(EdgeApi { edge: edge.clone() }), shutdown)
             .await?;
+        // At the deadline the endpoint sent the BYEs; the calls' tasks tell their
+        // routers and delete their relay sessions.
+        if !calls.is_empty() {
+            let _ = tokio::time::timeout(STOP_GRACE, calls.wait()).await;
+        }
+        sip_stop.trigger();
         // The ticker writes the last registration changes to disk as it stops.
         let _ = ticker.await;
         Ok(())
     }
 }
+
+/// After the drain deadline, how long the calls it ended have to finish (their BYEs
+/// sent, their relay sessions deleted).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Loads, binds and serves until `shutdown`, then drains.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {

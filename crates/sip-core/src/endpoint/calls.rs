@@ -69,6 +69,10 @@ pub enum CallEvent {
     },
     /// The relay saw no media for its timeout: end the call.
     MediaTimeout,
+    /// The edge's drain deadline passed with the call still up: the endpoint has sent
+    /// BYE on both legs (Q.850 `cause`); the task tells the router and deletes the
+    /// relay session.
+    Stopped { cause: u32 },
     /// A leg's new SDP direction (hold/resume re-INVITE) and media address.
     Reinvite {
         b_leg: bool,
@@ -180,6 +184,8 @@ pub struct Call {
     dial_command: u64,
     branches: Vec<Branch>,
     bridged: Option<(usize, Instant)>,
+    /// The Reason header (RFC 3326) of the BYEs the edge sends when it ends the call.
+    bye_reason: Option<String>,
 }
 
 /// `<sip:x@y>;params` or `sip:x@y` to the URI.
@@ -313,8 +319,44 @@ impl SipCore {
     /// Where new calls go to get a task; without one, INVITEs get 503.
     /// Whether new calls are taken: the driver gives each an async task (see
     /// [`Event::NewCall`]). Without, INVITEs get 503.
+    /// The drain (SIGTERM): from `now`, new INVITEs get 503 with Retry-After (so the
+    /// caller tries another edge); registrations, subscriptions and the calls' own
+    /// requests are served as before. At `deadline`, the calls still up end: BYE on
+    /// both legs saying why, and a [`CallEvent::Stopped`] to each call's task.
+    pub fn drain(&mut self, now: Instant, deadline: Instant) {
+        self.advance(now);
+        self.accepting_calls = false;
+        self.draining = true;
+        self.drain_deadline = Some(deadline);
+    }
+
+    /// The calls this endpoint holds (ringing, answered, or ending).
+    pub fn calls_up(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The drain deadline: every call ends on both legs (Q.850 41, temporary failure:
+    /// the caller may call again and reach another edge).
+    pub(super) fn stop_calls(&mut self) {
+        let ids: Vec<u64> = self.calls.keys().copied().collect();
+        if !ids.is_empty() {
+            tracing::warn!(
+                calls = ids.len(),
+                "drain deadline: ending the calls still up"
+            );
+        }
+        for id in ids {
+            self.events.push_back(Event::Call {
+                id,
+                event: CallEvent::Stopped { cause: 41 },
+            });
+            self.call_hangup_because(id, 41, Some("edge shutting down"));
+        }
+    }
+
     pub fn set_accepting_calls(&mut self, accepting: bool) {
-        self.accepting_calls = accepting;
+        // A drain is not undone (a Lease won or a trunk loaded while draining).
+        self.accepting_calls = accepting && !self.draining;
     }
 
     /// The `context=` new calls from `peer` start in.
@@ -467,6 +509,7 @@ impl SipCore {
                 relay_b: None,
                 fork: None,
                 dial_command: 0,
+                bye_reason: None,
                 branches: Vec::new(),
                 bridged: None,
             },
@@ -628,7 +671,20 @@ impl SipCore {
     /// The final status the caller's INVITE got is returned (`None` when the call had
     /// already gone).
     pub fn call_hangup(&mut self, id: u64, cause: u32) -> Option<u16> {
-        let call = self.calls.get(&id)?;
+        self.call_hangup_because(id, cause, None)
+    }
+
+    /// [`Self::call_hangup`], the BYEs saying why (RFC 3326: `Reason: Q.850;cause=..`,
+    /// with `text` when given).
+    pub fn call_hangup_because(&mut self, id: u64, cause: u32, text: Option<&str>) -> Option<u16> {
+        let call = self.calls.get_mut(&id)?;
+        call.bye_reason = Some(match text {
+            Some(text) => format!(
+                "Q.850;cause={cause};text=\"{}\"",
+                text.replace(['"', '\\', '\r', '\n'], "")
+            ),
+            None => format!("Q.850;cause={cause}"),
+        });
         match call.a_state {
             AState::Early => {
                 let status = match cause {
@@ -707,18 +763,30 @@ impl SipCore {
             route: call.a_route.clone(),
         };
         let (cseq, path) = (call.a_cseq, call.a_path);
-        self.send_in_dialog("BYE", &dialog, cseq, path);
+        let reason = call.bye_reason.clone();
+        self.send_in_dialog("BYE", &dialog, cseq, path, reason.as_deref());
     }
 
     /// A request inside a dialog (BYE), in its own client transaction, along the
     /// dialog's route set.
-    fn send_in_dialog(&mut self, method: &str, dialog: &Dialog, cseq: u32, path: Path) {
+    fn send_in_dialog(
+        &mut self,
+        method: &str,
+        dialog: &Dialog,
+        cseq: u32,
+        path: Path,
+        reason: Option<&str>,
+    ) {
         let Some(local) = self.local_addr() else {
             return;
         };
         let branch = format!("z9hG4bK{}", self.tag());
         let via = Via::ours(path.reliable(), local, &branch);
-        let request = dialog.request(method, cseq, &via, "User-Agent: phone-sip-edge\r\n");
+        let mut extra = String::from("User-Agent: phone-sip-edge\r\n");
+        if let Some(reason) = reason {
+            extra.push_str(&format!("Reason: {reason}\r\n"));
+        }
+        let request = dialog.request(method, cseq, &via, &extra);
         self.start_client(branch, request.into_bytes(), path, self.now);
     }
 }

@@ -40,6 +40,9 @@ pub struct System {
     pub mail: PathBuf,
     /// The edge's SIP side, to give it lines as resources would.
     pub edge: std::sync::Arc<sip_edge::driver::Driver>,
+    /// The edge's own shutdown (SIGTERM) and its task, for drain tests.
+    pub edge_stop: Shutdown,
+    pub edge_task: Option<tokio::task::JoinHandle<Result<(), sip_edge::Error>>>,
     stops: Vec<Shutdown>,
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -56,6 +59,16 @@ impl System {
         carrier: SocketAddr,
         extensions: Option<&str>,
         relay_flags: &[&str],
+    ) -> Self {
+        Self::start_draining_in(carrier, extensions, relay_flags, Duration::from_secs(30)).await
+    }
+
+    /// The same with the edge's drain deadline.
+    pub async fn start_draining_in(
+        carrier: SocketAddr,
+        extensions: Option<&str>,
+        relay_flags: &[&str],
+        edge_drain_deadline: Duration,
     ) -> Self {
         let conf = tempfile::tempdir().unwrap();
         std::fs::write(conf.path().join("sip.conf"), sip_conf(carrier)).unwrap();
@@ -139,16 +152,19 @@ impl System {
         config.sip_shards = 3;
         config.router_url = router_url;
         config.media_relays = vec![relay_url.clone()];
+        config.common.drain_deadline = edge_drain_deadline;
         let edge = sip_edge::bind(config).await.unwrap();
         let edge_sip = edge.sip_addr().unwrap();
         let edge_driver = edge.edge();
         let edge_grpc = format!("http://{}", edge.info().grpc);
-        let stop = Shutdown::new();
-        tokio::spawn(edge.run(stop.clone()));
-        stops.push(stop);
+        let edge_stop = Shutdown::new();
+        let edge_task = Some(tokio::spawn(edge.run(edge_stop.clone())));
+        stops.push(edge_stop.clone());
         let system = Self {
             edge_sip,
             edge: edge_driver,
+            edge_stop,
+            edge_task,
             edge_grpc,
             relay: relay_url,
             voicemail_messages: voicemail_data.path().join("messages"),
@@ -480,9 +496,23 @@ pub struct Scene {
 
 impl Scene {
     pub async fn start(extensions: Option<&str>, relay_flags: &[&str]) -> Self {
+        Self::start_draining_in(extensions, relay_flags, Duration::from_secs(30)).await
+    }
+
+    /// The same with the edge's drain deadline.
+    pub async fn start_draining_in(
+        extensions: Option<&str>,
+        relay_flags: &[&str],
+        edge_drain_deadline: Duration,
+    ) -> Self {
         let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let system =
-            System::start_with(carrier.local_addr().unwrap(), extensions, relay_flags).await;
+        let system = System::start_draining_in(
+            carrier.local_addr().unwrap(),
+            extensions,
+            relay_flags,
+            edge_drain_deadline,
+        )
+        .await;
         let carrier = Peer {
             socket: carrier,
             edge: system.edge_sip,

@@ -176,7 +176,7 @@ impl SipCore {
         self.send(path, ack.into_bytes());
         if self.orphans.insert(branch.to_owned()) {
             tracing::info!(call_id = %dialog.call_id, "a callee answered after the call ended: BYE");
-            self.send_in_dialog("BYE", &dialog, parties.cseq + 1, path);
+            self.send_in_dialog("BYE", &dialog, parties.cseq + 1, path, None);
         }
     }
 
@@ -685,6 +685,7 @@ impl SipCore {
         };
         let dialog = branch.dialog(to, target);
         let (cseq, path) = (branch.cseq, branch.path);
-        self.send_in_dialog("BYE", &dialog, cseq, path);
+        let reason = self.calls.get(&id).and_then(|c| c.bye_reason.clone());
+        self.send_in_dialog("BYE", &dialog, cseq, path, reason.as_deref());
     }
 }
