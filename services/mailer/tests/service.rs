@@ -494,3 +494,96 @@ async fn a_delivery_finished_before_a_crash_left_its_pending_record_is_not_sent_
     assert!(mailpit.messages().await.is_empty(), "nothing sent again");
     next.stop().await;
 }
+
+/// An SMTP server that answers each connection only after `delay` (a slow relay):
+/// a proxy in front of Mailpit.
+async fn slow_smtp(mailpit: &Mailpit, delay: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = mailpit.smtp;
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut server) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The drain (what SIGTERM starts) with a send in progress: it finishes, a new
+/// delivery is refused, the mailer stops within a second of the send, and a mailer
+/// started again on the same outbox sends nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_mailer_finishes_its_send_refuses_new_ones_and_sends_nothing_twice() {
+    let files = Files::new();
+    let mailpit = Mailpit::start().await;
+    let key = files.record("100", "01764198309-dddd", &tone(450.0, 8000));
+    let other = files.record("100", "01764198309-eeee", &tone(550.0, 8000));
+    let mut smtp = smtp_to(&mailpit);
+    smtp.port = slow_smtp(&mailpit, Duration::from_millis(1200)).await;
+    smtp.timeout_ms = 5000;
+    let mut mailer = Running::start(mailer::Config {
+        smtp,
+        ..config(&files)
+    })
+    .await;
+    let accepted = mailer
+        .deliver(request("100", "01764198309-dddd", &key))
+        .await;
+    assert_eq!(accepted.state(), pb::DeliveryState::Pending);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // SIGTERM while the relay is slow to answer.
+    mailer.shutdown.trigger();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = mailer
+        .client
+        .deliver(request("100", "01764198309-eeee", &other))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    // The send goes on to its end; the mailer stops soon after.
+    let mut sent_at = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !mailer.task.is_finished() {
+        assert!(tokio::time::Instant::now() < deadline, "the mailer stops");
+        if sent_at.is_none() && mailpit.messages().await.len() == 2 {
+            sent_at = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = std::time::Instant::now();
+    (&mut mailer.task).await.unwrap().unwrap();
+    assert_eq!(
+        mailpit.messages().await.len(),
+        2,
+        "the email and the pager mail"
+    );
+    let sent_at = sent_at.unwrap_or(stopped);
+    assert!(
+        stopped - sent_at < Duration::from_secs(1),
+        "the mailer stopped {:?} after its last send",
+        stopped - sent_at
+    );
+
+    // Started again on the same outbox: the delivery is Sent, and nothing is sent twice.
+    let mut again = Running::start(mailer::Config {
+        smtp: smtp_to(&mailpit),
+        ..config(&files)
+    })
+    .await;
+    assert_eq!(
+        again.state("01764198309-dddd").await.state(),
+        pb::DeliveryState::Sent
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(mailpit.messages().await.len(), 2, "nothing sent twice");
+    again.stop().await;
+}

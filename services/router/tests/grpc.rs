@@ -343,3 +343,51 @@ async fn a_changed_dialplan_is_used_by_new_calls_and_running_calls_keep_theirs()
     drop((running, fresh));
     router.task.await.unwrap().unwrap();
 }
+
+/// The drain (what SIGTERM starts): a call whose dialplan is running keeps its stream
+/// to its end, a new call is refused, and the router stops within a second of the
+/// last call's end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_router_runs_its_calls_to_their_end_and_takes_no_new_one() {
+    let router = start(&seed_dir(), Duration::ZERO).await;
+    let mut edge = Edge::open(&router.url, carrier_call("SIP/flowroute-00000011"))
+        .await
+        .unwrap();
+    let (id, command) = edge.next().await.unwrap();
+    assert!(
+        matches!(command, dialplan_command::Command::Dial(_)),
+        "{command:?}"
+    );
+
+    router.shutdown.trigger();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = Edge::open(&router.url, carrier_call("SIP/flowroute-00000012")).await;
+    assert!(refused.is_err(), "a draining router took a new call");
+
+    // The running call goes on: the Dial's outcome, then the dialplan's next step.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!router.task.is_finished());
+    edge.send(channel_event::Event::DialResult(DialResult {
+        command_id: id,
+        status: DialStatus::Busy as i32,
+        ..Default::default()
+    }))
+    .await;
+    let (_, command) = edge.next().await.unwrap();
+    assert!(
+        matches!(command, dialplan_command::Command::Hangup(_)),
+        "{command:?}"
+    );
+    assert!(edge.next().await.is_none());
+    let ended = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), router.task)
+        .await
+        .expect("the router stops")
+        .unwrap()
+        .unwrap();
+    assert!(
+        ended.elapsed() < Duration::from_secs(1),
+        "the router stopped {:?} after its last call",
+        ended.elapsed()
+    );
+}

@@ -101,8 +101,8 @@ pub struct Running {
     pub client: MailerClient<tonic::transport::Channel>,
     pub admin: std::net::SocketAddr,
     pub grpc: std::net::SocketAddr,
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<Result<(), mailer::Error>>,
+    pub shutdown: Shutdown,
+    pub task: tokio::task::JoinHandle<Result<(), mailer::Error>>,
 }
 
 impl Running {

@@ -94,6 +94,8 @@ pub struct Service {
     pub grpc: SocketAddr,
     pub told: Arc<Told>,
     pub shutdown: Shutdown,
+    /// The service's task, for drain tests.
+    pub task: Option<tokio::task::JoinHandle<Result<(), voicemail::Error>>>,
     pub data: tempfile::TempDir,
 }
 
@@ -156,11 +158,12 @@ impl Service {
         let bound = voicemail::bind(config).await.expect("voicemail binds");
         let grpc = bound.info().grpc;
         let shutdown = Shutdown::new();
-        tokio::spawn(bound.run(shutdown.clone()));
+        let task = Some(tokio::spawn(bound.run(shutdown.clone())));
         Service {
             grpc,
             told,
             shutdown,
+            task,
             data,
         }
     }
