@@ -40,7 +40,9 @@ mod lines;
 mod mwi;
 mod requests;
 mod trunks;
-pub use calls::{event_types, CallEvent, NewCall, PeerInfo, Target};
+pub use calls::{
+    event_types, CallEvent, CallRecord, CalleeRecord, MediaRef, NewCall, PeerInfo, Target,
+};
 pub use mwi::{mailbox_key, Subscription, SUBSCRIPTION_EXPIRES};
 pub use trunks::{Outbound, ResourceTrunk, Trunk};
 
@@ -109,6 +111,12 @@ pub enum Event {
     /// Bindings changed: each changed line's whole list (empty: it has none left), to
     /// add to what is persisted (see [`PERSIST_EVERY`]).
     Persist(HashMap<String, Vec<Binding>>),
+    /// A bridged call's state changed (`Some`), or it ended (`None`): to keep for a
+    /// restart ([`CallRecord`]), by the caller's Call-ID.
+    CallState {
+        key: String,
+        record: Option<Box<CallRecord>>,
+    },
 }
 
 /// Counters the service exports.
@@ -341,6 +349,11 @@ impl SipCore {
         self.epoch.1 + self.now.saturating_duration_since(self.epoch.0).as_secs()
     }
 
+    /// Unix time in milliseconds (the epoch's second, then the clock's own time).
+    fn unix_ms(&self) -> u64 {
+        self.epoch.1 * 1000 + self.now.saturating_duration_since(self.epoch.0).as_millis() as u64
+    }
+
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Datagram> {
         self.outbox.pop_front()
@@ -477,6 +490,9 @@ impl SipCore {
         };
         // No branch (empty) matches none of ours.
         let Some((tx, _)) = self.clients.get_mut(&branch) else {
+            if !cancel && response.status_code.code() / 100 == 2 && self.ack_again(&branch) {
+                return;
+            }
             self.counters.dropped.inc();
             self.counters.refuse(RejectReason::Stray);
             return;

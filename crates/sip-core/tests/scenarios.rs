@@ -493,3 +493,74 @@ fn at_the_drain_deadline_both_legs_get_a_bye_with_a_reason() {
         assert_idle(&mut sim);
     }
 }
+
+/// A bridged call's record is handed out when it is answered and taken back when it
+/// ends; an edge started again from it carries the call's end either way, a re-INVITE
+/// and the callee's resent 2xx, as the edge before the crash would have.
+#[test]
+fn a_call_restored_after_a_crash_ends_as_it_would_have() {
+    for shards in [1, 3] {
+        // The caller hangs up after the restart.
+        let mut sim = Sim::sharded(shards);
+        let (mut call, invite) = answered_call(&mut sim);
+        assert_eq!(sim.tasks.records.len(), 1, "the bridged call's record");
+        let record = sim.tasks.records.values().next().unwrap().clone();
+        assert_eq!(record.a_call_id, call.call_id);
+        assert_eq!(record.callee.remote_to, invite.header("To").to_owned() + ";tag=p1");
+        sim.advance(Duration::from_secs(7));
+
+        let (mut restarted, ids) = sim.restarted();
+        assert_eq!(ids.len(), 1);
+        // The callee's 2xx again (our ACK was lost in the crash): ACKed again.
+        restarted.phone_sends(&respond(&invite, 200, "p1", Some(&answer_sdp())));
+        let ack = restarted.phone_gets_request("ACK");
+        assert!(ack.header("To").contains("tag=p1"), "{}", ack.0);
+        // A hold re-INVITE from the caller is answered from the relay.
+        let hold = call.in_dialog("INVITE", Some(&sdp(support::CARRIER.ip(), 40_000, "sendonly")));
+        restarted.carrier_sends(&hold);
+        let ok = restarted.carrier_gets_status(200);
+        assert!(ok.body().contains("c=IN IP4 10.0.0.5"), "{}", ok.0);
+        assert!(ok.body().contains("a=recvonly"), "{}", ok.0);
+        restarted.carrier_sends(&call.ack(&ok));
+        // The caller's BYE: answered, passed to the callee in its dialog.
+        restarted.carrier_sends(&call.in_dialog("BYE", None));
+        assert_eq!(restarted.carrier_gets().status(), Some(200));
+        let bye = restarted.phone_gets_request("BYE");
+        assert!(bye.header("To").contains("tag=p1"), "{}", bye.0);
+        assert_eq!(bye.call_id(), invite.call_id());
+        assert_eq!(bye.header("CSeq"), "2 BYE");
+        restarted.phone_sends(&respond(&bye, 200, "p1", None));
+        let id = ids[0];
+        assert!(matches!(
+            restarted.tasks.events[&id][..],
+            [CallEvent::Reinvite { .. }, CallEvent::CallerGone { cause: 16, status: Some(200) }]
+        ));
+        assert!(restarted.tasks.records.is_empty(), "the record goes with the call");
+        assert_idle(&mut restarted);
+
+        // The callee hangs up after the restart.
+        let mut sim = Sim::sharded(shards);
+        let (_, invite) = answered_call(&mut sim);
+        sim.advance(Duration::from_secs(3));
+        let (mut restarted, ids) = sim.restarted();
+        restarted.advance(Duration::from_secs(2));
+        restarted.phone_sends(&phone_bye(&invite, "p1"));
+        assert_eq!(restarted.phone_gets().status(), Some(200));
+        let ended = restarted.tasks.events[&ids[0]].last().cloned();
+        assert!(
+            matches!(ended, Some(CallEvent::BridgeEnded { secs: 5, .. })),
+            "the talk time counts from the answer: {ended:?}"
+        );
+        let bye = restarted.carrier_gets();
+        assert_eq!(bye.method(), Some("BYE"), "{}", bye.0);
+        assert!(bye.header("From").contains(&format!("tag={}", tag_of_ok(&sim))), "{}", bye.0);
+        restarted.carrier_sends(&respond(&bye, 200, "x", None));
+        assert!(restarted.tasks.records.is_empty());
+        assert_idle(&mut restarted);
+    }
+}
+
+/// The edge's tag on the carrier's leg, from the record.
+fn tag_of_ok(sim: &Sim) -> String {
+    sim.tasks.records.values().next().unwrap().a_tag.clone()
+}

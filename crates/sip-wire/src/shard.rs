@@ -72,6 +72,17 @@ fn branch(via: &[u8]) -> Option<&[u8]> {
     })
 }
 
+/// The shard of a request outside REGISTER and SUBSCRIBE with this Call-ID: the one
+/// the Call-ID names (the edge's own), else by its hash. A call restored after a
+/// restart goes where its requests will.
+pub fn shard_of_call_id(call_id: &str, shards: usize) -> usize {
+    let id = trim(call_id.as_bytes());
+    if shards <= 1 {
+        return 0;
+    }
+    named(id, shards).unwrap_or((hash(id) % shards as u64) as usize)
+}
+
 /// Which of `shards` takes this message.
 pub fn shard_of(message: &[u8], shards: usize) -> usize {
     if shards <= 1 {
@@ -146,6 +157,7 @@ mod tests {
         let invite = b"INVITE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP x;branch=z9hG4bKq\r\nCall-ID: 17880-18022@127.0.0.1\r\n\r\n";
         let bye = b"BYE sip:1@h SIP/2.0\r\ni:  17880-18022@127.0.0.1 \r\n\r\n";
         assert_eq!(shard_of(invite, 8), shard_of(bye, 8));
+        assert_eq!(shard_of_call_id("17880-18022@127.0.0.1", 8), shard_of(bye, 8));
         let ours = b"BYE sip:edge@h SIP/2.0\r\nCall-ID: 1s5-3-0@10.0.0.1\r\n\r\n";
         assert_eq!(shard_of(ours, 2), 1);
         let register = b"REGISTER sip:h SIP/2.0\r\nTo: \"Desk\" <sip:desk@h>\r\nCall-ID: x\r\n\r\n";

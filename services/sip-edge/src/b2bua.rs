@@ -29,7 +29,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::task::TaskTracker;
 
 use crate::driver::{CallTask, Driver};
-use crate::endpoint::{CallEvent, SipCore, Target};
+use crate::endpoint::{CallEvent, CallRecord, MediaRef, SipCore, Target};
 use crate::error::CallError;
 use crate::relays::{Relay, RelayPool};
 
@@ -104,11 +104,13 @@ impl MediaWatch {
 }
 
 /// Starts the task spawner: every new call gets its task, tracked for the drain.
+/// `sessions` names this process's relay sessions (see [`Sessions`]).
 pub fn spawner(
     edge: Arc<Driver>,
     router: Balanced,
     relays: RelayPool,
     in_flight: TaskTracker,
+    sessions: Sessions,
 ) -> mpsc::UnboundedSender<CallTask> {
     let (tx, mut rx) = mpsc::unbounded_channel::<CallTask>();
     let epoch = SystemTime::now()
@@ -125,6 +127,7 @@ pub fn spawner(
                 router: router.clone(),
                 epoch,
                 watch: watch.clone(),
+                sessions: sessions.clone(),
             };
             // The call's span, the root of its trace: every service's work for it is
             // below (trace context goes out in the gRPC metadata).
@@ -135,6 +138,7 @@ pub fn spawner(
                 peer = %call.peer,
                 from = %call.caller_number,
                 to = %call.exten,
+                restored = new.restored.is_some(),
                 sip.status = tracing::field::Empty,
                 hangup.cause = tracing::field::Empty,
                 ended_by = tracing::field::Empty,
@@ -152,6 +156,76 @@ struct Call {
     router: Balanced,
     epoch: u64,
     watch: MediaWatch,
+    sessions: Sessions,
+}
+
+/// The names of the relay sessions an edge makes: `<instance>.<boot>/<Call-ID>/<id>`,
+/// where the instance is the edge's own (kept in its data directory, the same after a
+/// restart) and the boot this process's start. A restarted edge deletes the sessions
+/// of its instance from an earlier boot that no restored call owns ([`reconcile`]);
+/// sessions of other edges are not its to touch.
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    pub instance: String,
+    pub boot: u64,
+}
+
+impl Sessions {
+    fn name(&self, call_id: &str, id: u64) -> String {
+        format!("{}.{}/{call_id}/{id}", self.instance, self.boot)
+    }
+
+    /// Made by this edge in an earlier run.
+    fn earlier(&self, session_id: &str) -> bool {
+        session_id
+            .strip_prefix(&self.instance)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(boot, _)| boot != self.boot.to_string())
+    }
+}
+
+/// After a restart: deletes, at every relay the edge knows of, the sessions its
+/// earlier runs made that no restored call owns (their calls ended while the edge was
+/// away, or were never answered). Returns how many.
+pub async fn reconcile(
+    relays: &RelayPool,
+    sessions: &Sessions,
+    restored: &HashSet<(String, String)>,
+) -> usize {
+    let mut targets: Vec<Arc<Relay>> = relays.relays();
+    for (url, _) in restored {
+        if !targets.iter().any(|r| &r.url == url) {
+            targets.extend(relays.by_url(url));
+        }
+    }
+    let mut deleted = 0;
+    for relay in targets {
+        let mut client = relay.client.clone();
+        let listed = match client.list_sessions(media::ListSessionsRequest {}).await {
+            Ok(listed) => listed.into_inner().sessions,
+            Err(e) => {
+                tracing::info!(relay = %relay.url, error = %e, "cannot list the relay's sessions");
+                continue;
+            }
+        };
+        for session in listed {
+            let owned = restored.contains(&(relay.url.clone(), session.session_id.clone()));
+            if owned || !sessions.earlier(&session.session_id) {
+                continue;
+            }
+            let gone = client
+                .delete_session(media::DeleteSessionRequest {
+                    session_id: session.session_id.clone(),
+                })
+                .await;
+            if gone.is_ok() {
+                tracing::info!(relay = %relay.url, session = %session.session_id, "deleted a session no call owns since the restart");
+                deleted += 1;
+            }
+        }
+    }
+    deleted
 }
 
 /// Notes on the call's span how it ended: the caller's final status, the Q.850 cause
@@ -227,9 +301,13 @@ impl Call {
             call,
             events: mut sip_events,
             notify,
+            restored,
         } = task;
+        if let Some(record) = restored {
+            return self.run_restored(call.id, *record, sip_events, notify).await;
+        }
         let id = call.id;
-        let session_id = format!("{}/{}", call.call_id, id);
+        let session_id = self.sessions.name(&call.call_id, id);
         let created = self
             .relays
             .create_session(media::CreateSessionRequest {
@@ -255,7 +333,16 @@ impl Call {
             return;
         };
         self.watch.register(&relay, &session_id, notify);
-        self.sip(id, |core| core.call_set_media(id, relay_a, relay_b));
+        self.sip(id, |core| {
+            core.call_set_media(id, relay_a, relay_b);
+            core.call_set_media_ref(
+                id,
+                MediaRef {
+                    relay: relay.url.clone(),
+                    session_id: session_id.clone(),
+                },
+            );
+        });
 
         let (to_router, events) = mpsc::unbounded_channel();
         let context = self.sip(id, |core| core.peer_context(&call.peer));
@@ -397,6 +484,76 @@ impl Call {
         if status.is_some() && !noted {
             ended(status, 16, "dialplan");
         }
+        self.watch.unregister(&session_id);
+        self.delete(&relay, &session_id).await;
+    }
+
+    /// A call bridged before a restart: no dialplan to run (the router's stream went
+    /// with the old process), only its end to carry out, and its re-INVITEs to follow
+    /// at the relay.
+    async fn run_restored(
+        self,
+        id: u64,
+        record: CallRecord,
+        mut sip_events: mpsc::UnboundedReceiver<CallEvent>,
+        notify: mpsc::UnboundedSender<CallEvent>,
+    ) {
+        let media = record
+            .media
+            .as_ref()
+            .and_then(|m| Some((self.relays.by_url(&m.relay)?, m.session_id.clone())));
+        let Some((relay, session_id)) = media else {
+            tracing::warn!(channel = %record.channel, "a restored call without its relay session: ending it");
+            ended(self.sip(id, |core| core.call_hangup(id, 41)), 41, "no media after restart");
+            return;
+        };
+        // The relay may have ended the session while the edge was away (its media
+        // timeout): then so does the call.
+        let mut client = relay.client.clone();
+        let status = client
+            .get_stats(media::GetStatsRequest {
+                session_id: session_id.clone(),
+            })
+            .await;
+        if let Err(e) = status {
+            if e.code() == tonic::Code::NotFound {
+                tracing::info!(channel = %record.channel, "a restored call's relay session is gone: ending it");
+                ended(self.sip(id, |core| core.call_hangup(id, 16)), 16, "media gone after restart");
+                return;
+            }
+        }
+        self.watch.register(&relay, &session_id, notify);
+        let nat_a = self.sip(id, |core| core.peer_nat(&record.peer));
+        while let Some(event) = sip_events.recv().await {
+            match event {
+                CallEvent::CallerGone { cause, status } => {
+                    ended(status, cause, "caller hung up");
+                    break;
+                }
+                CallEvent::BridgeEnded { .. } => {
+                    ended(self.sip(id, |core| core.call_hangup(id, 16)), 16, "callee hung up");
+                    break;
+                }
+                CallEvent::MediaTimeout => {
+                    ended(self.sip(id, |core| core.call_hangup(id, 16)), 16, "media timeout");
+                    break;
+                }
+                CallEvent::Stopped { cause } => {
+                    ended(Some(200), cause, "edge shutting down");
+                    break;
+                }
+                CallEvent::Reinvite { b_leg, remote, direction: d } => {
+                    let (leg, nat) = if b_leg {
+                        (media::LegId::B, false)
+                    } else {
+                        (media::LegId::A, nat_a)
+                    };
+                    self.update_leg(&relay, &session_id, leg, remote, Vec::new(), nat, direction(d)).await;
+                }
+                CallEvent::Bridged { .. } | CallEvent::EarlyMedia { .. } | CallEvent::DialFinished { .. } => {}
+            }
+        }
+        self.sip(id, |core| core.call_hangup(id, 16));
         self.watch.unregister(&session_id);
         self.delete(&relay, &session_id).await;
     }

@@ -15,7 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Notify};
 
-use crate::endpoint::{CallEvent, Event, NewCall, Path, SipCore};
+use crate::endpoint::{CallEvent, CallRecord, Event, NewCall, Path, SipCore};
+use crate::journal::{self, Journal, Table};
 use crate::registrar::Binding;
 use crate::wire::{StreamFramer, StreamItem};
 
@@ -32,6 +33,8 @@ pub struct CallTask {
     pub call: NewCall,
     pub events: mpsc::UnboundedReceiver<CallEvent>,
     pub notify: mpsc::UnboundedSender<CallEvent>,
+    /// A call from before a restart: bridged already, its media at this relay session.
+    pub restored: Option<Box<CallRecord>>,
 }
 
 type Bindings = HashMap<String, Vec<Binding>>;
@@ -50,46 +53,6 @@ struct Shard {
     wake: Notify,
 }
 
-/// The registrations on disk: `<data-dir>/registrations.json` (the whole table, as of
-/// the last compaction) and `registrations.journal` after it (one JSON line per changed
-/// line: its whole list of bindings, empty when it has none left). The shards hand
-/// their changes over here; a thread of its own appends them, and rewrites the table
-/// when the journal has grown past a few times its size, at start and at shutdown.
-#[derive(Default)]
-struct Journal {
-    pending: Mutex<Pending>,
-    wake: std::sync::Condvar,
-}
-
-#[derive(Default)]
-struct Pending {
-    /// Changes not written yet, the latest per line.
-    changes: Bindings,
-    /// The table as loaded, for the writer to start from.
-    start: Option<Bindings>,
-    closed: bool,
-}
-
-/// One line of the journal.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Entry {
-    line: String,
-    bindings: Vec<Binding>,
-}
-
-impl Journal {
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn add(&self, changes: Bindings, close: bool) {
-        let mut pending = self.lock();
-        pending.changes.extend(changes);
-        pending.closed |= close;
-        self.wake.notify_one();
-    }
-}
-
 /// The endpoints (one per shard) and their I/O. Shared by the socket readers, the
 /// timer tasks, the call tasks, the gRPC API and the resource watchers. A message
 /// locks only its own shard ([`sip_wire::shard::shard_of`]): by Call-ID, REGISTERs by
@@ -100,9 +63,44 @@ pub struct Driver {
     /// Writers of the open TCP connections, by peer (locked to send over TCP only).
     tcp: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>,
     spawner: std::sync::OnceLock<mpsc::UnboundedSender<CallTask>>,
-    journal: Arc<Journal>,
-    /// Where the bindings are written, if anywhere.
-    persist_path: Option<PathBuf>,
+    /// The registrations and the answered calls, kept on disk (if anywhere).
+    journal: Arc<Journal<Vec<Binding>>>,
+    calls_journal: Arc<Journal<Option<CallRecord>>>,
+    persist: Option<Files>,
+}
+
+/// What the edge keeps on disk, and where.
+#[derive(Debug, Clone)]
+pub struct Files {
+    /// `registrations.json` (and its journal).
+    pub registrations: PathBuf,
+    /// `calls.json` (and its journal).
+    pub calls: PathBuf,
+}
+
+impl Files {
+    pub fn in_dir(dir: &FsPath) -> Self {
+        Self {
+            registrations: dir.join("registrations.json"),
+            calls: dir.join("calls.json"),
+        }
+    }
+}
+
+/// What was kept on disk, as loaded at start.
+#[derive(Debug, Default)]
+pub struct Saved {
+    pub bindings: Bindings,
+    pub calls: Table<Option<CallRecord>>,
+}
+
+impl Saved {
+    pub fn load(files: &Files) -> Self {
+        Self {
+            bindings: journal::load(&files.registrations, "registrations"),
+            calls: journal::load(&files.calls, "calls"),
+        }
+    }
 }
 
 /// Unix seconds now.
@@ -111,6 +109,23 @@ pub fn unix_now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The edge's own name for itself, kept in `<data-dir>/edge-id` (made at the first
+/// start): the same across restarts on the same data, different between edges.
+pub fn instance_id(dir: &FsPath) -> String {
+    let path = dir.join("edge-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return id.to_owned();
+        }
+    }
+    let id = format!("e{:016x}", random_seed());
+    if let Err(e) = std::fs::write(&path, &id) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot keep the edge's id; its relay sessions will not be reconciled after a restart");
+    }
+    id
 }
 
 /// A random seed for the endpoint's tags and Call-IDs.
@@ -125,129 +140,6 @@ pub fn random_seed() -> u64 {
             .unwrap_or(0x9e37_79b9);
     }
     u64::from_le_bytes(bytes)
-}
-
-/// The journal beside the registrations file.
-fn journal_path(path: &FsPath) -> PathBuf {
-    path.with_extension("journal")
-}
-
-/// Reads persisted bindings, if any: the table, then the journal's changes in order
-/// (a torn last line, from a crash mid-write, is skipped).
-pub fn load_bindings(path: &FsPath) -> Bindings {
-    let mut table: Bindings = match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            tracing::warn!(path = %path.display(), error = %e, "registrations file unreadable; starting empty");
-            HashMap::new()
-        }),
-        Err(_) => HashMap::new(),
-    };
-    let journal = std::fs::read(journal_path(path)).unwrap_or_default();
-    for (n, line) in journal.split(|b| *b == b'\n').enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        match serde_json::from_slice::<Entry>(line) {
-            Ok(Entry { line, bindings }) if bindings.is_empty() => {
-                table.remove(&line);
-            }
-            Ok(Entry { line, bindings }) => {
-                table.insert(line, bindings);
-            }
-            Err(e) => {
-                tracing::warn!(path = %journal_path(path).display(), line = n + 1, error = %e, "registrations journal line unreadable; skipped")
-            }
-        }
-    }
-    table
-}
-
-/// Appends changes to the journal.
-fn append_journal(path: &FsPath, changes: &Bindings) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut out = Vec::new();
-    for (line, bindings) in changes {
-        serde_json::to_writer(
-            &mut out,
-            &Entry {
-                line: line.clone(),
-                bindings: bindings.clone(),
-            },
-        )
-        .map_err(std::io::Error::other)?;
-        out.push(b'\n');
-    }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(journal_path(path))?
-        .write_all(&out)
-}
-
-/// Writes the whole table (dropping what has expired), then empties the journal. A
-/// crash between the two replays the journal onto a table that has it already: each
-/// entry is a line's whole list, so that changes nothing.
-fn compact(path: &FsPath, table: &mut Bindings) -> std::io::Result<()> {
-    let now = unix_now();
-    table.retain(|_, bindings| {
-        bindings.retain(|b| b.expires_at > now);
-        !bindings.is_empty()
-    });
-    write_registrations(path, table)?;
-    std::fs::File::create(journal_path(path)).map(drop)
-}
-
-/// The journal's writer: appends what the shards hand over, compacts now and then,
-/// until the journal is closed.
-fn write_journal(path: &FsPath, mut table: Bindings, journal: &Journal) {
-    // The journal may compact once it holds this many entries past the table's size.
-    const SLACK: usize = 1_000;
-    let mut appended = 0;
-    let mut healthy = compact(path, &mut table).is_ok();
-    loop {
-        let (changes, closed) = {
-            let mut pending = journal.lock();
-            while pending.changes.is_empty() && !pending.closed {
-                pending = journal
-                    .wake
-                    .wait(pending)
-                    .unwrap_or_else(|e| e.into_inner());
-            }
-            (std::mem::take(&mut pending.changes), pending.closed)
-        };
-        let written = healthy && append_journal(path, &changes).is_ok();
-        appended += changes.len();
-        for (line, bindings) in changes {
-            if bindings.is_empty() {
-                table.remove(&line);
-            } else {
-                table.insert(line, bindings);
-            }
-        }
-        if !written || closed || appended > 4 * table.len() + SLACK {
-            healthy = match compact(path, &mut table) {
-                Ok(()) => {
-                    appended = 0;
-                    true
-                }
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot persist registrations");
-                    false
-                }
-            };
-        }
-        if closed {
-            return;
-        }
-    }
-}
-
-/// Writes bindings atomically: a temporary file, then a rename.
-pub fn write_registrations(path: &FsPath, bindings: &Bindings) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec(bindings).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// The saved bindings of the lines shard `index` of `shards` keeps.
@@ -267,15 +159,16 @@ impl Driver {
     pub fn new(
         cores: Vec<SipCore>,
         udp: Arc<UdpSocket>,
-        persist: Option<(PathBuf, Bindings)>,
+        persist: Option<(Files, Saved)>,
     ) -> Self {
         let count = cores.len();
         let local = udp.local_addr().ok();
-        let journal = Journal::default();
-        let persist_path = persist.map(|(path, table)| {
-            journal.lock().start = Some(table);
-            path
-        });
+        let (persist, saved) = match persist {
+            Some((files, saved)) => (Some(files), saved),
+            None => (None, Saved::default()),
+        };
+        let journal = Journal::starting_from(saved.bindings);
+        let calls_journal = Journal::starting_from(saved.calls);
         let shards = cores
             .into_iter()
             .enumerate()
@@ -303,7 +196,8 @@ impl Driver {
             tcp: Mutex::new(HashMap::new()),
             spawner: std::sync::OnceLock::new(),
             journal: Arc::new(journal),
-            persist_path,
+            calls_journal: Arc::new(calls_journal),
+            persist,
         }
     }
 
@@ -400,6 +294,7 @@ impl Driver {
                         call,
                         events,
                         notify: notify.clone(),
+                        restored: None,
                     };
                     let started = self.spawner.get().is_some_and(|s| s.send(task).is_ok());
                     if started {
@@ -418,6 +313,9 @@ impl Driver {
                     state.calls.remove(&id);
                 }
                 Event::Persist(changes) => self.journal.add(changes, false),
+                Event::CallState { key, record } => self
+                    .calls_journal
+                    .add(HashMap::from([(key, record.map(|r| *r))]), false),
             }
         }
         busy
@@ -434,6 +332,39 @@ impl Driver {
                 })
             })
             .sum()
+    }
+
+    /// The answered calls kept from before a restart, each on the shard its requests
+    /// will reach, with a task of its own (the spawner must be set). A record that
+    /// cannot be restored is dropped from the table. Returns how many were restored.
+    pub fn restore_calls(&self, records: Vec<CallRecord>) -> usize {
+        let mut restored = 0;
+        for record in records {
+            let key = record.a_call_id.clone();
+            let index = sip_wire::shard::shard_of_call_id(&key, self.shards.len());
+            let mut state = self.lock(index);
+            let Some(call) = state.core.restore_call(record.clone()) else {
+                tracing::warn!(call_id = %key, "a kept call does not restore; dropped");
+                self.calls_journal.add(HashMap::from([(key, None)]), false);
+                continue;
+            };
+            let (notify, events) = mpsc::unbounded_channel();
+            let id = call.id;
+            let task = CallTask {
+                call,
+                events,
+                notify: notify.clone(),
+                restored: Some(Box::new(record)),
+            };
+            if self.spawner.get().is_some_and(|s| s.send(task).is_ok()) {
+                state.calls.insert(id, notify);
+                restored += 1;
+            } else {
+                state.core.call_hangup(id, 41);
+            }
+            self.pump(&mut state);
+        }
+        restored
     }
 
     /// Where new calls get their task; INVITEs are taken from now on.
@@ -549,14 +480,17 @@ async fn connection(
 /// Runs every shard's timers until `stop`, with the registrations' journal writer
 /// beside them; then hands the writer the last changes and waits for it to finish.
 pub async fn run_timers(edge: Arc<Driver>, stop: service_runtime::Shutdown) {
-    let writer = edge.persist_path.clone().and_then(|path| {
-        let journal = edge.journal.clone();
-        let table = journal.lock().start.take().unwrap_or_default();
-        std::thread::Builder::new()
-            .name("registrations".into())
-            .spawn(move || write_journal(&path, table, &journal))
-            .map_err(|e| tracing::error!(error = %e, "cannot start the registrations writer"))
-            .ok()
+    let writers = edge.persist.clone().map(|files| {
+        let registrations = edge.journal.clone();
+        let calls = edge.calls_journal.clone();
+        [
+            std::thread::Builder::new()
+                .name("registrations".into())
+                .spawn(move || registrations.write(&files.registrations, "registrations")),
+            std::thread::Builder::new()
+                .name("calls".into())
+                .spawn(move || calls.write(&files.calls, "calls")),
+        ]
     });
     let timers: Vec<_> = (0..edge.shards())
         .map(|index| tokio::spawn(shard_timers(edge.clone(), index, stop.clone())))
@@ -571,8 +505,14 @@ pub async fn run_timers(edge: Arc<Driver>, stop: service_runtime::Shutdown) {
         .flatten()
         .collect();
     edge.journal.add(last, true);
-    if let Some(writer) = writer {
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    edge.calls_journal.add(HashMap::new(), true);
+    for writer in writers.into_iter().flatten() {
+        match writer {
+            Ok(writer) => {
+                let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start a writer of what the edge keeps"),
+        }
     }
 }
 
@@ -599,82 +539,5 @@ async fn shard_timers(edge: Arc<Driver>, index: usize, stop: service_runtime::Sh
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
             _ = edge.shards[index].wake.notified() => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn binding(contact: &str, expires_at: u64) -> Binding {
-        Binding {
-            contact: contact.into(),
-            expires_at,
-            source: "192.0.2.10:5060".parse().unwrap(),
-            transport: "udp".into(),
-            call_id: "c".into(),
-            cseq: 1,
-            user_agent: None,
-            nat: false,
-            registered_at: 0,
-        }
-    }
-
-    #[test]
-    fn the_journal_replays_onto_the_table_and_a_torn_line_is_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("registrations.json");
-        let later = unix_now() + 3600;
-        let table = HashMap::from([
-            ("a".to_owned(), vec![binding("sip:a@x", later)]),
-            ("b".to_owned(), vec![binding("sip:b@x", later)]),
-        ]);
-        write_registrations(&path, &table).unwrap();
-        let changes = HashMap::from([
-            ("a".to_owned(), Vec::new()),
-            ("c".to_owned(), vec![binding("sip:c@x", later)]),
-        ]);
-        append_journal(&path, &changes).unwrap();
-        let mut torn = std::fs::read(journal_path(&path)).unwrap();
-        torn.extend_from_slice(b"{\"line\":\"d\",\"bindi");
-        std::fs::write(journal_path(&path), torn).unwrap();
-        let mut lines: Vec<String> = load_bindings(&path).into_keys().collect();
-        lines.sort();
-        assert_eq!(lines, ["b", "c"]);
-    }
-
-    #[test]
-    fn the_writer_appends_changes_and_compacts_when_closed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("registrations.json");
-        let later = unix_now() + 3600;
-        let start = HashMap::from([
-            ("a".to_owned(), vec![binding("sip:a@x", later)]),
-            // Expired: dropped by the first compaction.
-            ("old".to_owned(), vec![binding("sip:old@x", 1)]),
-        ]);
-        let journal = Arc::new(Journal::default());
-        let writer = {
-            let (path, journal) = (path.clone(), journal.clone());
-            std::thread::spawn(move || write_journal(&path, start, &journal))
-        };
-        journal.add(
-            HashMap::from([("b".to_owned(), vec![binding("sip:b@x", later)])]),
-            false,
-        );
-        // Appended, not yet compacted: the journal holds it.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::metadata(journal_path(&path)).map_or(0, |m| m.len()) == 0 {
-            assert!(Instant::now() < deadline, "nothing appended");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let mut lines: Vec<String> = load_bindings(&path).into_keys().collect();
-        lines.sort();
-        assert_eq!(lines, ["a", "b"]);
-        journal.add(HashMap::from([("a".to_owned(), Vec::new())]), true);
-        writer.join().unwrap();
-        assert_eq!(std::fs::metadata(journal_path(&path)).unwrap().len(), 0);
-        let table: Bindings = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(table.into_keys().collect::<Vec<_>>(), ["b"]);
     }
 }

@@ -26,6 +26,7 @@ pub use sip_wire::{digest, fuzzing, sdp, wire};
 pub mod b2bua;
 pub mod discovery;
 pub mod driver;
+pub mod journal;
 pub mod relays;
 pub mod resources;
 pub mod trunks;
@@ -215,6 +216,10 @@ pub struct Bound {
     router_service: Option<String>,
     /// How long a drain lets calls run before it ends them.
     drain_deadline: std::time::Duration,
+    /// The names of this run's relay sessions.
+    sessions: b2bua::Sessions,
+    /// The answered calls kept from before a restart.
+    restore: Vec<endpoint::CallRecord>,
     /// Clients of the services the edge drives; used by the call path (issue #4).
     #[allow(dead_code)]
     peers: Peers,
@@ -527,8 +532,16 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         &exempt,
         shards,
     ));
-    let persist = config.data_dir.join("registrations.json");
-    let saved = driver::load_bindings(&persist);
+    let files = driver::Files::in_dir(&config.data_dir);
+    let saved = driver::Saved::load(&files);
+    let restore: Vec<endpoint::CallRecord> = saved.calls.values().flatten().cloned().collect();
+    let sessions = b2bua::Sessions {
+        instance: driver::instance_id(&config.data_dir),
+        boot: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    };
     let epoch = (std::time::Instant::now(), driver::unix_now());
     let cores = (0..shards)
         .map(|index| {
@@ -537,7 +550,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
                 guard.clone(),
                 qualifier_for(&sip),
                 config.emergency_numbers.clone(),
-                Some(driver::bindings_of_shard(&saved, index, shards)),
+                Some(driver::bindings_of_shard(&saved.bindings, index, shards)),
                 counters.clone(),
                 epoch,
                 driver::random_seed(),
@@ -573,12 +586,14 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         relay_service: config.media_relay_service,
         router_service: config.router_service,
         drain_deadline: config.common.drain_deadline,
+        sessions,
+        restore,
         advertise_ip: config.advertise_ip,
         sip,
         edge: Arc::new(driver::Driver::new(
             cores,
             Arc::new(udp),
-            Some((persist, saved)),
+            Some((files, saved)),
         )),
         tcp,
         peers,
@@ -622,6 +637,8 @@ impl Bound {
             relay_service,
             router_service,
             drain_deadline,
+            sessions,
+            restore,
             ..
         } = self;
         if let (Some((client, namespace)), Some(service)) = (&kube, router_service) {
@@ -683,8 +700,30 @@ impl Bound {
             peers.router.clone(),
             peers.media_relays.clone(),
             server.in_flight(),
+            sessions.clone(),
         );
         edge.set_spawner(spawner);
+        // The answered calls from before a restart go on; then the relay sessions of
+        // earlier runs that no call owns are deleted.
+        let owned: std::collections::HashSet<(String, String)> = restore
+            .iter()
+            .filter_map(|r| r.media.as_ref())
+            .map(|m| (m.relay.clone(), m.session_id.clone()))
+            .collect();
+        if !restore.is_empty() {
+            let restored = edge.restore_calls(restore);
+            tracing::info!(calls = restored, "answered calls restored after a restart");
+        }
+        tokio::spawn({
+            let relays = peers.media_relays.clone();
+            async move {
+                relays.refresh().await;
+                let deleted = b2bua::reconcile(&relays, &sessions, &owned).await;
+                if deleted > 0 {
+                    tracing::info!(sessions = deleted, "relay sessions of earlier runs deleted");
+                }
+            }
+        });
         edge.with_shard(0, |core, _| core.set_outbound(outbound));
         edge.each(|core| core.set_advertise(advertise));
         // SIP runs through the drain, until the last call has ended: its own stop.

@@ -237,6 +237,19 @@ impl RelayPool {
         futures::future::join_all(relays.iter().map(|r| r.poll())).await;
     }
 
+    /// The relay at `url` (a session's `SessionRef.relay`), known to the pool or not: a
+    /// call restored after a restart finds its session there.
+    pub fn by_url(&self, url: &str) -> Option<Arc<Relay>> {
+        let addr: SocketAddr = url.strip_prefix("http://")?.parse().ok()?;
+        let known = self
+            .relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .cloned();
+        known.or_else(|| Relay::new(addr).ok().map(Arc::new))
+    }
+
     /// Refreshes every `every` until `shutdown`.
     pub fn spawn_refresher(&self, every: Duration, shutdown: Shutdown) {
         let pool = self.clone();

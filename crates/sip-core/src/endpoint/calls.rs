@@ -28,7 +28,9 @@ use sip_wire::header::{NameAddr, SipUri, Via};
 
 mod dial;
 mod dialog;
+mod restore;
 use dial::Branch;
+pub use restore::{CallRecord, CalleeRecord, MediaRef};
 use dialog::{echo_record_route, record_route};
 
 /// RFC 3261 T1 and T2, for the 2xx the edge retransmits itself (§13.3.1.4).
@@ -186,6 +188,10 @@ pub struct Call {
     bridged: Option<(usize, Instant)>,
     /// The Reason header (RFC 3326) of the BYEs the edge sends when it ends the call.
     bye_reason: Option<String>,
+    /// The relay session, for the call's record.
+    media: Option<MediaRef>,
+    /// Its record was handed out (its removal is, when it ends).
+    persisted: bool,
 }
 
 /// `<sip:x@y>;params` or `sip:x@y` to the URI.
@@ -359,6 +365,11 @@ impl SipCore {
         self.accepting_calls = accepting && !self.draining;
     }
 
+    /// `nat=` of `peer` (its media is latched symmetrically).
+    pub fn peer_nat(&self, peer: &str) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.nat)
+    }
+
     /// The `context=` new calls from `peer` start in.
     pub fn peer_context(&self, peer: &str) -> String {
         self.peers
@@ -510,6 +521,8 @@ impl SipCore {
                 fork: None,
                 dial_command: 0,
                 bye_reason: None,
+                media: None,
+                persisted: false,
                 branches: Vec::new(),
                 bridged: None,
             },
@@ -708,6 +721,12 @@ impl SipCore {
 
     fn forget_call(&mut self, id: u64) {
         if let Some(call) = self.calls.remove(&id) {
+            if call.persisted {
+                self.events.push_back(Event::CallState {
+                    key: call.a_call_id.clone(),
+                    record: None,
+                });
+            }
             self.call_ids.remove(&call.a_call_id);
             for index in 0..call.branches.len() {
                 self.branch_sdp.remove(&(id, index));

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use sip_core::endpoint::{
+    CallRecord,
     CallEvent, Counters, Event, Held, Path, PeerInfo, SipCore, Target, Trunk,
 };
 use sip_core::guard::{GuardConfig, SharedGuard};
@@ -288,6 +289,8 @@ pub struct Tasks {
     pub events: HashMap<u64, Vec<CallEvent>>,
     /// Calls the SIP side is done with.
     pub gone: Vec<u64>,
+    /// The records of bridged calls, by the caller's Call-ID, as the driver keeps them.
+    pub records: HashMap<String, CallRecord>,
 }
 
 /// The endpoints (one per shard, as the edge runs them), their clock and the two
@@ -319,7 +322,11 @@ impl Sim {
     /// The same edge as `shards` endpoints, messages routed between them as the
     /// driver routes them (`sip_wire::shard`).
     pub fn sharded(shards: usize) -> Self {
-        let start = Instant::now();
+        Self::sharded_from(shards, Instant::now())
+    }
+
+    /// The same, its clock and Unix time starting at `start`.
+    fn sharded_from(shards: usize, start: Instant) -> Self {
         let desk = Line {
             name: "desk".into(),
             secret: Some("s3cret".into()),
@@ -395,6 +402,27 @@ impl Sim {
             tasks: Tasks::default(),
             dial_timeout: Duration::from_secs(20),
         }
+    }
+
+    /// The edge started again after a crash: new endpoints (as many), the bindings as
+    /// persisted, and the calls restored from their records, each on the shard its
+    /// caller's requests go to. Returns the restored calls' ids.
+    pub fn restarted(&self) -> (Sim, Vec<u64>) {
+        let mut sim = Sim::sharded_from(self.edges.len(), self.start);
+        sim.now = self.now;
+        for edge in &mut sim.edges {
+            edge.advance(self.now);
+        }
+        let mut ids = Vec::new();
+        for record in self.tasks.records.values() {
+            let shard = sip_wire::shard::shard_of_call_id(&record.a_call_id, sim.edges.len());
+            let call = sim.edges[shard]
+                .restore_call(record.clone())
+                .expect("the record restores");
+            ids.push(call.id);
+        }
+        sim.tasks.records = self.tasks.records.clone();
+        (sim, ids)
     }
 
     /// The first (or only) endpoint.
@@ -514,6 +542,14 @@ impl Sim {
                 }
             }
             Event::CallGone(id) => self.tasks.gone.push(id),
+            Event::CallState { key, record } => match record {
+                Some(record) => {
+                    self.tasks.records.insert(key, *record);
+                }
+                None => {
+                    self.tasks.records.remove(&key);
+                }
+            },
             Event::Persist(_) => {}
         }
     }

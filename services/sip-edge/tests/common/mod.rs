@@ -30,46 +30,21 @@ pub fn sip_conf(carrier: SocketAddr) -> String {
         .replacen("insecure=port,invite", "insecure=invite", 1)
 }
 
-pub struct System {
-    pub edge_sip: SocketAddr,
-    pub edge_grpc: String,
-    pub relay: String,
-    /// Where the voicemail keeps messages (its folder store).
-    pub voicemail_messages: PathBuf,
-    /// Where the mailer writes the emails (`<id>.email.eml`).
-    pub mail: PathBuf,
-    /// The edge's SIP side, to give it lines as resources would.
-    pub edge: std::sync::Arc<sip_edge::driver::Driver>,
-    /// The edge's own shutdown (SIGTERM) and its task, for drain tests.
-    pub edge_stop: Shutdown,
-    pub edge_task: Option<tokio::task::JoinHandle<Result<(), sip_edge::Error>>>,
-    stops: Vec<Shutdown>,
-    _dirs: Vec<tempfile::TempDir>,
+/// Everything but the edge: relay, mailer, voicemail and router on loopback, with the
+/// seed's configuration (the carrier at `carrier`).
+pub struct Backend {
+    pub conf: tempfile::TempDir,
+    /// The edge's data directory (the edge is not started).
+    pub data: tempfile::TempDir,
+    pub voicemail_data: tempfile::TempDir,
+    pub mailer_data: tempfile::TempDir,
+    pub relay_url: String,
+    pub router_url: String,
+    pub stops: Vec<Shutdown>,
 }
 
-impl System {
-    /// Relay, mailer, voicemail, router and edge, with `extensions` as extensions.conf (or the
-    /// seed's).
-    pub async fn start(carrier: SocketAddr, extensions: Option<&str>) -> Self {
-        Self::start_with(carrier, extensions, &[]).await
-    }
-
-    /// The same with extra flags for the relay.
-    pub async fn start_with(
-        carrier: SocketAddr,
-        extensions: Option<&str>,
-        relay_flags: &[&str],
-    ) -> Self {
-        Self::start_draining_in(carrier, extensions, relay_flags, Duration::from_secs(30)).await
-    }
-
-    /// The same with the edge's drain deadline.
-    pub async fn start_draining_in(
-        carrier: SocketAddr,
-        extensions: Option<&str>,
-        relay_flags: &[&str],
-        edge_drain_deadline: Duration,
-    ) -> Self {
+impl Backend {
+    pub async fn start(carrier: SocketAddr, extensions: Option<&str>, relay_flags: &[&str]) -> Self {
         let conf = tempfile::tempdir().unwrap();
         std::fs::write(conf.path().join("sip.conf"), sip_conf(carrier)).unwrap();
         for file in ["extensions.conf", "voicemail.conf"] {
@@ -147,6 +122,78 @@ impl System {
         tokio::spawn(router.run(stop.clone()));
         stops.push(stop);
 
+        Self {
+            conf,
+            data,
+            voicemail_data,
+            mailer_data,
+            relay_url,
+            router_url,
+            stops,
+        }
+    }
+
+    pub async fn relay_sessions(&self) -> Vec<media::Session> {
+        MediaRelayClient::connect(self.relay_url.clone())
+            .await
+            .unwrap()
+            .list_sessions(media::ListSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions
+    }
+}
+
+pub struct System {
+    pub edge_sip: SocketAddr,
+    pub edge_grpc: String,
+    pub relay: String,
+    /// Where the voicemail keeps messages (its folder store).
+    pub voicemail_messages: PathBuf,
+    /// Where the mailer writes the emails (`<id>.email.eml`).
+    pub mail: PathBuf,
+    /// The edge's SIP side, to give it lines as resources would.
+    pub edge: std::sync::Arc<sip_edge::driver::Driver>,
+    /// The edge's own shutdown (SIGTERM) and its task, for drain tests.
+    pub edge_stop: Shutdown,
+    pub edge_task: Option<tokio::task::JoinHandle<Result<(), sip_edge::Error>>>,
+    stops: Vec<Shutdown>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl System {
+    /// Relay, mailer, voicemail, router and edge, with `extensions` as extensions.conf (or the
+    /// seed's).
+    pub async fn start(carrier: SocketAddr, extensions: Option<&str>) -> Self {
+        Self::start_with(carrier, extensions, &[]).await
+    }
+
+    /// The same with extra flags for the relay.
+    pub async fn start_with(
+        carrier: SocketAddr,
+        extensions: Option<&str>,
+        relay_flags: &[&str],
+    ) -> Self {
+        Self::start_draining_in(carrier, extensions, relay_flags, Duration::from_secs(30)).await
+    }
+
+    /// The same with the edge's drain deadline.
+    pub async fn start_draining_in(
+        carrier: SocketAddr,
+        extensions: Option<&str>,
+        relay_flags: &[&str],
+        edge_drain_deadline: Duration,
+    ) -> Self {
+        let Backend {
+            conf,
+            data,
+            voicemail_data,
+            mailer_data,
+            relay_url,
+            router_url,
+            mut stops,
+        } = Backend::start(carrier, extensions, relay_flags).await;
         let mut config = sip_edge::Config::loopback(conf.path().to_owned(), data.path().to_owned());
         // Three shards whatever the machine: every message must find its shard.
         config.sip_shards = 3;

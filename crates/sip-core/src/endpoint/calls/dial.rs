@@ -450,6 +450,7 @@ impl SipCore {
                 tracing::warn!(error = %e, "cannot answer the caller after the callee answered");
             }
         }
+        self.persist_call(id);
     }
 
     /// A response on a B leg's INVITE (or its CANCEL) client transaction.

@@ -1,0 +1,241 @@
+//! The `sip-edge` process killed (SIGKILL) in the middle of an answered call and
+//! started again on the same data: the audio goes on through the relay meanwhile, and
+//! the restarted edge carries the call's re-INVITE and its end; the relay's sessions
+//! come back to zero. The router and relay run in the test's process; the test plays
+//! the carrier and the desk phone.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A `sip-edge` process over `backend`, its SIP at `sip`.
+struct EdgeProcess {
+    child: Child,
+}
+
+impl EdgeProcess {
+    fn start(backend: &Backend, sip: SocketAddr) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_sip-edge"))
+            .args(["--config-dir", backend.conf.path().to_str().unwrap()])
+            .args(["--data-dir", backend.data.path().to_str().unwrap()])
+            .args(["--sip-bind", &sip.to_string()])
+            .args(["--grpc-bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
+            .args(["--router-url", &backend.router_url])
+            .args(["--media-relays", &backend.relay_url])
+            .args(["--sip-shards", "2"])
+            .env("RUST_LOG", "sip_edge=info,sip_core=info")
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("EDGE_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("sip-edge starts");
+        Self { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free UDP and TCP port on loopback for the edge's SIP.
+fn free_sip_addr() -> SocketAddr {
+    for _ in 0..50 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = udp.local_addr().unwrap();
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port")
+}
+
+/// Waits until the edge at `sip` answers SIP (a REGISTER challenged).
+async fn until_up(sip: SocketAddr) {
+    let probe = Peer::new(sip).await;
+    let local = probe.addr();
+    for _ in 0..100 {
+        probe
+            .send(&format!(
+                "OPTIONS sip:{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKup{};rport\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{local}>;tag=up\r\nTo: <sip:{sip}>\r\nCall-ID: up-{}@{local}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                rand_suffix(),
+                rand_suffix()
+            ))
+            .await;
+        let mut buffer = [0u8; 4096];
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_millis(100),
+            probe.socket.recv_from(&mut buffer),
+        )
+        .await
+        {
+            return;
+        }
+    }
+    panic!("the edge did not come up");
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+async fn sessions_reach(backend: &Backend, count: usize) -> bool {
+    for _ in 0..100 {
+        if backend.relay_sessions().await.len() == count {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answered_call_survives_a_killed_edge() {
+    let carrier_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let backend = Backend::start(carrier_socket.local_addr().unwrap(), None, &[]).await;
+    let sip = free_sip_addr();
+    let mut edge = EdgeProcess::start(&backend, sip);
+    until_up(sip).await;
+    let carrier = Peer {
+        socket: carrier_socket,
+        edge: sip,
+    };
+    let phone = registered_phone(sip).await;
+    let (carrier_rtp, phone_rtp) = (rtp_socket().await, rtp_socket().await);
+
+    let offer = did_call(&carrier, &carrier_rtp, "k1", "13105550199");
+    carrier.send(&offer).await;
+    let (ring, ok) = answer_call(&carrier, &phone, &phone_rtp, &offer, "ph1").await;
+    let (relay_a, relay_b) = (sdp_media(&ok), sdp_media(&ring));
+    assert!(audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0xa1).await, "before");
+    assert!(audio_flows(&phone_rtp, relay_b, &carrier_rtp, 0xb1).await, "before");
+    // The record is written by a thread of its own: give it a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    edge.kill();
+    assert!(audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0xa2).await, "while away");
+    assert!(audio_flows(&phone_rtp, relay_b, &carrier_rtp, 0xb2).await, "while away");
+    assert_eq!(backend.relay_sessions().await.len(), 1, "the session stays");
+
+    let _edge = EdgeProcess::start(&backend, sip);
+    until_up(sip).await;
+    assert!(audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0xa3).await, "after");
+    assert!(audio_flows(&phone_rtp, relay_b, &carrier_rtp, 0xb3).await, "after");
+
+    // Hold and resume from the carrier, answered from the relay.
+    let hold = with_sdp(
+        &in_dialog("INVITE", &offer, &ok, 2, sip),
+        &sdp(carrier_rtp.local_addr().unwrap()).replace("sendrecv", "sendonly"),
+    );
+    carrier.send(&hold).await;
+    let held = carrier.expect_status(200).await;
+    assert_eq!(sdp_media(&held), relay_a, "{held}");
+    assert!(body(&held).contains("a=recvonly"), "{held}");
+    carrier.send(&in_dialog("ACK", &offer, &held, 2, sip)).await;
+    let resume = with_sdp(
+        &in_dialog("INVITE", &offer, &ok, 3, sip),
+        &sdp(carrier_rtp.local_addr().unwrap()),
+    );
+    carrier.send(&resume).await;
+    let resumed = carrier.expect_status(200).await;
+    carrier.send(&in_dialog("ACK", &offer, &resumed, 3, sip)).await;
+    assert!(audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0xa4).await, "resumed");
+
+    // The carrier hangs up: the phone gets the BYE in its dialog; the session goes.
+    carrier.send(&in_dialog("BYE", &offer, &ok, 4, sip)).await;
+    carrier.expect_status(200).await;
+    let bye = phone.expect("BYE ").await;
+    assert!(header(&bye, "To").unwrap().contains("tag=ph1"), "{bye}");
+    assert_eq!(header(&bye, "Call-ID"), header(&ring, "Call-ID"));
+    phone.send(&response_to(&bye, 200, "OK", "", "")).await;
+    assert!(sessions_reach(&backend, 0).await, "the relay session is deleted");
+}
+
+/// `request` (no body) with `sdp` as its body.
+fn with_sdp(request: &str, sdp: &str) -> String {
+    let head = request
+        .strip_suffix("Content-Length: 0\r\n\r\n")
+        .expect("a request without a body");
+    format!(
+        "{head}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+/// The edge, the backend, the carrier and the registered phone.
+async fn scene(relay_flags: &[&str]) -> (Backend, SocketAddr, EdgeProcess, Peer, Peer) {
+    let carrier_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let backend = Backend::start(carrier_socket.local_addr().unwrap(), None, relay_flags).await;
+    let sip = free_sip_addr();
+    let edge = EdgeProcess::start(&backend, sip);
+    until_up(sip).await;
+    let carrier = Peer {
+        socket: carrier_socket,
+        edge: sip,
+    };
+    let phone = registered_phone(sip).await;
+    (backend, sip, edge, carrier, phone)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_ended_while_the_edge_was_away_is_cleaned_up() {
+    // The relay ends sessions whose media stopped for 2 s.
+    let (backend, sip, mut edge, carrier, phone) = scene(&["--media-timeout", "2s"]).await;
+    let (carrier_rtp, phone_rtp) = (rtp_socket().await, rtp_socket().await);
+    let offer = did_call(&carrier, &carrier_rtp, "k2", "13105550199");
+    carrier.send(&offer).await;
+    let (ring, ok) = answer_call(&carrier, &phone, &phone_rtp, &offer, "ph2").await;
+    assert!(audio_flows(&carrier_rtp, sdp_media(&ok), &phone_rtp, 0xa5).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    edge.kill();
+
+    // Both ends went quiet while the edge was away: the relay timed the session out.
+    assert!(sessions_reach(&backend, 0).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _edge = EdgeProcess::start(&backend, sip);
+    // The restored call finds no session: both legs get a BYE in their dialogs.
+    let to_carrier = carrier.expect("BYE ").await;
+    assert_eq!(header(&to_carrier, "Call-ID"), header(&offer, "Call-ID"));
+    let to_phone = phone.expect("BYE ").await;
+    assert_eq!(header(&to_phone, "Call-ID"), header(&ring, "Call-ID"));
+    carrier.send(&response_to(&to_carrier, 200, "OK", "", "")).await;
+    phone.send(&response_to(&to_phone, 200, "OK", "", "")).await;
+    assert!(sessions_reach(&backend, 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_no_kept_call_owns_is_deleted_after_the_restart() {
+    let (backend, sip, mut edge, carrier, phone) = scene(&[]).await;
+    // A call still ringing when the edge dies: not answered, so not kept.
+    let carrier_rtp = rtp_socket().await;
+    let offer = did_call(&carrier, &carrier_rtp, "k3", "13105550124");
+    carrier.send(&offer).await;
+    phone.expect("INVITE ").await;
+    assert!(sessions_reach(&backend, 1).await);
+    edge.kill();
+    assert_eq!(backend.relay_sessions().await.len(), 1);
+
+    let _edge = EdgeProcess::start(&backend, sip);
+    until_up(sip).await;
+    assert!(
+        sessions_reach(&backend, 0).await,
+        "sessions left: {:?}",
+        backend.relay_sessions().await
+    );
+}
