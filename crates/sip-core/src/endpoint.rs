@@ -221,6 +221,8 @@ pub struct SipCore {
     /// Draining: when the calls still up are ended ([`SipCore::drain`]).
     drain_deadline: Option<Instant>,
     draining: bool,
+    /// See [`SipCore::set_keep_calls`].
+    keep_calls: bool,
     call_seq: u64,
     /// (this shard, shards): see [`SipCore::set_shard`].
     shard: (usize, usize),
@@ -323,6 +325,7 @@ impl SipCore {
             accepting_calls: false,
             drain_deadline: None,
             draining: false,
+            keep_calls: false,
             call_seq: 0,
             shard: (0, 1),
             gauged: (0, 0),

@@ -433,15 +433,21 @@ fn requests_of_an_earlier_dialog_with_the_same_call_id_are_not_this_calls() {
 }
 
 /// The drain (SIGTERM) in simulated time: an answered call goes on, a new call is
-/// turned away with 503 and Retry-After, the call's own requests are served; at the
-/// deadline the call still up gets a BYE on both legs saying why, its task hears
-/// `Stopped` (it tells the router and deletes the relay session), and nothing is left.
+/// turned away with 503 and Retry-After, the call's own requests are served. At the
+/// deadline, an edge that does not keep calls ends the call: a BYE on both legs saying
+/// why, and its task hears `Stopped` (it tells the router and deletes the relay
+/// session). One that keeps them hands the call over to the next edge: no BYE, its
+/// record stays, its task hears `HandedOver`. Nothing is left behind either way.
 #[test]
-fn at_the_drain_deadline_both_legs_get_a_bye_with_a_reason() {
-    for shards in [1, 3] {
+fn at_the_drain_deadline_a_call_is_ended_on_both_legs_or_handed_over() {
+    for (shards, keep) in [(1, false), (3, false), (1, true), (3, true)] {
         let mut sim = Sim::sharded(shards);
+        for edge in &mut sim.edges {
+            edge.set_keep_calls(keep);
+        }
         let (mut call, invite) = answered_call(&mut sim);
         let id = sim.tasks.started[0];
+        assert_eq!(sim.tasks.records.len(), usize::from(keep));
         let (now, deadline) = (sim.now, sim.now + Duration::from_secs(30));
         for edge in &mut sim.edges {
             edge.drain(now, deadline);
@@ -466,10 +472,25 @@ fn at_the_drain_deadline_both_legs_get_a_bye_with_a_reason() {
         sim.carrier_sends(&call.ack(&ok));
         assert!(sim.to_phone.is_empty(), "{:?}", sim.to_phone);
 
-        // Nothing happens before the deadline; at it, BYE both ways with the reason.
+        // Nothing happens before the deadline.
         sim.advance(Duration::from_secs(19));
         assert!(sim.to_carrier.is_empty() && sim.to_phone.is_empty());
         sim.advance(Duration::from_secs(1));
+        assert!(sim.tasks.gone.contains(&id));
+        if keep {
+            assert!(sim.to_carrier.is_empty() && sim.to_phone.is_empty());
+            assert!(matches!(
+                sim.tasks.events[&id].last(),
+                Some(CallEvent::HandedOver)
+            ));
+            assert_eq!(
+                sim.tasks.records.len(),
+                1,
+                "the record stays for the next edge"
+            );
+            assert_idle(&mut sim);
+            continue;
+        }
         let to_carrier = sim.carrier_gets();
         let to_phone = sim.phone_gets_request("BYE");
         assert_eq!(to_carrier.method(), Some("BYE"), "{}", to_carrier.0);
@@ -487,7 +508,6 @@ fn at_the_drain_deadline_both_legs_get_a_bye_with_a_reason() {
             sim.tasks.events[&id].last(),
             Some(CallEvent::Stopped { cause: 41 })
         ));
-        assert!(sim.tasks.gone.contains(&id));
         sim.carrier_sends(&respond(&to_carrier, 200, "x", None));
         sim.phone_sends(&respond(&to_phone, 200, "p1", None));
         assert_idle(&mut sim);
@@ -506,7 +526,10 @@ fn a_call_restored_after_a_crash_ends_as_it_would_have() {
         assert_eq!(sim.tasks.records.len(), 1, "the bridged call's record");
         let record = sim.tasks.records.values().next().unwrap().clone();
         assert_eq!(record.a_call_id, call.call_id);
-        assert_eq!(record.callee.remote_to, invite.header("To").to_owned() + ";tag=p1");
+        assert_eq!(
+            record.callee.remote_to,
+            invite.header("To").to_owned() + ";tag=p1"
+        );
         sim.advance(Duration::from_secs(7));
 
         let (mut restarted, ids) = sim.restarted();
@@ -516,7 +539,10 @@ fn a_call_restored_after_a_crash_ends_as_it_would_have() {
         let ack = restarted.phone_gets_request("ACK");
         assert!(ack.header("To").contains("tag=p1"), "{}", ack.0);
         // A hold re-INVITE from the caller is answered from the relay.
-        let hold = call.in_dialog("INVITE", Some(&sdp(support::CARRIER.ip(), 40_000, "sendonly")));
+        let hold = call.in_dialog(
+            "INVITE",
+            Some(&sdp(support::CARRIER.ip(), 40_000, "sendonly")),
+        );
         restarted.carrier_sends(&hold);
         let ok = restarted.carrier_gets_status(200);
         assert!(ok.body().contains("c=IN IP4 10.0.0.5"), "{}", ok.0);
@@ -533,9 +559,18 @@ fn a_call_restored_after_a_crash_ends_as_it_would_have() {
         let id = ids[0];
         assert!(matches!(
             restarted.tasks.events[&id][..],
-            [CallEvent::Reinvite { .. }, CallEvent::CallerGone { cause: 16, status: Some(200) }]
+            [
+                CallEvent::Reinvite { .. },
+                CallEvent::CallerGone {
+                    cause: 16,
+                    status: Some(200)
+                }
+            ]
         ));
-        assert!(restarted.tasks.records.is_empty(), "the record goes with the call");
+        assert!(
+            restarted.tasks.records.is_empty(),
+            "the record goes with the call"
+        );
         assert_idle(&mut restarted);
 
         // The callee hangs up after the restart.
@@ -553,7 +588,12 @@ fn a_call_restored_after_a_crash_ends_as_it_would_have() {
         );
         let bye = restarted.carrier_gets();
         assert_eq!(bye.method(), Some("BYE"), "{}", bye.0);
-        assert!(bye.header("From").contains(&format!("tag={}", tag_of_ok(&sim))), "{}", bye.0);
+        assert!(
+            bye.header("From")
+                .contains(&format!("tag={}", tag_of_ok(&sim))),
+            "{}",
+            bye.0
+        );
         restarted.carrier_sends(&respond(&bye, 200, "x", None));
         assert!(restarted.tasks.records.is_empty());
         assert_idle(&mut restarted);

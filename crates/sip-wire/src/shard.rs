@@ -157,7 +157,10 @@ mod tests {
         let invite = b"INVITE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP x;branch=z9hG4bKq\r\nCall-ID: 17880-18022@127.0.0.1\r\n\r\n";
         let bye = b"BYE sip:1@h SIP/2.0\r\ni:  17880-18022@127.0.0.1 \r\n\r\n";
         assert_eq!(shard_of(invite, 8), shard_of(bye, 8));
-        assert_eq!(shard_of_call_id("17880-18022@127.0.0.1", 8), shard_of(bye, 8));
+        assert_eq!(
+            shard_of_call_id("17880-18022@127.0.0.1", 8),
+            shard_of(bye, 8)
+        );
         let ours = b"BYE sip:edge@h SIP/2.0\r\nCall-ID: 1s5-3-0@10.0.0.1\r\n\r\n";
         assert_eq!(shard_of(ours, 2), 1);
         let register = b"REGISTER sip:h SIP/2.0\r\nTo: \"Desk\" <sip:desk@h>\r\nCall-ID: x\r\n\r\n";

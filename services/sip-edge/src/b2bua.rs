@@ -304,7 +304,9 @@ impl Call {
             restored,
         } = task;
         if let Some(record) = restored {
-            return self.run_restored(call.id, *record, sip_events, notify).await;
+            return self
+                .run_restored(call.id, *record, sip_events, notify)
+                .await;
         }
         let id = call.id;
         let session_id = self.sessions.name(&call.call_id, id);
@@ -421,6 +423,13 @@ impl Call {
                             ended(Some(200), cause, "edge shutting down");
                             Some((cause, "edge shutting down", STOP_GRACE))
                         }
+                        CallEvent::HandedOver => {
+                            // The next edge takes the call over: its session stays. The
+                            // router's stream ends with this task (it runs `h`).
+                            ended(Some(200), 16, "handed over to the next edge");
+                            self.watch.unregister(&session_id);
+                            return;
+                        }
                         CallEvent::CallerGone { cause, status } => {
                             ended(status, cause, "caller hung up");
                             Some((cause, "caller hung up", HANGUP_GRACE))
@@ -504,7 +513,11 @@ impl Call {
             .and_then(|m| Some((self.relays.by_url(&m.relay)?, m.session_id.clone())));
         let Some((relay, session_id)) = media else {
             tracing::warn!(channel = %record.channel, "a restored call without its relay session: ending it");
-            ended(self.sip(id, |core| core.call_hangup(id, 41)), 41, "no media after restart");
+            ended(
+                self.sip(id, |core| core.call_hangup(id, 41)),
+                41,
+                "no media after restart",
+            );
             return;
         };
         // The relay may have ended the session while the edge was away (its media
@@ -518,7 +531,11 @@ impl Call {
         if let Err(e) = status {
             if e.code() == tonic::Code::NotFound {
                 tracing::info!(channel = %record.channel, "a restored call's relay session is gone: ending it");
-                ended(self.sip(id, |core| core.call_hangup(id, 16)), 16, "media gone after restart");
+                ended(
+                    self.sip(id, |core| core.call_hangup(id, 16)),
+                    16,
+                    "media gone after restart",
+                );
                 return;
             }
         }
@@ -531,26 +548,54 @@ impl Call {
                     break;
                 }
                 CallEvent::BridgeEnded { .. } => {
-                    ended(self.sip(id, |core| core.call_hangup(id, 16)), 16, "callee hung up");
+                    ended(
+                        self.sip(id, |core| core.call_hangup(id, 16)),
+                        16,
+                        "callee hung up",
+                    );
                     break;
                 }
                 CallEvent::MediaTimeout => {
-                    ended(self.sip(id, |core| core.call_hangup(id, 16)), 16, "media timeout");
+                    ended(
+                        self.sip(id, |core| core.call_hangup(id, 16)),
+                        16,
+                        "media timeout",
+                    );
                     break;
                 }
                 CallEvent::Stopped { cause } => {
                     ended(Some(200), cause, "edge shutting down");
                     break;
                 }
-                CallEvent::Reinvite { b_leg, remote, direction: d } => {
+                CallEvent::HandedOver => {
+                    ended(Some(200), 16, "handed over to the next edge");
+                    self.watch.unregister(&session_id);
+                    return;
+                }
+                CallEvent::Reinvite {
+                    b_leg,
+                    remote,
+                    direction: d,
+                } => {
                     let (leg, nat) = if b_leg {
                         (media::LegId::B, false)
                     } else {
                         (media::LegId::A, nat_a)
                     };
-                    self.update_leg(&relay, &session_id, leg, remote, Vec::new(), nat, direction(d)).await;
+                    self.update_leg(
+                        &relay,
+                        &session_id,
+                        leg,
+                        remote,
+                        Vec::new(),
+                        nat,
+                        direction(d),
+                    )
+                    .await;
                 }
-                CallEvent::Bridged { .. } | CallEvent::EarlyMedia { .. } | CallEvent::DialFinished { .. } => {}
+                CallEvent::Bridged { .. }
+                | CallEvent::EarlyMedia { .. }
+                | CallEvent::DialFinished { .. } => {}
             }
         }
         self.sip(id, |core| core.call_hangup(id, 16));

@@ -156,11 +156,7 @@ impl Driver {
     /// address the endpoints put in Via and Contact) and keeping the bindings at
     /// `persist`'s path, starting from the table loaded from it. Only shard 0
     /// registers to providers.
-    pub fn new(
-        cores: Vec<SipCore>,
-        udp: Arc<UdpSocket>,
-        persist: Option<(Files, Saved)>,
-    ) -> Self {
+    pub fn new(cores: Vec<SipCore>, udp: Arc<UdpSocket>, persist: Option<(Files, Saved)>) -> Self {
         let count = cores.len();
         let local = udp.local_addr().ok();
         let (persist, saved) = match persist {

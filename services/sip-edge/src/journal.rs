@@ -191,8 +191,7 @@ fn append<V: Kept>(path: &Path, changes: &Table<V>) -> std::io::Result<()> {
         value: &'a V,
     }
     for (key, value) in changes {
-        serde_json::to_writer(&mut out, &EntryRef { key, value })
-            .map_err(std::io::Error::other)?;
+        serde_json::to_writer(&mut out, &EntryRef { key, value }).map_err(std::io::Error::other)?;
         out.push(b'\n');
     }
     std::fs::OpenOptions::new()

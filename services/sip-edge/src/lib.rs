@@ -140,6 +140,12 @@ pub struct Config {
     /// line), each with its own lock and timers; 0: one per core.
     #[arg(long, env = "PHONE_SIP_SHARDS", default_value_t = 0)]
     pub sip_shards: usize,
+    /// Keep answered calls across a restart: their dialogs are written to the data
+    /// directory, the next edge takes them over, and the drain deadline hands them
+    /// over instead of hanging them up. `false`: a restart or the deadline ends them,
+    /// as Asterisk does.
+    #[arg(long, env = "PHONE_KEEP_CALLS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub keep_calls: bool,
 }
 
 impl Config {
@@ -169,6 +175,7 @@ impl Config {
             media_relay_service: None,
             router_service: None,
             sip_shards: 0,
+            keep_calls: true,
         }
     }
 }
@@ -534,7 +541,11 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     ));
     let files = driver::Files::in_dir(&config.data_dir);
     let saved = driver::Saved::load(&files);
-    let restore: Vec<endpoint::CallRecord> = saved.calls.values().flatten().cloned().collect();
+    let restore: Vec<endpoint::CallRecord> = if config.keep_calls {
+        saved.calls.values().flatten().cloned().collect()
+    } else {
+        Vec::new()
+    };
     let sessions = b2bua::Sessions {
         instance: driver::instance_id(&config.data_dir),
         boot: std::time::SystemTime::now()
@@ -557,6 +568,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
             );
             core.set_file_config(file_lines(&sip), peer_infos(&sip, &trunks), mwi_lines(&sip));
             core.set_trunks(trunks.clone());
+            core.set_keep_calls(config.keep_calls);
             core
         })
         .collect();

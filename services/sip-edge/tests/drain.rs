@@ -2,7 +2,8 @@
 //! relay, the test playing the carrier and the desk phone: the call goes on, new
 //! calls get 503 with Retry-After, registrations are served, and the edge stops
 //! within a second of the call's end; or, at the deadline, the call ends on both
-//! legs with a Reason and its relay session is deleted.
+//! legs with a Reason and its relay session is deleted (an edge that does not keep
+//! calls; one that does hands them over, see `restart.rs`).
 
 mod common;
 
@@ -95,7 +96,16 @@ async fn at_the_drain_deadline_both_legs_get_a_bye_and_the_relay_session_goes() 
         phone,
         carrier_rtp,
         phone_rtp,
-    } = Scene::start_draining_in(None, &[], Duration::from_secs(2)).await;
+    } = Scene::start_draining_in(
+        None,
+        &[],
+        EdgeOptions {
+            drain_deadline: Duration::from_secs(2),
+            // An edge that does not keep calls for the next one (as Asterisk).
+            keep_calls: false,
+        },
+    )
+    .await;
     let offer = did_call(&carrier, &carrier_rtp, "d3", "13105550199");
     carrier.send(&offer).await;
     let (_, ok) = answer_call(&carrier, &phone, &phone_rtp, &offer, "ph3").await;

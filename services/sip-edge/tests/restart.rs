@@ -19,6 +19,10 @@ struct EdgeProcess {
 
 impl EdgeProcess {
     fn start(backend: &Backend, sip: SocketAddr) -> Self {
+        Self::start_with(backend, sip, &[])
+    }
+
+    fn start_with(backend: &Backend, sip: SocketAddr, flags: &[&str]) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_sip-edge"))
             .args(["--config-dir", backend.conf.path().to_str().unwrap()])
             .args(["--data-dir", backend.data.path().to_str().unwrap()])
@@ -27,6 +31,7 @@ impl EdgeProcess {
             .args(["--router-url", &backend.router_url])
             .args(["--media-relays", &backend.relay_url])
             .args(["--sip-shards", "2"])
+            .args(flags)
             .env("RUST_LOG", "sip_edge=info,sip_core=info")
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("EDGE_LOG").is_some() {
@@ -37,6 +42,20 @@ impl EdgeProcess {
             .spawn()
             .expect("sip-edge starts");
         Self { child }
+    }
+
+    /// SIGTERM (a rollout), then waits for the process to exit; returns how long it
+    /// took.
+    fn terminate(&mut self) -> Duration {
+        let started = std::time::Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "the edge exits cleanly: {exit:?}");
+        started.elapsed()
     }
 
     fn kill(&mut self) {
@@ -123,20 +142,38 @@ async fn an_answered_call_survives_a_killed_edge() {
     carrier.send(&offer).await;
     let (ring, ok) = answer_call(&carrier, &phone, &phone_rtp, &offer, "ph1").await;
     let (relay_a, relay_b) = (sdp_media(&ok), sdp_media(&ring));
-    assert!(audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0xa1).await, "before");
-    assert!(audio_flows(&phone_rtp, relay_b, &carrier_rtp, 0xb1).await, "before");
+    assert!(
+        audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0xa1).await,
+        "before"
+    );
+    assert!(
+        audio_flows(&phone_rtp, relay_b, &carrier_rtp, 0xb1).await,
+        "before"
+    );
     // The record is written by a thread of its own: give it a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     edge.kill();
-    assert!(audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0xa2).await, "while away");
-    assert!(audio_flows(&phone_rtp, relay_b, &carrier_rtp, 0xb2).await, "while away");
+    assert!(
+        audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0xa2).await,
+        "while away"
+    );
+    assert!(
+        audio_flows(&phone_rtp, relay_b, &carrier_rtp, 0xb2).await,
+        "while away"
+    );
     assert_eq!(backend.relay_sessions().await.len(), 1, "the session stays");
 
     let _edge = EdgeProcess::start(&backend, sip);
     until_up(sip).await;
-    assert!(audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0xa3).await, "after");
-    assert!(audio_flows(&phone_rtp, relay_b, &carrier_rtp, 0xb3).await, "after");
+    assert!(
+        audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0xa3).await,
+        "after"
+    );
+    assert!(
+        audio_flows(&phone_rtp, relay_b, &carrier_rtp, 0xb3).await,
+        "after"
+    );
 
     // Hold and resume from the carrier, answered from the relay.
     let hold = with_sdp(
@@ -154,8 +191,13 @@ async fn an_answered_call_survives_a_killed_edge() {
     );
     carrier.send(&resume).await;
     let resumed = carrier.expect_status(200).await;
-    carrier.send(&in_dialog("ACK", &offer, &resumed, 3, sip)).await;
-    assert!(audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0xa4).await, "resumed");
+    carrier
+        .send(&in_dialog("ACK", &offer, &resumed, 3, sip))
+        .await;
+    assert!(
+        audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0xa4).await,
+        "resumed"
+    );
 
     // The carrier hangs up: the phone gets the BYE in its dialog; the session goes.
     carrier.send(&in_dialog("BYE", &offer, &ok, 4, sip)).await;
@@ -164,7 +206,10 @@ async fn an_answered_call_survives_a_killed_edge() {
     assert!(header(&bye, "To").unwrap().contains("tag=ph1"), "{bye}");
     assert_eq!(header(&bye, "Call-ID"), header(&ring, "Call-ID"));
     phone.send(&response_to(&bye, 200, "OK", "", "")).await;
-    assert!(sessions_reach(&backend, 0).await, "the relay session is deleted");
+    assert!(
+        sessions_reach(&backend, 0).await,
+        "the relay session is deleted"
+    );
 }
 
 /// `request` (no body) with `sdp` as its body.
@@ -214,7 +259,9 @@ async fn a_call_that_ended_while_the_edge_was_away_is_cleaned_up() {
     assert_eq!(header(&to_carrier, "Call-ID"), header(&offer, "Call-ID"));
     let to_phone = phone.expect("BYE ").await;
     assert_eq!(header(&to_phone, "Call-ID"), header(&ring, "Call-ID"));
-    carrier.send(&response_to(&to_carrier, 200, "OK", "", "")).await;
+    carrier
+        .send(&response_to(&to_carrier, 200, "OK", "", ""))
+        .await;
     phone.send(&response_to(&to_phone, 200, "OK", "", "")).await;
     assert!(sessions_reach(&backend, 0).await);
 }
@@ -238,4 +285,92 @@ async fn a_session_no_kept_call_owns_is_deleted_after_the_restart() {
         "sessions left: {:?}",
         backend.relay_sessions().await
     );
+}
+
+/// A rollout: SIGTERM with the call still up. At the drain deadline the answered call
+/// is handed over (no BYE to either side), the process exits, and the next edge
+/// carries the call's end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_hands_the_answered_call_over_to_the_next_edge() {
+    let carrier_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let backend = Backend::start(carrier_socket.local_addr().unwrap(), None, &[]).await;
+    let sip = free_sip_addr();
+    let mut edge = EdgeProcess::start_with(&backend, sip, &["--drain-deadline", "2s"]);
+    until_up(sip).await;
+    let carrier = Peer {
+        socket: carrier_socket,
+        edge: sip,
+    };
+    let phone = registered_phone(sip).await;
+    let (carrier_rtp, phone_rtp) = (rtp_socket().await, rtp_socket().await);
+    let offer = did_call(&carrier, &carrier_rtp, "r1", "13105550199");
+    carrier.send(&offer).await;
+    let (ring, ok) = answer_call(&carrier, &phone, &phone_rtp, &offer, "ph4").await;
+    let relay_a = sdp_media(&ok);
+    assert!(audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0xa6).await);
+
+    let took = edge.terminate();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(8),
+        "the edge waited for the call up to its deadline, then left: {took:?}"
+    );
+    assert!(
+        no_bye(&carrier).await && no_bye(&phone).await,
+        "no BYE at the handover"
+    );
+    assert_eq!(backend.relay_sessions().await.len(), 1, "the session stays");
+    assert!(
+        audio_flows(&carrier_rtp, relay_a, &phone_rtp, 0xa7).await,
+        "between edges"
+    );
+
+    let _next = EdgeProcess::start(&backend, sip);
+    until_up(sip).await;
+    phone
+        .send(&format!(
+            "BYE {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKbye4;rport\r\nMax-Forwards: 70\r\nFrom: {};tag=ph4\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+            contact_uri(&ring),
+            phone.addr(),
+            header(&ring, "To").unwrap(),
+            header(&ring, "From").unwrap(),
+            header(&ring, "Call-ID").unwrap(),
+        ))
+        .await;
+    phone.expect_status(200).await;
+    let bye = carrier.expect("BYE ").await;
+    assert_eq!(header(&bye, "Call-ID"), header(&offer, "Call-ID"));
+    carrier.send(&response_to(&bye, 200, "OK", "", "")).await;
+    assert!(
+        sessions_reach(&backend, 0).await,
+        "the relay session is deleted"
+    );
+}
+
+/// The edge's Contact in its INVITE (where the phone sends requests in the dialog).
+fn contact_uri(invite: &str) -> String {
+    let contact = header(invite, "Contact").unwrap();
+    contact
+        .trim()
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Nothing but other messages than a BYE reach `peer` for 300 ms.
+async fn no_bye(peer: &Peer) -> bool {
+    let mut buffer = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            peer.socket.recv_from(&mut buffer),
+        )
+        .await
+        {
+            Err(_) => return true,
+            Ok(Ok((n, _))) if buffer[..n].starts_with(b"BYE ") => return false,
+            Ok(_) => {}
+        }
+    }
 }

@@ -30,8 +30,8 @@ mod dial;
 mod dialog;
 mod restore;
 use dial::Branch;
-pub use restore::{CallRecord, CalleeRecord, MediaRef};
 use dialog::{echo_record_route, record_route};
+pub use restore::{CallRecord, CalleeRecord, MediaRef};
 
 /// RFC 3261 T1 and T2, for the 2xx the edge retransmits itself (§13.3.1.4).
 const T1: Duration = Duration::from_millis(500);
@@ -75,6 +75,10 @@ pub enum CallEvent {
     /// BYE on both legs (Q.850 `cause`); the task tells the router and deletes the
     /// relay session.
     Stopped { cause: u32 },
+    /// The drain deadline passed with the call bridged and its record kept: the next
+    /// edge takes it over. The SIP side forgot it without a BYE; the task leaves the
+    /// relay session as it is.
+    HandedOver,
     /// A leg's new SDP direction (hold/resume re-INVITE) and media address.
     Reinvite {
         b_leg: bool,
@@ -341,17 +345,37 @@ impl SipCore {
         self.calls.len()
     }
 
-    /// The drain deadline: every call ends on both legs (Q.850 41, temporary failure:
-    /// the caller may call again and reach another edge).
+    /// Whether bridged calls are kept for the next edge at the drain deadline (the
+    /// driver keeps their records on disk) rather than ended.
+    pub fn set_keep_calls(&mut self, keep: bool) {
+        self.keep_calls = keep;
+    }
+
+    /// The drain deadline: a bridged call whose record is kept is handed over to the
+    /// next edge (no BYE: its audio goes on at the relay); every other call ends on
+    /// both legs (Q.850 41, temporary failure: the caller may call again and reach
+    /// another edge).
     pub(super) fn stop_calls(&mut self) {
         let ids: Vec<u64> = self.calls.keys().copied().collect();
-        if !ids.is_empty() {
-            tracing::warn!(
-                calls = ids.len(),
-                "drain deadline: ending the calls still up"
-            );
-        }
         for id in ids {
+            let kept = self.keep_calls && self.calls.get(&id).is_some_and(|c| c.persisted);
+            if kept {
+                tracing::info!(
+                    id,
+                    "drain deadline: the call is handed over to the next edge"
+                );
+                self.events.push_back(Event::Call {
+                    id,
+                    event: CallEvent::HandedOver,
+                });
+                if let Some(call) = self.calls.get_mut(&id) {
+                    // Its record stays for the next edge.
+                    call.persisted = false;
+                }
+                self.forget_call(id);
+                continue;
+            }
+            tracing::warn!(id, "drain deadline: ending a call still up");
             self.events.push_back(Event::Call {
                 id,
                 event: CallEvent::Stopped { cause: 41 },

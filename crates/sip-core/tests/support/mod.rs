@@ -11,8 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use sip_core::endpoint::{
-    CallRecord,
-    CallEvent, Counters, Event, Held, Path, PeerInfo, SipCore, Target, Trunk,
+    CallEvent, CallRecord, Counters, Event, Held, Path, PeerInfo, SipCore, Target, Trunk,
 };
 use sip_core::guard::{GuardConfig, SharedGuard};
 use sip_core::qualify::Qualifier;
@@ -390,6 +389,7 @@ impl Sim {
                 edge.set_local(EDGE);
                 edge.set_shard(index, shards);
                 edge.set_accepting_calls(true);
+                edge.set_keep_calls(true);
                 edge
             })
             .collect();

@@ -30,6 +30,22 @@ pub fn sip_conf(carrier: SocketAddr) -> String {
         .replacen("insecure=port,invite", "insecure=invite", 1)
 }
 
+/// The edge's drain settings in a test.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeOptions {
+    pub drain_deadline: Duration,
+    pub keep_calls: bool,
+}
+
+impl Default for EdgeOptions {
+    fn default() -> Self {
+        Self {
+            drain_deadline: Duration::from_secs(30),
+            keep_calls: true,
+        }
+    }
+}
+
 /// Everything but the edge: relay, mailer, voicemail and router on loopback, with the
 /// seed's configuration (the carrier at `carrier`).
 pub struct Backend {
@@ -44,7 +60,11 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub async fn start(carrier: SocketAddr, extensions: Option<&str>, relay_flags: &[&str]) -> Self {
+    pub async fn start(
+        carrier: SocketAddr,
+        extensions: Option<&str>,
+        relay_flags: &[&str],
+    ) -> Self {
         let conf = tempfile::tempdir().unwrap();
         std::fs::write(conf.path().join("sip.conf"), sip_conf(carrier)).unwrap();
         for file in ["extensions.conf", "voicemail.conf"] {
@@ -175,15 +195,15 @@ impl System {
         extensions: Option<&str>,
         relay_flags: &[&str],
     ) -> Self {
-        Self::start_draining_in(carrier, extensions, relay_flags, Duration::from_secs(30)).await
+        Self::start_draining_in(carrier, extensions, relay_flags, EdgeOptions::default()).await
     }
 
-    /// The same with the edge's drain deadline.
+    /// The same with the edge's drain settings.
     pub async fn start_draining_in(
         carrier: SocketAddr,
         extensions: Option<&str>,
         relay_flags: &[&str],
-        edge_drain_deadline: Duration,
+        options: EdgeOptions,
     ) -> Self {
         let Backend {
             conf,
@@ -199,7 +219,8 @@ impl System {
         config.sip_shards = 3;
         config.router_url = router_url;
         config.media_relays = vec![relay_url.clone()];
-        config.common.drain_deadline = edge_drain_deadline;
+        config.common.drain_deadline = options.drain_deadline;
+        config.keep_calls = options.keep_calls;
         let edge = sip_edge::bind(config).await.unwrap();
         let edge_sip = edge.sip_addr().unwrap();
         let edge_driver = edge.edge();
@@ -543,21 +564,21 @@ pub struct Scene {
 
 impl Scene {
     pub async fn start(extensions: Option<&str>, relay_flags: &[&str]) -> Self {
-        Self::start_draining_in(extensions, relay_flags, Duration::from_secs(30)).await
+        Self::start_draining_in(extensions, relay_flags, EdgeOptions::default()).await
     }
 
-    /// The same with the edge's drain deadline.
+    /// The same with the edge's drain settings.
     pub async fn start_draining_in(
         extensions: Option<&str>,
         relay_flags: &[&str],
-        edge_drain_deadline: Duration,
+        options: EdgeOptions,
     ) -> Self {
         let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let system = System::start_draining_in(
             carrier.local_addr().unwrap(),
             extensions,
             relay_flags,
-            edge_drain_deadline,
+            options,
         )
         .await;
         let carrier = Peer {

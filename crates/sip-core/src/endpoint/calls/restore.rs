@@ -126,6 +126,9 @@ impl SipCore {
     /// Hands the call's record to the driver when it changes, and its removal when the
     /// call ends.
     pub(super) fn persist_call(&mut self, id: u64) {
+        if !self.keep_calls {
+            return;
+        }
         let Some(record) = self.call_record(id) else {
             return;
         };
