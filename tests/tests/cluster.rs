@@ -476,9 +476,9 @@ fn no_gap(who: &str, gaps: &phone_tests::baresip::Gaps) {
     );
 }
 
-/// Rollouts with a call up (issue #18): during an answered call with tones both ways,
-/// the router, the voicemail, the mailer and the media relays are restarted one after
-/// another; the call's audio never stops for more than 200 ms and its hang-up goes
+/// Rollouts with a call up (issues #18, #20): during an answered call with tones both
+/// ways, the router, the voicemail, the SIP edge, the mailer and the media relays are
+/// restarted one after another; the call's audio never stops for more than 200 ms and its hang-up goes
 /// through. A message left while the mailer restarts is emailed exactly once. Then
 /// the relays are scaled from 2 to 1 while each carries a call: neither drops, and the
 /// draining relay exits when its call ends.
@@ -500,7 +500,10 @@ async fn rollouts_drop_no_call(
     assert!(flowing.is_some(), "the call's audio flows both ways");
     let old_relays = component_pods(cluster, "media-relay");
 
-    for component in ["router", "voicemail"] {
+    // The edge too (issue #20): its pod is replaced (Recreate) after the drain
+    // deadline, which hands the answered call over; the new pod takes it from the
+    // state it finds on the node.
+    for component in ["router", "voicemail", "sip-edge"] {
         rollout(cluster, component);
         assert_eq!(
             ended(pstn),

@@ -138,6 +138,13 @@ securityContext:
 
 {{/* The config volume: extensions.conf from the ConfigMap, sip.conf and voicemail.conf from the Secret. */}}
 {{- define "phone.configVolume" -}}
+{{ include "phone.projectedConfig" . }}
+- name: data
+  emptyDir: {}
+{{- end -}}
+
+{{/* The configuration files alone, as one volume. */}}
+{{- define "phone.projectedConfig" -}}
 - name: config
   projected:
     sources:
@@ -153,8 +160,6 @@ securityContext:
               path: sip.conf
             - key: voicemail.conf
               path: voicemail.conf
-- name: data
-  emptyDir: {}
 {{- end -}}
 
 {{- define "phone.configMounts" -}}

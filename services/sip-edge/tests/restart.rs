@@ -374,3 +374,133 @@ async fn no_bye(peer: &Peer) -> bool {
         }
     }
 }
+
+/// A real phone: baresip answers the carrier's call and talks (a tone); the edge is
+/// SIGKILLed and started again. The carrier hears baresip and the relay carries the
+/// carrier's sound to baresip before, while the edge is away and after; a re-INVITE
+/// after the restart; the carrier's BYE reaches baresip, which answers it, and the
+/// relay's session is deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn baresip_keeps_talking_through_a_killed_edge() {
+    use common::phone::{heard, talking_baresip};
+    let carrier_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let backend = Backend::start(carrier_socket.local_addr().unwrap(), None, &[]).await;
+    let sip = free_sip_addr();
+    let mut edge = EdgeProcess::start(&backend, sip);
+    until_up(sip).await;
+    let carrier = Peer {
+        socket: carrier_socket,
+        edge: sip,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let _baresip = talking_baresip(dir.path(), sip, "", ";answermode=auto");
+    // Once baresip has registered (the edge's file of bindings says so), the call.
+    let bindings = backend.data.path().join("registrations.journal");
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(&bindings).unwrap_or_default();
+        let table = std::fs::read_to_string(backend.data.path().join("registrations.json"))
+            .unwrap_or_default();
+        if text.contains("13235550100") || table.contains("13235550100") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let carrier_rtp = std::sync::Arc::new(rtp_socket().await);
+    let offer = invite(
+        carrier.addr(),
+        &format!("sip:13235550100@{sip}"),
+        "13105550199",
+        "bk1",
+        carrier_rtp.local_addr().unwrap(),
+        "",
+        1,
+    );
+    carrier.send(&offer).await;
+    let ok = carrier.expect_final().await;
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    carrier.send(&in_dialog("ACK", &offer, &ok, 1, sip)).await;
+    let relay_a = sdp_media(&ok);
+
+    // The carrier talks all along (a sound of its own).
+    let speaking = {
+        let socket = carrier_rtp.clone();
+        tokio::spawn(async move {
+            for seq in 0..1000u16 {
+                let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+                packet[2..4].copy_from_slice(&seq.to_be_bytes());
+                packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                packet.extend((0..160).map(|i| if i % 2 == 0 { 0x10 } else { 0x90 }));
+                let _ = socket.send_to(&packet, relay_a).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    assert!(
+        heard(&carrier_rtp, 25).await >= 25,
+        "before: the carrier hears baresip"
+    );
+    let before = backend_session_b_sent(&backend).await;
+
+    edge.kill();
+    assert!(
+        heard(&carrier_rtp, 25).await >= 25,
+        "while away: the carrier hears baresip"
+    );
+    let away = backend_session_b_sent(&backend).await;
+    assert!(
+        away >= before + 10,
+        "while away: baresip gets the carrier's sound ({before} -> {away})"
+    );
+
+    let _edge = EdgeProcess::start(&backend, sip);
+    until_up(sip).await;
+    assert!(
+        heard(&carrier_rtp, 25).await >= 25,
+        "after: the carrier hears baresip"
+    );
+    let after = backend_session_b_sent(&backend).await;
+    assert!(
+        after >= away + 10,
+        "after: baresip gets the carrier's sound ({away} -> {after})"
+    );
+
+    // A re-INVITE from the carrier after the restart: answered from the relay.
+    let refresh = with_sdp(
+        &in_dialog("INVITE", &offer, &ok, 2, sip),
+        &sdp(carrier_rtp.local_addr().unwrap()),
+    );
+    carrier.send(&refresh).await;
+    let refreshed = carrier.expect_status(200).await;
+    assert_eq!(sdp_media(&refreshed), relay_a);
+    carrier
+        .send(&in_dialog("ACK", &offer, &refreshed, 2, sip))
+        .await;
+    assert!(heard(&carrier_rtp, 25).await >= 25, "after the re-INVITE");
+
+    // The carrier hangs up: baresip answers the BYE; the session goes.
+    carrier.send(&in_dialog("BYE", &offer, &ok, 3, sip)).await;
+    carrier.expect_status(200).await;
+    speaking.abort();
+    assert!(
+        sessions_reach(&backend, 0).await,
+        "the relay session is deleted"
+    );
+}
+
+/// Packets the relay has sent on leg B (to the phone) in its one session.
+async fn backend_session_b_sent(backend: &Backend) -> u64 {
+    use phone_proto::media::v1 as media;
+    let sessions = backend.relay_sessions().await;
+    let id = sessions.first().expect("a session").session_id.clone();
+    let mut client = phone_proto::media::v1::media_relay_client::MediaRelayClient::connect(
+        backend.relay_url.clone(),
+    )
+    .await
+    .unwrap();
+    let stats = client
+        .get_stats(media::GetStatsRequest { session_id: id })
+        .await
+        .unwrap()
+        .into_inner();
+    stats.b.map_or(0, |b| b.packets_sent)
+}

@@ -2,6 +2,8 @@
 //! SIP endpoint played by the test with helpers for the messages it sends.
 #![allow(dead_code)]
 
+pub mod phone;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -412,6 +414,21 @@ impl Peer {
     /// The next response to `method` with a final or given status.
     pub async fn expect_status(&self, status: u16) -> String {
         self.expect(&format!("SIP/2.0 {status} ")).await
+    }
+
+    /// The next final response (200 and up).
+    pub async fn expect_final(&self) -> String {
+        for _ in 0..20 {
+            let message = self.next().await;
+            let status = message
+                .strip_prefix("SIP/2.0 ")
+                .and_then(|rest| rest.get(..3))
+                .and_then(|code| code.parse::<u16>().ok());
+            if status.is_some_and(|s| s >= 200) {
+                return message;
+            }
+        }
+        panic!("no final response");
     }
 }
 
