@@ -45,6 +45,10 @@ impl Kept for Option<CallRecord> {
 
 pub type Table<V> = HashMap<String, V>;
 
+/// How long the writer lets changes gather before it writes them: what a crash can
+/// lose of the newest changes, at most.
+const BATCH: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Changes handed to the writer thread.
 pub struct Journal<V> {
     pending: Mutex<Pending<V>>,
@@ -111,14 +115,25 @@ impl<V: Kept> Journal<V> {
         let mut appended = 0;
         let mut healthy = compact(path, &mut table).is_ok();
         loop {
-            let (changes, closed) = {
+            let (mut changes, closed) = {
                 let mut pending = self.lock();
                 while pending.changes.is_empty() && !pending.closed {
                     pending = self.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
                 }
+                // Changes close together go in one write (a burst of calls is one
+                // append, not one per call).
+                if !pending.closed {
+                    pending = self
+                        .wake
+                        .wait_timeout(pending, BATCH)
+                        .map(|(pending, _)| pending)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                }
                 (std::mem::take(&mut pending.changes), pending.closed)
             };
-            let written = healthy && append(path, &changes).is_ok();
+            // A key that came and went before it was written needs no line.
+            changes.retain(|key, value| !value.is_gone() || table.contains_key(key));
+            let written = healthy && (changes.is_empty() || append(path, &changes).is_ok());
             appended += changes.len();
             for (key, value) in changes {
                 if value.is_gone() {
