@@ -4,14 +4,20 @@
 //! the router's traces.
 //!
 //! Priorities are resolved here as pbx_config does: `n` is the previous line's priority
-//! plus one, `s` (or `same`) is the previous line's priority, and a label written
-//! `n(name)` is attached to the resolved number. The previous line is the previous
-//! `exten`/`same` line of the same context section, whatever its extension.
+//! plus one, `s` (or `same`) is the previous line's priority, a name is the priority of
+//! that label in the same extension, and any of them may add `+N` (`n+1`, `n+101`,
+//! `busy+101`); a label written `n(name)` is attached to the resolved number. The
+//! previous line is the previous `exten`/`same` line of the same context section,
+//! whatever its extension. `${NAME}` in an extension is replaced by the `[globals]`
+//! variable, as pbx_config substitutes it. The application's arguments run to the
+//! last `)`; what follows it is dropped.
 //!
 //! Sections with the same name are one context, as `ast_context_find_or_create` merges
-//! them. Deviations (pbx_config logs these and skips the line; we refuse the file): a
-//! `same =>` or an `n` priority with no line before it, a priority given twice for one
-//! extension, and unbalanced `[...]` in a pattern are errors.
+//! them. Where pbx_config logs a line and skips it, so do we, with a warning naming the
+//! file and line: a `same =>` with no line before it, an `n` or `s` priority on the
+//! first line, a priority or label that is not one, a priority or a label given twice
+//! for one extension (the later line is skipped), a label without its `)`, an empty
+//! application.
 
 use std::path::Path;
 
@@ -101,6 +107,8 @@ pub enum WrittenPriority {
     Next,
     Same,
     Hint,
+    /// A label of the same extension (`busy+101`).
+    Label,
 }
 
 /// One `exten =>` or `same =>` line.
@@ -138,10 +146,16 @@ pub fn from_config(config: Config) -> Result<Dialplan, Error> {
         warnings: config.warnings.clone(),
         ..Dialplan::default()
     };
+    // pbx_config reads [globals] first: extensions may name its variables.
+    for section in config.sections.iter().filter(|s| !s.is_template) {
+        if section.name.eq_ignore_ascii_case("globals") {
+            plan.globals.extend(section.entries.iter().map(setting));
+        }
+    }
     for section in config.sections.iter().filter(|s| !s.is_template) {
         match section.name.as_str() {
             "general" => plan.general.extend(section.entries.iter().map(setting)),
-            "globals" => plan.globals.extend(section.entries.iter().map(setting)),
+            name if name.eq_ignore_ascii_case("globals") => {}
             name => {
                 let index = match plan.contexts.iter().position(|c| c.name == name) {
                     Some(i) => i,
@@ -163,6 +177,7 @@ pub fn from_config(config: Config) -> Result<Dialplan, Error> {
                         &mut plan.contexts[index],
                         entry,
                         &mut state,
+                        &plan.globals,
                         &mut plan.warnings,
                     )?;
                 }
@@ -192,24 +207,51 @@ fn add_entry(
     context: &mut Context,
     entry: &Entry,
     state: &mut SectionState,
+    globals: &[Setting],
     warnings: &mut Vec<Warning>,
 ) -> Result<(), Error> {
     let err = |message: String| Error::syntax(&entry.location, SyntaxError::Dialplan(message));
+    let mut skip = |message: String| {
+        warnings.push(Warning {
+            location: entry.location.clone(),
+            message: format!("{message}; line ignored"),
+        })
+    };
     match entry.key.to_ascii_lowercase().as_str() {
         "exten" | "same" => {
             let same = entry.key.eq_ignore_ascii_case("same");
-            let line = parse_extension_line(entry, same, state).map_err(err)?;
+            let mut notes = Vec::new();
+            let line =
+                match parse_extension_line(entry, same, state, &context.lines, globals, &mut notes)
+                {
+                    Ok(line) => line,
+                    Err(message) => {
+                        skip(message);
+                        return Ok(());
+                    }
+                };
+            warnings.extend(notes.into_iter().map(|message| Warning {
+                location: entry.location.clone(),
+                message,
+            }));
+            // ast_add_extension2 refuses a priority or a label already in use: the
+            // later line is the one that goes.
             if let Some(existing) = context.lines.iter().find(|l| {
                 l.extension == line.extension
                     && l.caller_id == line.caller_id
                     && l.priority == line.priority
             }) {
-                return Err(err(format!(
+                let message = format!(
                     "extension '{}' priority {} is already defined at {}",
                     line.extension,
                     priority_text(line.priority),
                     existing.location
-                )));
+                );
+                warnings.push(Warning {
+                    location: entry.location.clone(),
+                    message: format!("{message}; line ignored"),
+                });
+                return Ok(());
             }
             if let Some(label) = &line.label {
                 if let Some(existing) = context.lines.iter().find(|l| {
@@ -217,10 +259,15 @@ fn add_entry(
                         && l.caller_id == line.caller_id
                         && l.label.as_deref() == Some(label)
                 }) {
-                    return Err(err(format!(
+                    let message = format!(
                         "label '{label}' of extension '{}' is already used at {}",
                         line.extension, existing.location
-                    )));
+                    );
+                    warnings.push(Warning {
+                        location: entry.location.clone(),
+                        message: format!("{message}; line ignored"),
+                    });
+                    return Ok(());
                 }
             }
             context.lines.push(line);
@@ -262,6 +309,9 @@ fn parse_extension_line(
     entry: &Entry,
     same: bool,
     state: &mut SectionState,
+    lines: &[ExtensionLine],
+    globals: &[Setting],
+    notes: &mut Vec<String>,
 ) -> Result<ExtensionLine, String> {
     let value = entry.value.as_str();
     let (extension, caller_id, rest) = if same {
@@ -273,43 +323,36 @@ fn parse_extension_line(
         let end = field_end(value)?;
         let field = value[..end].trim();
         let rest = value.get(end + 1..).unwrap_or("");
+        let field = substitute_globals(field, globals);
         let (extension, caller_id) = match field.split_once('/') {
-            Some((e, cid)) => (e.trim(), Some(cid.trim().to_owned())),
-            None => (field, None),
+            Some((e, cid)) => (e.trim().to_owned(), Some(cid.trim().to_owned())),
+            None => (field.clone(), None),
         };
         if extension.is_empty() {
             return Err("extension is empty".into());
         }
-        (extension.to_owned(), caller_id, rest)
+        (extension, caller_id, rest)
     };
 
-    let Some((priority_field, app_field)) = rest.split_once(',') else {
-        if rest.trim().is_empty() {
-            return Err("line has no priority and application".into());
-        }
-        return Err(format!("no application after priority '{}'", rest.trim()));
+    let (priority_field, app_field) = match rest.split_once(',') {
+        Some((priority, app)) => (priority.trim(), app),
+        None => (rest.trim(), ""),
     };
-    let (written, label) = parse_priority(priority_field.trim())?;
-    let priority = match written {
-        WrittenPriority::Number(0) => return Err("priorities start at 1".into()),
-        WrittenPriority::Number(n) => Priority::Number(n),
-        WrittenPriority::Hint => Priority::Hint,
-        WrittenPriority::Next => match state.last_priority {
-            Some(p) => Priority::Number(p + 1),
-            None => {
-                return Err("priority 'n' on the first line of a context: nothing to follow".into())
-            }
-        },
-        WrittenPriority::Same => match state.last_priority {
-            Some(p) => Priority::Number(p),
-            None => return Err("priority 's' on the first line of a context".into()),
-        },
-    };
+    if priority_field.is_empty() {
+        return Err("line has no priority and application".into());
+    }
+    let (written, label, priority) = resolve_priority(
+        priority_field,
+        state,
+        lines,
+        &extension,
+        caller_id.as_deref(),
+    )?;
     // A hint's third field is a device (`SIP/100`), not an application call.
     let (application, arguments) = if priority == Priority::Hint {
         (app_field.trim().to_owned(), String::new())
     } else {
-        parse_application(app_field.trim())?
+        parse_application(app_field.trim(), notes)?
     };
     if let Priority::Number(p) = priority {
         state.last_priority = Some(p);
@@ -326,6 +369,117 @@ fn parse_extension_line(
         same,
         location: entry.location.clone(),
     })
+}
+
+/// `${NAME}` in an extension replaced by the `[globals]` variable (empty if none), as
+/// pbx_config substitutes the extension field before it adds the line.
+fn substitute_globals(field: &str, globals: &[Setting]) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let name = after[..end].trim();
+        if let Some(value) = globals.iter().rev().find(|g| g.name == name) {
+            out.push_str(&value.value);
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A priority as pbx_config reads it: an optional `(label)`, then `hint`, `n`/`next`,
+/// `s`/`same`, a number or a label of the same extension, then an optional `+N`.
+fn resolve_priority(
+    text: &str,
+    state: &SectionState,
+    lines: &[ExtensionLine],
+    extension: &str,
+    caller_id: Option<&str>,
+) -> Result<(WrittenPriority, Option<String>, Priority), String> {
+    let (base, label) = match text.split_once('(') {
+        Some((base, rest)) => {
+            let Some(end) = rest.find(')') else {
+                return Err(format!("label missing trailing ')' in priority '{text}'"));
+            };
+            let label = rest[..end].trim();
+            (base.trim(), (!label.is_empty()).then(|| label.to_owned()))
+        }
+        None => (text, None),
+    };
+    let (base, plus) = match base.split_once('+') {
+        Some((base, plus)) => (base.trim(), Some(plus.trim())),
+        None => (base.trim(), None),
+    };
+    let first = |what: &str| {
+        format!("priority '{base}' ({what}) on the first line of a context: nothing to follow")
+    };
+    let (written, number) = match base.to_ascii_lowercase().as_str() {
+        "hint" => {
+            if label.is_some() {
+                return Err("a hint has no label".into());
+            }
+            return Ok((WrittenPriority::Hint, None, Priority::Hint));
+        }
+        "n" | "next" => (
+            WrittenPriority::Next,
+            state
+                .last_priority
+                .map(|p| p + 1)
+                .ok_or_else(|| first("next"))?,
+        ),
+        "s" | "same" => (
+            WrittenPriority::Same,
+            state.last_priority.ok_or_else(|| first("same"))?,
+        ),
+        _ => match leading_number(base) {
+            Some(n) if n < 1 => {
+                return Err(format!("invalid priority '{base}': priorities start at 1"))
+            }
+            Some(n) => (WrittenPriority::Number(n as u32), n as u32),
+            None => {
+                let found = lines.iter().find(|l| {
+                    l.extension == extension
+                        && l.caller_id.as_deref() == caller_id
+                        && l.label.as_deref() == Some(base)
+                });
+                match found.map(|l| l.priority) {
+                    Some(Priority::Number(n)) => (WrittenPriority::Label, n),
+                    _ => {
+                        return Err(format!(
+                            "invalid priority/label '{base}': not a number, n, s, hint or a label of extension '{extension}' above"
+                        ))
+                    }
+                }
+            }
+        },
+    };
+    let offset = plus.map_or(0, |p| leading_number(p).unwrap_or(0));
+    let number = i64::from(number) + offset;
+    let number = u32::try_from(number)
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| format!("invalid priority '{text}'"))?;
+    Ok((written, label, Priority::Number(number)))
+}
+
+/// The integer at the start of `text` (`sscanf("%d")`): optional sign, digits.
+fn leading_number(text: &str) -> Option<i64> {
+    let text = text.trim_start();
+    let (sign, digits) = match text.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let end = digits.bytes().take_while(u8::is_ascii_digit).count();
+    if end == 0 {
+        return None;
+    }
+    digits[..end.min(9)].parse::<i64>().ok().map(|n| sign * n)
 }
 
 /// The end of the extension field: the first comma outside `[...]`, because character
@@ -351,56 +505,49 @@ fn field_end(value: &str) -> Result<usize, String> {
     }
 }
 
-fn parse_priority(text: &str) -> Result<(WrittenPriority, Option<String>), String> {
-    let (base, label) = match text.split_once('(') {
-        Some((base, rest)) => {
-            let Some(label) = rest.strip_suffix(')') else {
-                return Err(format!("label in priority '{text}' has no closing ')'"));
-            };
-            let label = label.trim();
-            if label.is_empty() || label.contains([',', '(', ')']) {
-                return Err(format!("bad label in priority '{text}'"));
-            }
-            (base.trim(), Some(label.to_owned()))
-        }
-        None => (text, None),
-    };
-    let written = match base.to_ascii_lowercase().as_str() {
-        "n" | "next" => WrittenPriority::Next,
-        "s" | "same" => WrittenPriority::Same,
-        "hint" => WrittenPriority::Hint,
-        digits => WrittenPriority::Number(
-            digits
-                .parse()
-                .map_err(|_| format!("priority '{text}' is not a number, n, s or hint"))?,
-        ),
-    };
-    if written == WrittenPriority::Hint && label.is_some() {
-        return Err("a hint has no label".into());
-    }
-    Ok((written, label))
-}
-
-/// `App(args)`, `App()`, `App`, or the old `App,args`.
-fn parse_application(text: &str) -> Result<(String, String), String> {
+/// `App(args)`, `App()`, `App`, or the old `App,args`. As pbx_config reads it: the
+/// arguments run from the first `(` to the last `)` (text after it is dropped, with a
+/// note); a missing `)` takes the rest of the line, with a note; a name holding `${` or
+/// `$[` is kept whole, with no arguments.
+fn parse_application(text: &str, notes: &mut Vec<String>) -> Result<(String, String), String> {
     if text.is_empty() {
         return Err("application is missing".into());
     }
     let (name, arguments) = match text.find(['(', ',']) {
         Some(i) if text[i..].starts_with('(') => {
-            let Some(inner) = text[i + 1..].trim_end().strip_suffix(')') else {
-                return Err(format!(
-                    "application '{}' has no closing ')'",
-                    text[..i].trim()
-                ));
-            };
-            (&text[..i], inner)
+            let name = &text[..i];
+            if name.contains("${") || name.contains("$[") {
+                return Ok((text.to_owned(), String::new()));
+            }
+            let data = &text[i + 1..];
+            match data.rfind(')') {
+                Some(end) => {
+                    let after = data[end + 1..].trim();
+                    if !after.is_empty() {
+                        notes.push(format!(
+                            "text after the ')' of {}(...) dropped: '{after}'",
+                            name.trim()
+                        ));
+                    }
+                    (name, &data[..end])
+                }
+                None => {
+                    notes.push(format!(
+                        "no closing ')' for {}(...): its arguments run to the end of the line",
+                        name.trim()
+                    ));
+                    (name, data)
+                }
+            }
         }
         Some(i) => (&text[..i], &text[i + 1..]),
         None => (text, ""),
     };
     let name = name.trim();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if name.is_empty() {
+        return Err("application is missing".into());
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!("'{name}' is not an application name"));
     }
     Ok((name.to_owned(), arguments.to_owned()))
@@ -443,11 +590,14 @@ mod tests {
         let plan = parse(
             "[c]\nexten => 100,1,Answer()\n same => n(menu),Playback(hello)\n same => s,NoOp(also 2? no: same as last)\n",
         );
-        // `s` repeats priority 2 for the same extension: that is a duplicate.
-        assert!(plan
-            .unwrap_err()
-            .to_string()
-            .contains("priority 2 is already defined at extensions.conf:3"));
+        // `s` repeats priority 2 for the same extension: a duplicate, skipped with a
+        // warning as ast_add_extension2 refuses it.
+        let plan = plan.unwrap();
+        assert_eq!(plan.context("c").unwrap().lines.len(), 2);
+        assert_eq!(
+            plan.warnings[0].to_string(),
+            "extensions.conf:4: warning: extension '100' priority 2 is already defined at extensions.conf:3; line ignored"
+        );
         let plan = parse(
             "[c]\nexten => 100,1,Answer()\n same => n(menu),Playback(hello)\n same => n,Goto(menu)\nexten => 100,hint,SIP/100\n",
         )
@@ -509,22 +659,88 @@ mod tests {
     }
 
     #[test]
-    fn broken_lines_are_errors_with_location() {
+    fn priorities_with_offsets_and_labels_as_pbx_config_reads_them() {
+        let plan = parse(
+            "[c]\nexten => 1,1,Dial(SIP/a)\n same => n+1(busy),Busy()\n same => n+101,NoOp(x)\nexten => 1,busy+101,Hangup()\n",
+        )
+        .unwrap();
+        let lines = plan.context("c").unwrap().extension("1");
+        let numbers: Vec<_> = lines.iter().map(|l| l.priority).collect();
+        // n+1 after 1 is 3 (labelled busy); n+101 after it is 105; busy+101 is 104.
+        assert_eq!(numbers, [1, 3, 104, 105].map(Priority::Number));
+        assert_eq!(lines[1].label.as_deref(), Some("busy"));
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    }
+
+    #[test]
+    fn text_after_the_applications_parenthesis_is_dropped() {
+        let plan = parse(
+            "[c]\nexten => 1,1,Progress() \"comment\"\n same => n,Answer(),\n same => n,Gosub(x,s,1(${EXTEN}))${dept}\n same => n,Dial(SIP/a\n same => n,${APP}(x)\n",
+        )
+        .unwrap();
+        let c = plan.context("c").unwrap();
+        let apps: Vec<(&str, &str)> = c
+            .lines
+            .iter()
+            .map(|l| (l.application.as_str(), l.arguments.as_str()))
+            .collect();
+        assert_eq!(
+            apps,
+            [
+                ("Progress", ""),
+                ("Answer", ""),
+                ("Gosub", "x,s,1(${EXTEN})"),
+                ("Dial", "SIP/a"),
+                ("${APP}(x)", ""),
+            ]
+        );
+        let notes: Vec<String> = plan.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(
+            notes,
+            [
+                "extensions.conf:2: warning: text after the ')' of Progress(...) dropped: '\"comment\"'",
+                "extensions.conf:3: warning: text after the ')' of Answer(...) dropped: ','",
+                "extensions.conf:4: warning: text after the ')' of Gosub(...) dropped: '${dept}'",
+                "extensions.conf:5: warning: no closing ')' for Dial(...): its arguments run to the end of the line",
+            ]
+        );
+    }
+
+    #[test]
+    fn extensions_name_globals() {
+        let plan =
+            parse("[globals]\nNODE=1234\nOC1=8\n[c]\nexten => ${NODE},1,NoOp()\nexten => ${OC1}9901,1,NoOp()\nexten => ${NONE}5,1,NoOp()\n")
+                .unwrap();
+        let names: Vec<&str> = plan
+            .context("c")
+            .unwrap()
+            .lines
+            .iter()
+            .map(|l| l.extension.as_str())
+            .collect();
+        assert_eq!(names, ["1234", "89901", "5"]);
+    }
+
+    #[test]
+    fn broken_lines_are_skipped_with_a_warning_as_pbx_config_does() {
         for (text, expected) in [
-            ("[c]\nsame => n,NoOp()\n", "extensions.conf:2: 'same =>' with no 'exten =>' line before it in this context"),
-            ("[c]\nexten => 1,n,NoOp()\n", "extensions.conf:2: priority 'n' on the first line of a context: nothing to follow"),
-            ("[c]\nexten => 1,one,NoOp()\n", "extensions.conf:2: priority 'one' is not a number, n, s or hint"),
-            ("[c]\nexten => 1,0,NoOp()\n", "extensions.conf:2: priorities start at 1"),
-            ("[c]\nexten => 1,1,Dial(SIP/a\n", "extensions.conf:2: application 'Dial' has no closing ')'"),
-            ("[c]\nexten => _[12X,1,NoOp()\n", "extensions.conf:2: '[' without ']' in extension"),
-            ("[c]\nexten => 1\n", "extensions.conf:2: line has no priority and application"),
-            ("[c]\nexten => 1,1\n", "extensions.conf:2: no application after priority '1'"),
-            ("[c]\nexten => 1,1,\n", "extensions.conf:2: application is missing"),
-            ("[c]\nexten => ,1,NoOp()\n", "extensions.conf:2: extension is empty"),
-            ("[c]\nexten => 1,1(a,NoOp()\n", "extensions.conf:2: label in priority '1(a' has no closing ')'"),
-            ("[c]\nexten => 1,1(x),NoOp()\nexten => 1,2(x),NoOp()\n", "extensions.conf:3: label 'x' of extension '1' is already used at extensions.conf:2"),
+            ("[c]\nsame => n,NoOp()\n", "extensions.conf:2: warning: 'same =>' with no 'exten =>' line before it in this context; line ignored"),
+            ("[c]\nexten => 1,n,NoOp()\n", "extensions.conf:2: warning: priority 'n' (next) on the first line of a context: nothing to follow; line ignored"),
+            ("[c]\nexten => 1,one,NoOp()\n", "extensions.conf:2: warning: invalid priority/label 'one': not a number, n, s, hint or a label of extension '1' above; line ignored"),
+            ("[c]\nexten => 1,0,NoOp()\n", "extensions.conf:2: warning: invalid priority '0': priorities start at 1; line ignored"),
+            ("[c]\nexten => _[12X,1,NoOp()\n", "extensions.conf:2: warning: '[' without ']' in extension; line ignored"),
+            ("[c]\nexten => 1\n", "extensions.conf:2: warning: line has no priority and application; line ignored"),
+            ("[c]\nexten => 1,1\n", "extensions.conf:2: warning: application is missing; line ignored"),
+            ("[c]\nexten => 1,1,\n", "extensions.conf:2: warning: application is missing; line ignored"),
+            ("[c]\nexten => 1,1,(x)\n", "extensions.conf:2: warning: application is missing; line ignored"),
+            ("[c]\nexten => ,1,NoOp()\n", "extensions.conf:2: warning: extension is empty; line ignored"),
+            ("[c]\nexten => 1,1(a,NoOp()\n", "extensions.conf:2: warning: label missing trailing ')' in priority '1(a'; line ignored"),
+            ("[c]\nsame => NoOp(x)\n", "extensions.conf:2: warning: 'same =>' with no 'exten =>' line before it in this context; line ignored"),
+            ("[c]\nexten => 1,1,NoOp()\nsame => NoOp(x)\n", "extensions.conf:3: warning: invalid priority/label 'NoOp': not a number, n, s, hint or a label of extension '1' above; line ignored"),
+            ("[c]\nexten => 1,1(x),NoOp()\nexten => 1,2(x),NoOp()\n", "extensions.conf:3: warning: label 'x' of extension '1' is already used at extensions.conf:2; line ignored"),
         ] {
-            assert_eq!(parse(text).unwrap_err().to_string(), expected, "{text}");
+            let plan = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(plan.warnings[0].to_string(), expected, "{text}");
         }
     }
 }

@@ -228,13 +228,14 @@ pub fn from_config(config: Config) -> Result<SipConf, Error> {
 
     for section in config.sections_named("general") {
         for entry in &section.entries {
-            apply_general(
+            let applied = apply_general(
                 entry,
                 &mut general,
                 &mut defaults,
                 &mut registrations,
                 &mut warnings,
-            )?;
+            );
+            crate::values::keep_going(applied, &mut warnings)?;
         }
     }
 
@@ -312,7 +313,7 @@ fn apply_general(
         "minexpiry" => general.min_expiry = parse_number(entry)?,
         "maxexpiry" => general.max_expiry = parse_number(entry)?,
         "defaultexpiry" => general.default_expiry = parse_number(entry)?,
-        "nat" => defaults.nat = Some(parse_nat(entry)?),
+        "nat" => defaults.nat = Some(parse_nat(entry, warnings)?),
         "qualify" => defaults.qualify = Some(parse_qualify(entry)?),
         "dtmfmode" => defaults.dtmf_mode = Some(parse_dtmf_mode(entry)?),
         "insecure" => defaults.insecure = Some(parse_insecure(entry)?),
@@ -367,72 +368,76 @@ fn build_peer(
     let mut saw_host = false;
     for entry in &section.entries {
         let value = entry.value.as_str();
-        match entry.key.to_ascii_lowercase().as_str() {
-            "type" => {
-                saw_type = true;
-                peer.kind = match value.to_ascii_lowercase().as_str() {
-                    "friend" => PeerType::Friend,
-                    "peer" => PeerType::Peer,
-                    "user" => PeerType::User,
-                    _ => return Err(invalid(entry, "expected friend, peer or user")),
+        let applied = (|| -> Result<(), Error> {
+            match entry.key.to_ascii_lowercase().as_str() {
+                "type" => {
+                    saw_type = true;
+                    peer.kind = match value.to_ascii_lowercase().as_str() {
+                        "friend" => PeerType::Friend,
+                        "peer" => PeerType::Peer,
+                        "user" => PeerType::User,
+                        _ => return Err(invalid(entry, "expected friend, peer or user")),
+                    }
                 }
-            }
-            "host" => {
-                saw_host = true;
-                if value.is_empty() {
-                    return Err(invalid(entry, "expected dynamic or a host name"));
+                "host" => {
+                    saw_host = true;
+                    if value.is_empty() {
+                        return Err(invalid(entry, "expected dynamic or a host name"));
+                    }
+                    peer.host = if value.eq_ignore_ascii_case("dynamic") {
+                        Host::Dynamic
+                    } else {
+                        Host::Static(value.to_owned())
+                    };
                 }
-                peer.host = if value.eq_ignore_ascii_case("dynamic") {
-                    Host::Dynamic
-                } else {
-                    Host::Static(value.to_owned())
-                };
-            }
-            "port" => peer.port = Some(parse_port(entry)?),
-            "username" => peer.username = Some(value.to_owned()),
-            "defaultuser" => peer.default_user = Some(value.to_owned()),
-            "secret" => peer.secret = Some(Secret::new(value)),
-            "md5secret" => peer.md5_secret = Some(Secret::new(value)),
-            "context" => peer.context = value.to_owned(),
-            "nat" => peer.nat = parse_nat(entry)?,
-            "qualify" => peer.qualify = parse_qualify(entry)?,
-            "qualifyfreq" => peer.qualify_freq_secs = parse_number(entry)?,
-            "dtmfmode" => peer.dtmf_mode = parse_dtmf_mode(entry)?,
-            "canreinvite" | "directmedia" => peer.direct_media = parse_direct_media(entry)?,
-            "allow" => peer
-                .codec_rules
-                .push(CodecRule::Allow(codec_list(entry, warnings))),
-            "disallow" => peer
-                .codec_rules
-                .push(CodecRule::Disallow(codec_list(entry, warnings))),
-            "insecure" => peer.insecure = parse_insecure(entry)?,
-            "callerid" => peer.caller_id = Some(CallerId::parse(value)),
-            "fromuser" => peer.from_user = Some(value.to_owned()),
-            "fromdomain" => peer.from_domain = Some(value.to_owned()),
-            "mailbox" => peer.mailboxes.extend(
-                value
-                    .split([',', '&'])
-                    .map(str::trim)
-                    .filter(|m| !m.is_empty())
-                    .map(str::to_owned),
-            ),
-            "transport" => {
-                peer.transports = value
-                    .split(',')
-                    .map(|t| t.trim().to_ascii_lowercase())
-                    .filter(|t| !t.is_empty())
-                    .collect();
-                if let Some(bad) = peer
-                    .transports
-                    .iter()
-                    .find(|t| !matches!(t.as_str(), "udp" | "tcp" | "tls" | "ws" | "wss"))
-                {
-                    return Err(invalid(entry, &format!("unknown transport '{bad}'")));
+                "port" => peer.port = Some(parse_port(entry)?),
+                "username" => peer.username = Some(value.to_owned()),
+                "defaultuser" => peer.default_user = Some(value.to_owned()),
+                "secret" => peer.secret = Some(Secret::new(value)),
+                "md5secret" => peer.md5_secret = Some(Secret::new(value)),
+                "context" => peer.context = value.to_owned(),
+                "nat" => peer.nat = parse_nat(entry, warnings)?,
+                "qualify" => peer.qualify = parse_qualify(entry)?,
+                "qualifyfreq" => peer.qualify_freq_secs = parse_number(entry)?,
+                "dtmfmode" => peer.dtmf_mode = parse_dtmf_mode(entry)?,
+                "canreinvite" | "directmedia" => peer.direct_media = parse_direct_media(entry)?,
+                "allow" => peer
+                    .codec_rules
+                    .push(CodecRule::Allow(codec_list(entry, warnings))),
+                "disallow" => peer
+                    .codec_rules
+                    .push(CodecRule::Disallow(codec_list(entry, warnings))),
+                "insecure" => peer.insecure = parse_insecure(entry)?,
+                "callerid" => peer.caller_id = Some(CallerId::parse(value)),
+                "fromuser" => peer.from_user = Some(value.to_owned()),
+                "fromdomain" => peer.from_domain = Some(value.to_owned()),
+                "mailbox" => peer.mailboxes.extend(
+                    value
+                        .split([',', '&'])
+                        .map(str::trim)
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_owned),
+                ),
+                "transport" => {
+                    peer.transports = value
+                        .split(',')
+                        .map(|t| t.trim().to_ascii_lowercase())
+                        .filter(|t| !t.is_empty())
+                        .collect();
+                    if let Some(bad) = peer
+                        .transports
+                        .iter()
+                        .find(|t| !matches!(t.as_str(), "udp" | "tcp" | "tls" | "ws" | "wss"))
+                    {
+                        return Err(invalid(entry, &format!("unknown transport '{bad}'")));
+                    }
                 }
+                "outboundproxy" => peer.outbound_proxy = Some(value.to_owned()),
+                _ => unknown_key(entry, &format!("peer [{}]", section.name), warnings),
             }
-            "outboundproxy" => peer.outbound_proxy = Some(value.to_owned()),
-            _ => unknown_key(entry, &format!("peer [{}]", section.name), warnings),
-        }
+            Ok(())
+        })();
+        crate::values::keep_going(applied, warnings)?;
     }
     if !saw_type {
         warnings.push(Warning {
@@ -512,7 +517,9 @@ fn parse_port(entry: &Entry) -> Result<u16, Error> {
     }
 }
 
-fn parse_nat(entry: &Entry) -> Result<Nat, Error> {
+/// `nat=` as chan_sip's `sip_parse_nat_option` reads it: comma-separated words, the
+/// ones it does not know ignored (with a warning here).
+fn parse_nat(entry: &Entry, warnings: &mut Vec<Warning>) -> Result<Nat, Error> {
     let mut nat = Nat::default();
     for word in entry
         .value
@@ -529,12 +536,12 @@ fn parse_nat(entry: &Entry) -> Result<Nat, Error> {
             "comedia" => nat.comedia = true,
             "auto_force_rport" => nat.auto_force_rport = true,
             "auto_comedia" => nat.auto_comedia = true,
-            _ => {
-                return Err(invalid(
-                    entry,
-                    "expected yes, no, force_rport, comedia, auto_force_rport or auto_comedia",
-                ))
-            }
+            word => warnings.push(Warning {
+                location: entry.location.clone(),
+                message: format!(
+                    "nat: '{word}' is not yes, no, force_rport, comedia, auto_force_rport or auto_comedia; ignored, as chan_sip does"
+                ),
+            }),
         }
     }
     Ok(nat)
@@ -719,10 +726,12 @@ mod tests {
 
     #[test]
     fn bad_registration_names_the_line() {
-        let err = parse("[general]\n\nregister => nohost\n").unwrap_err();
+        // chan_sip logs a register line it cannot parse and goes on.
+        let conf = parse("[general]\n\nregister => nohost\n").unwrap();
+        assert!(conf.registrations.is_empty());
         assert_eq!(
-            err.to_string(),
-            "sip.conf:3: register: expected user[:secret]@host (got 'nohost')"
+            conf.warnings[0].to_string(),
+            "sip.conf:3: warning: register: expected user[:secret]@host (got 'nohost'); line ignored"
         );
     }
 
@@ -775,17 +784,24 @@ mod tests {
     }
 
     #[test]
-    fn invalid_values_are_errors_with_location() {
+    fn invalid_values_are_warnings_with_location() {
+        // chan_sip logs a value it cannot read and keeps the setting as it was.
         for (text, expected) in [
-            ("[p]\ntype=both\n", "sip.conf:2: type: expected friend, peer or user (got 'both')"),
-            ("[p]\nport=99999\n", "sip.conf:2: port: expected a port number 1-65535 (got '99999')"),
-            ("[p]\nnat=sometimes\n", "sip.conf:2: nat: expected yes, no, force_rport, comedia, auto_force_rport or auto_comedia (got 'sometimes')"),
-            ("[p]\n\nqualify=soon\n", "sip.conf:3: qualify: expected yes, no or milliseconds (got 'soon')"),
-            ("[p]\ninsecure=always\n", "sip.conf:2: insecure: expected port, invite or both (got 'always')"),
-            ("[p]\ntransport=sctp\n", "sip.conf:2: transport: unknown transport 'sctp' (got 'sctp')"),
+            ("[p]\ntype=both\n", "sip.conf:2: warning: type: expected friend, peer or user (got 'both'); line ignored"),
+            ("[p]\nport=99999\n", "sip.conf:2: warning: port: expected a port number 1-65535 (got '99999'); line ignored"),
+            ("[p]\nnat=sometimes\n", "sip.conf:2: warning: nat: 'sometimes' is not yes, no, force_rport, comedia, auto_force_rport or auto_comedia; ignored, as chan_sip does"),
+            ("[p]\n\nqualify=soon\n", "sip.conf:3: warning: qualify: expected yes, no or milliseconds (got 'soon'); line ignored"),
+            ("[p]\ninsecure=always\n", "sip.conf:2: warning: insecure: expected port, invite or both (got 'always'); line ignored"),
+            ("[p]\ntransport=sctp\n", "sip.conf:2: warning: transport: unknown transport 'sctp' (got 'sctp'); line ignored"),
         ] {
-            assert_eq!(parse(text).unwrap_err().to_string(), expected);
+            let conf = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(conf.warnings[0].to_string(), expected);
+            assert!(conf.peer("p").is_some());
         }
+        // `nat=force_rport,comedia instead`: the words chan_sip knows are kept.
+        let conf = parse("[p]\nnat=force_rport,comedia instead\n").unwrap();
+        let nat = conf.peer("p").unwrap().nat;
+        assert!(nat.force_rport && !nat.comedia);
     }
 
     #[test]

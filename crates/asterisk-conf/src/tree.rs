@@ -4,26 +4,32 @@
 //! What the reader does, following Asterisk's `main/config.c`:
 //!
 //! - `;` starts a comment that runs to the end of the line; `\;` is a literal `;` (the
-//!   backslash is removed). `;--` opens a block comment that `--;` closes, across lines.
+//!   backslash is removed). `;--` opens a block comment that `--;` closes, across lines,
+//!   but only when the next character is not a `-` too: `;-----` separator lines are
+//!   line comments. Block comments nest, end with their file, and one left open is a
+//!   warning (`config_text_file_load`).
 //! - `[name]` opens a section. `[name](!)` marks it a template; `[name](a,b)` first copies
 //!   every entry of sections `a` then `b` (as they stand at that line); `[name](+)` goes
 //!   back to the last section called `name` and appends to it. Options combine:
-//!   `[name](!,a)`.
+//!   `[name](!,a)`. The options must follow the `]` at once, as in `process_text_line`;
+//!   other text after the header is ignored, with a warning.
 //! - `key=value` and `key => value` (the latter is an "object" line: a mailbox, an
 //!   extension). Whitespace around key and value is trimmed. Repeated keys are kept, in
 //!   order; [`Section::get`] returns the last one, as `ast_variable_retrieve` does, so an
-//!   entry written after a template's overrides the template's.
+//!   entry written after a template's overrides the template's. `key += value` appends
+//!   to the section's last `key`. A line without `=`, or with nothing before it, is
+//!   skipped with a warning.
 //! - `#include file` and `#tryinclude file` (the name may be quoted with `"..."` or
-//!   `<...>`) read another file in place, its path relative to the including file. A
-//!   missing `#include` is an error, a missing `#tryinclude` is skipped. `#exec` is
-//!   refused with a warning, as Asterisk does unless `execincludes=yes`.
+//!   `<...>`, and may be a glob: `#include dialplan/*.conf` reads every match in name
+//!   order) read other files in place, a relative path from the directory of the first
+//!   file (Asterisk's configuration directory) or, failing that, the including file's.
+//!   A missing `#include` is an error, a missing `#tryinclude` is skipped. `#exec` is
+//!   refused with a warning, as Asterisk does unless `execincludes=yes`; an unknown
+//!   directive or one without its file name is skipped with a warning.
 //!
-//! Deliberate differences from Asterisk, all towards stopping early on a broken file:
-//! a line with no `=`, a key before any section, an unknown template and an unclosed
-//! header are errors here (Asterisk logs some of them and skips the line); include
-//! cycles are detected and named; include paths are relative to the including file, not
-//! to Asterisk's configuration directory (the same thing when all files live in one
-//! directory, as they usually do).
+//! Errors, as in Asterisk: a header without `]` or its options without `)`, an unknown
+//! template, `(+)` on a missing section, a key before any section, a missing include.
+//! In addition, include cycles are detected and named.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -142,6 +148,8 @@ fn escape_semicolons(s: &str) -> String {
 /// configuration shipped inside a binary).
 pub trait Source {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// The files directly in `dir` (for `#include` globs).
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
 }
 
 /// Reads from the file system.
@@ -151,6 +159,17 @@ pub struct FileSystem;
 impl Source for FileSystem {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() || entry.path().is_file() {
+                files.push(entry.path());
+            }
+        }
+        Ok(files)
     }
 }
 
@@ -182,6 +201,15 @@ impl Source for MemorySource {
             .cloned()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
     }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        Ok(self
+            .files
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .cloned()
+            .collect())
+    }
 }
 
 /// Reads `path` and everything it includes from the file system.
@@ -199,7 +227,7 @@ pub fn load_from(source: &dyn Source, path: &Path) -> Result<Config, Error> {
         source,
         config: Config::default(),
         current: None,
-        block_comment_depth: 0,
+        block_comments: Vec::new(),
         include_stack: vec![path.to_owned()],
     };
     reader.read_file(path, &bytes)?;
@@ -219,8 +247,9 @@ struct Reader<'a> {
     config: Config,
     /// Index of the section new entries go to.
     current: Option<usize>,
-    /// Nesting of `;--` block comments; Asterisk lets them nest and span includes.
-    block_comment_depth: usize,
+    /// Nesting of `;--` block comments in the file being read (each file starts with
+    /// none), and the line each open one began on.
+    block_comments: Vec<u32>,
     include_stack: Vec<PathBuf>,
 }
 
@@ -242,39 +271,47 @@ impl Reader<'_> {
                 String::from_utf8_lossy(bytes)
             }
         };
-        let mut last_line = 0u32;
+        // Block comments belong to their file.
+        let outer = std::mem::take(&mut self.block_comments);
+        let mut result = Ok(());
         for (index, raw) in text.lines().enumerate() {
             let line_no = u32::try_from(index + 1).unwrap_or(u32::MAX);
-            last_line = line_no;
             let location = Location::new(file.clone(), line_no);
-            let line = self.strip_comments(raw);
+            let line = self.strip_comments(raw, line_no);
             let line = line.trim();
             if line.is_empty() {
                 continue;
             }
-            self.process_line(line, &location, path)?;
+            result = self.process_line(line, &location, path);
+            if result.is_err() {
+                break;
+            }
         }
-        if self.block_comment_depth > 0 && self.include_stack.len() == 1 {
-            return Err(Error::syntax(
-                &Location::new(file, last_line.max(1)),
-                SyntaxError::UnterminatedBlockComment,
-            ));
+        if let Some(&opened) = self.block_comments.first() {
+            self.config.warnings.push(Warning {
+                location: Location::new(file.clone(), opened),
+                message: "block comment ';--' is never closed with '--;': the rest of the file is a comment".into(),
+            });
         }
-        Ok(())
+        self.block_comments = outer;
+        result
     }
 
     /// Removes comments, turning `\;` into `;` and tracking `;-- --;` blocks.
-    fn strip_comments(&mut self, raw: &str) -> String {
+    fn strip_comments(&mut self, raw: &str, line_no: u32) -> String {
+        // `;--` opens a block only when not followed by another `-` (`;-----` is a
+        // separator line, a line comment).
+        let opens = |at: &str| at.starts_with(";--") && !at[3..].starts_with('-');
         let mut out = String::with_capacity(raw.len());
         let bytes = raw.as_bytes();
         let mut i = 0;
         while i < bytes.len() {
-            if self.block_comment_depth > 0 {
+            if !self.block_comments.is_empty() {
                 if raw[i..].starts_with("--;") {
-                    self.block_comment_depth -= 1;
+                    self.block_comments.pop();
                     i += 3;
-                } else if raw[i..].starts_with(";--") {
-                    self.block_comment_depth += 1;
+                } else if opens(&raw[i..]) {
+                    self.block_comments.push(line_no);
                     i += 3;
                 } else {
                     i += utf8_len(bytes[i]);
@@ -286,8 +323,8 @@ impl Reader<'_> {
                     out.push(';');
                     i += 2;
                 }
-                b';' if raw[i..].starts_with(";--") => {
-                    self.block_comment_depth += 1;
+                b';' if opens(&raw[i..]) => {
+                    self.block_comments.push(line_no);
                     i += 3;
                 }
                 b';' => break,
@@ -308,27 +345,39 @@ impl Reader<'_> {
         if let Some(rest) = line.strip_prefix('#') {
             return self.directive(rest, location, path);
         }
-        let Some(eq) = line.find('=') else {
-            return Err(Error::syntax(
-                location,
-                SyntaxError::MissingEquals(line.to_owned()),
-            ));
-        };
-        let key = line[..eq].trim();
-        let mut value = &line[eq + 1..];
-        let object = value.starts_with('>');
-        if object {
-            value = &value[1..];
-        }
-        if key.is_empty() {
-            return Err(Error::syntax(location, SyntaxError::EmptyKey));
-        }
         let Some(current) = self.current else {
+            let key = line.split('=').next().unwrap_or(line).trim();
             return Err(Error::syntax(
                 location,
                 SyntaxError::NoSection(key.to_owned()),
             ));
         };
+        let Some(eq) = line.find('=') else {
+            self.warn(location, format!("no '=' in line '{line}'; line ignored"));
+            return Ok(());
+        };
+        let mut key = line[..eq].trim();
+        let mut value = &line[eq + 1..];
+        // `key += more`: appended to the section's last `key` (or a new one).
+        if let Some(appended) = key.strip_suffix('+') {
+            key = appended.trim_end();
+            let entries = &mut self.config.sections[current].entries;
+            if let Some(last) = entries.iter_mut().rev().find(|e| e.key == key) {
+                last.value = format!("{}{}", last.value, value).trim().to_owned();
+                return Ok(());
+            }
+        }
+        let object = value.starts_with('>');
+        if object {
+            value = &value[1..];
+        }
+        if key.is_empty() {
+            self.warn(
+                location,
+                format!("no name before '=' in line '{line}'; line ignored"),
+            );
+            return Ok(());
+        }
         self.config.sections[current].entries.push(Entry {
             key: key.to_owned(),
             value: value.trim().to_owned(),
@@ -339,6 +388,13 @@ impl Reader<'_> {
         Ok(())
     }
 
+    fn warn(&mut self, location: &Location, message: String) {
+        self.config.warnings.push(Warning {
+            location: location.clone(),
+            message,
+        });
+    }
+
     fn section_header(&mut self, rest: &str, location: &Location) -> Result<(), Error> {
         let Some(close) = rest.find(']') else {
             return Err(Error::syntax(location, SyntaxError::UnterminatedSection));
@@ -347,10 +403,11 @@ impl Reader<'_> {
         if name.is_empty() {
             return Err(Error::syntax(location, SyntaxError::EmptySectionName));
         }
-        let after = rest[close + 1..].trim_start();
+        let after = &rest[close + 1..];
         let mut is_template = false;
         let mut append = false;
         let mut templates = Vec::new();
+        // Options only right after the `]`, as process_text_line reads them.
         if let Some(options) = after.strip_prefix('(') {
             let Some(end) = options.find(')') else {
                 return Err(Error::syntax(
@@ -360,10 +417,10 @@ impl Reader<'_> {
             };
             let trailing = options[end + 1..].trim();
             if !trailing.is_empty() {
-                return Err(Error::syntax(
+                self.warn(
                     location,
-                    SyntaxError::TrailingText(trailing.to_owned()),
-                ));
+                    format!("text after the section's options ignored: '{trailing}'"),
+                );
             }
             for option in options[..end].split(',').map(str::trim) {
                 match option {
@@ -373,11 +430,14 @@ impl Reader<'_> {
                     name => templates.push(name.to_owned()),
                 }
             }
-        } else if !after.is_empty() {
-            return Err(Error::syntax(
+        } else if !after.trim().is_empty() {
+            self.warn(
                 location,
-                SyntaxError::TrailingText(after.to_owned()),
-            ));
+                format!(
+                    "text after the section header ignored: '{}' (options go right after ']')",
+                    after.trim()
+                ),
+            );
         }
 
         if append {
@@ -464,15 +524,99 @@ impl Reader<'_> {
         };
         let file = unquote(arg);
         if file.is_empty() {
+            self.warn(
+                location,
+                format!("{directive} needs a file name; line ignored"),
+            );
+            return Ok(());
+        }
+        let targets = self.include_targets(file, path);
+        if targets.is_empty() {
+            if directive == "#tryinclude" {
+                return Ok(());
+            }
+            let tried = self.candidates(file, path);
             return Err(Error::syntax(
                 location,
-                SyntaxError::IncludeWithoutFile { directive },
+                SyntaxError::Include {
+                    path: tried
+                        .into_iter()
+                        .next()
+                        .unwrap_or_else(|| PathBuf::from(file)),
+                    source: io::Error::new(io::ErrorKind::NotFound, "no such file"),
+                },
             ));
         }
-        let target = match path.parent() {
-            Some(dir) if Path::new(file).is_relative() => dir.join(file),
-            _ => PathBuf::from(file),
-        };
+        for target in targets {
+            self.include(&target, directive, location)?;
+        }
+        Ok(())
+    }
+
+    /// Where a relative include is looked for: Asterisk's configuration directory (the
+    /// first file's), then the including file's directory.
+    fn candidates(&self, file: &str, path: &Path) -> Vec<PathBuf> {
+        if Path::new(file).is_absolute() {
+            return vec![PathBuf::from(file)];
+        }
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for dir in [
+            self.include_stack.first().and_then(|p| p.parent()),
+            path.parent(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !dirs.iter().any(|d| d == dir) {
+                dirs.push(dir.to_owned());
+            }
+        }
+        dirs.into_iter().map(|d| d.join(file)).collect()
+    }
+
+    /// The files an include names: the first candidate that exists, or every match of
+    /// a glob in name order (the first directory with matches).
+    fn include_targets(&self, file: &str, path: &Path) -> Vec<PathBuf> {
+        let globbing = file.contains(['*', '?', '[']);
+        for candidate in self.candidates(file, path) {
+            if !globbing {
+                if self.source.read(&candidate).is_ok() {
+                    return vec![candidate];
+                }
+                continue;
+            }
+            let (Some(dir), Some(pattern)) = (
+                candidate.parent(),
+                candidate.file_name().and_then(|n| n.to_str()),
+            ) else {
+                continue;
+            };
+            let mut found: Vec<PathBuf> = self
+                .source
+                .list(dir)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|name| glob_match(pattern, name))
+                })
+                .collect();
+            found.sort();
+            if !found.is_empty() {
+                return found;
+            }
+        }
+        Vec::new()
+    }
+
+    fn include(
+        &mut self,
+        target: &Path,
+        directive: &'static str,
+        location: &Location,
+    ) -> Result<(), Error> {
+        let target = target.to_owned();
         if self.include_stack.contains(&target) {
             let chain = self
                 .include_stack
@@ -514,6 +658,74 @@ impl Reader<'_> {
         self.include_stack.pop();
         result
     }
+}
+
+/// A shell glob of one file name: `*`, `?` and `[...]` (with `!` or `^` to negate and
+/// `a-z` ranges), as glob(3) matches names in Asterisk's `#include`.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    // Iterative matching with one backtrack point for the last `*`.
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        let step = match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+                continue;
+            }
+            Some('?') => Some(pi + 1),
+            Some('[') => class_match(&p, pi, n[ni]),
+            Some(c) if *c == n[ni] => Some(pi + 1),
+            _ => None,
+        };
+        match step {
+            Some(next) => {
+                pi = next;
+                ni += 1;
+            }
+            None => match star {
+                Some((sp, sn)) => {
+                    pi = sp + 1;
+                    ni = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// `[...]` at `p[start]` against `c`: the index after the class when it matches.
+fn class_match(p: &[char], start: usize, c: char) -> Option<usize> {
+    let mut i = start + 1;
+    let negate = matches!(p.get(i), Some('!') | Some('^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while i < p.len() && (first || p[i] != ']') {
+        first = false;
+        if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|e| *e != ']') {
+            if (p[i]..=p[i + 2]).contains(&c) {
+                matched = true;
+            }
+            i += 3;
+        } else {
+            if p[i] == c {
+                matched = true;
+            }
+            i += 1;
+        }
+    }
+    if i >= p.len() {
+        // No closing `]`: a literal `[`.
+        return (c == '[').then_some(start + 1);
+    }
+    (matched != negate).then_some(i + 1)
 }
 
 fn unquote(arg: &str) -> &str {

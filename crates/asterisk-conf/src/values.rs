@@ -40,6 +40,30 @@ pub(crate) fn parse_number<T: std::str::FromStr>(entry: &Entry) -> Result<T, Err
         .map_err(|_| invalid(entry, "expected a whole number"))
 }
 
+/// What chan_sip and app_voicemail do with a value they cannot read: log it and keep
+/// the setting as it was. A value error becomes a warning naming the line; other
+/// errors stay errors.
+pub(crate) fn keep_going(
+    result: Result<(), Error>,
+    warnings: &mut Vec<crate::error::Warning>,
+) -> Result<(), Error> {
+    match result {
+        Err(Error::Value {
+            location,
+            key,
+            value,
+            message,
+        }) => {
+            warnings.push(crate::error::Warning {
+                location,
+                message: format!("{key}: {message} (got '{value}'); line ignored"),
+            });
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 pub(crate) fn invalid(entry: &Entry, message: &str) -> Error {
     Error::value(&entry.location, &entry.key, &entry.value, message)
 }

@@ -27,18 +27,42 @@ pub struct VoicemailConf {
     pub general: General,
     pub zones: Vec<Zone>,
     pub contexts: Vec<Context>,
+    /// The `aliasescontext=` section's lines: other names for mailboxes.
+    pub aliases: Vec<Alias>,
     pub warnings: Vec<Warning>,
 }
 
+/// `1234@devices => 1234@default` in the section `aliasescontext=` names: the mailbox
+/// `1234@devices` is `1234@default`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    pub number: String,
+    pub context: String,
+    pub target_number: String,
+    pub target_context: String,
+    pub location: Location,
+}
+
 impl VoicemailConf {
-    /// The mailbox `number@context`.
+    /// The mailbox `number@context`, or the one it is an alias of.
     pub fn mailbox(&self, context: &str, number: &str) -> Option<&Mailbox> {
-        self.contexts
+        let direct = self
+            .contexts
             .iter()
-            .find(|c| c.name == context)?
-            .mailboxes
-            .iter()
-            .find(|m| m.number == number)
+            .find(|c| c.name == context)
+            .and_then(|c| c.mailboxes.iter().find(|m| m.number == number));
+        direct.or_else(|| {
+            let alias = self
+                .aliases
+                .iter()
+                .find(|a| a.number == number && a.context == context)?;
+            self.contexts
+                .iter()
+                .find(|c| c.name == alias.target_context)?
+                .mailboxes
+                .iter()
+                .find(|m| m.number == alias.target_number)
+        })
     }
 
     pub fn zone(&self, name: &str) -> Option<&Zone> {
@@ -75,6 +99,8 @@ pub struct General {
     pub pager_body: Option<String>,
     /// Delete the message after emailing it.
     pub delete: bool,
+    /// `aliasescontext=`: the section of mailbox aliases.
+    pub aliases_context: Option<String>,
     pub location: Option<Location>,
 }
 
@@ -101,6 +127,7 @@ impl Default for General {
             pager_subject: None,
             pager_body: None,
             delete: false,
+            aliases_context: None,
             location: None,
         }
     }
@@ -211,13 +238,25 @@ pub fn from_config(config: Config) -> Result<VoicemailConf, Error> {
     let mut general = General::default();
     let mut zones: Vec<Zone> = Vec::new();
     let mut contexts: Vec<Context> = Vec::new();
+    let mut aliases: Vec<Alias> = Vec::new();
+    // app_voicemail reads [general] before any mailbox: the aliases' section is known.
+    let aliases_context = config
+        .sections
+        .iter()
+        .filter(|s| s.name == "general")
+        .flat_map(|s| s.entries.iter())
+        .rev()
+        .find(|e| e.key.eq_ignore_ascii_case("aliasescontext"))
+        .map(|e| e.value.trim().to_owned())
+        .filter(|v| !v.is_empty());
 
     for section in config.sections.iter().filter(|s| !s.is_template) {
         match section.name.as_str() {
             "general" => {
                 general.location.get_or_insert(section.location.clone());
                 for entry in &section.entries {
-                    apply_general(entry, &mut general, &mut warnings)?;
+                    let applied = apply_general(entry, &mut general, &mut warnings);
+                    crate::values::keep_going(applied, &mut warnings)?;
                 }
             }
             "zonemessages" => {
@@ -226,11 +265,17 @@ pub fn from_config(config: Config) -> Result<VoicemailConf, Error> {
                         Some((tz, fmt)) => (tz.trim(), fmt.trim()),
                         None => (entry.value.trim(), ""),
                     };
+                    // app_voicemail takes the zone as written; one that is not even
+                    // shaped like a zone name is skipped.
                     if !is_timezone_name(timezone) {
-                        return Err(invalid(
-                            entry,
-                            "expected Area/City (an IANA time zone) before '|'",
-                        ));
+                        warnings.push(Warning {
+                            location: entry.location.clone(),
+                            message: format!(
+                                "zone '{}': '{timezone}' is not a time zone name (Area/City); line ignored",
+                                entry.key
+                            ),
+                        });
+                        continue;
                     }
                     zones.retain(|z| z.name != entry.key);
                     zones.push(Zone {
@@ -239,6 +284,20 @@ pub fn from_config(config: Config) -> Result<VoicemailConf, Error> {
                         say_format: say_format.to_owned(),
                         location: entry.location.clone(),
                     });
+                }
+            }
+            name if aliases_context.as_deref() == Some(name) => {
+                for entry in &section.entries {
+                    match parse_alias(entry) {
+                        Some(alias) => aliases.push(alias),
+                        None => warnings.push(Warning {
+                            location: entry.location.clone(),
+                            message: format!(
+                                "alias '{} => {}' is not 'box@context => box@context'; line ignored",
+                                entry.key, entry.value
+                            ),
+                        }),
+                    }
                 }
             }
             name => {
@@ -253,7 +312,14 @@ pub fn from_config(config: Config) -> Result<VoicemailConf, Error> {
                     }
                 };
                 for entry in &section.entries {
-                    let mailbox = parse_mailbox(name, entry, &mut warnings)?;
+                    let mailbox = match parse_mailbox(name, entry, &mut warnings) {
+                        Ok(Some(mailbox)) => mailbox,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            crate::values::keep_going(Err(e), &mut warnings)?;
+                            continue;
+                        }
+                    };
                     let boxes = &mut contexts[index].mailboxes;
                     if let Some(previous) = boxes.iter().position(|m| m.number == mailbox.number) {
                         warnings.push(Warning {
@@ -276,6 +342,7 @@ pub fn from_config(config: Config) -> Result<VoicemailConf, Error> {
         general,
         zones,
         contexts,
+        aliases,
         warnings,
     };
     let mut warnings = check_zone_references(&conf);
@@ -326,6 +393,7 @@ fn apply_general(
         "pagersubject" => general.pager_subject = text(),
         "pagerbody" => general.pager_body = text(),
         "delete" => general.delete = parse_bool(entry)?,
+        "aliasescontext" => general.aliases_context = text(),
         _ => warnings.push(Warning {
             location: entry.location.clone(),
             message: format!("unknown key '{}' in [general] ignored", entry.key),
@@ -334,11 +402,30 @@ fn apply_general(
     Ok(())
 }
 
+/// `box@context => box@context`.
+fn parse_alias(entry: &Entry) -> Option<Alias> {
+    let (number, context) = entry.key.trim().split_once('@')?;
+    let (target_number, target_context) = entry.value.trim().split_once('@')?;
+    let parts = [number, context, target_number, target_context].map(str::trim);
+    if parts.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    Some(Alias {
+        number: parts[0].to_owned(),
+        context: parts[1].to_owned(),
+        target_number: parts[2].to_owned(),
+        target_context: parts[3].to_owned(),
+        location: entry.location.clone(),
+    })
+}
+
+/// A mailbox line; `None` (with a warning) for one no caller could reach: app_voicemail
+/// stores any name, but a name with `@` or spaces cannot be dialled as `box@context`.
 fn parse_mailbox(
     context: &str,
     entry: &Entry,
     warnings: &mut Vec<Warning>,
-) -> Result<Mailbox, Error> {
+) -> Result<Option<Mailbox>, Error> {
     if !entry.object {
         warnings.push(Warning {
             location: entry.location.clone(),
@@ -350,10 +437,18 @@ fn parse_mailbox(
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "-_.+*#".contains(c))
     {
-        return Err(invalid(
-            entry,
-            "a mailbox number holds digits and letters only",
-        ));
+        let hint = if number.contains('@') {
+            " (an alias: name its section with aliasescontext= in [general])"
+        } else {
+            ""
+        };
+        warnings.push(Warning {
+            location: entry.location.clone(),
+            message: format!(
+                "mailbox '{number}' in [{context}] cannot be reached by a caller{hint}; line ignored"
+            ),
+        });
+        return Ok(None);
     }
     let mut fields = entry.value.splitn(5, ',');
     let raw_pin = fields.next().unwrap_or_default().trim();
@@ -391,7 +486,7 @@ fn parse_mailbox(
             options.push((key, value.trim().to_owned()));
         }
     }
-    Ok(Mailbox {
+    Ok(Some(Mailbox {
         context: context.to_owned(),
         number: number.to_owned(),
         pin: Secret::new(pin),
@@ -401,7 +496,7 @@ fn parse_mailbox(
         pager,
         options,
         location: entry.location.clone(),
-    })
+    }))
 }
 
 /// `Area/City`, `Etc/UTC` or `UTC`: the shape of an IANA zone name. Whether the zone
@@ -476,20 +571,25 @@ mod tests {
 
     #[test]
     fn errors_and_warnings_name_the_line() {
-        let err = parse("[general]\nmaxmsg=lots\n").unwrap_err();
+        // app_voicemail logs what it cannot read and goes on with its default.
+        let conf = parse("[general]\nmaxmsg=lots\n").unwrap();
+        assert_eq!(conf.general.max_msg, defaults::MAX_MSG);
         assert_eq!(
-            err.to_string(),
-            "voicemail.conf:2: maxmsg: expected a whole number (got 'lots')"
+            conf.warnings[0].to_string(),
+            "voicemail.conf:2: warning: maxmsg: expected a whole number (got 'lots'); line ignored"
         );
-        let err = parse("[zonemessages]\nbad=Not A Zone|x\n").unwrap_err();
+        let conf = parse("[zonemessages]\nbad=Not A Zone|x\n").unwrap();
+        assert!(conf.zones.is_empty());
+        assert!(conf.warnings[0]
+            .to_string()
+            .starts_with("voicemail.conf:2: warning: zone 'bad'"));
+        let conf = parse("[default]\n1 => 1,a,b,c,attach\n").unwrap();
         assert!(
-            err.to_string().starts_with("voicemail.conf:2: bad:"),
-            "{err}"
-        );
-        let err = parse("[default]\n1 => 1,a,b,c,attach\n").unwrap_err();
-        assert!(
-            err.to_string().contains("option 'attach' is not key=value"),
-            "{err}"
+            conf.warnings[0]
+                .to_string()
+                .contains("option 'attach' is not key=value"),
+            "{:?}",
+            conf.warnings
         );
         let conf = parse("[general]\ntz=mars\nvmfoo=1\n").unwrap();
         let text: Vec<String> = conf.warnings.iter().map(ToString::to_string).collect();

@@ -319,9 +319,10 @@ async fn a_changed_dialplan_is_used_by_new_calls_and_running_calls_keep_theirs()
         "{command:?}"
     );
 
-    // A broken file is refused and the current dialplan stays.
+    // A file Asterisk refuses (a section header without its ']') is refused and the
+    // current dialplan stays.
     let current = router.router.dialplan();
-    std::fs::write(&conf, "[c]\nexten => 100,1,Dial(SIP/broken\n").unwrap();
+    std::fs::write(&conf, "[c\nexten => 100,1,Dial(SIP/broken)\n").unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !service_runtime::server::scrape_metrics(router.admin)
         .await
