@@ -287,13 +287,8 @@ fn add_entry(
             });
         }
         "ignorepat" => context.ignore_patterns.push(setting(entry)),
-        "switch" | "lswitch" | "eswitch" => {
-            warnings.push(Warning {
-                location: entry.location.clone(),
-                message: format!("{} => is kept but not run", entry.key),
-            });
-            context.switches.push(setting(entry));
-        }
+        // Kept; whether they run is the router's to say (its --check-dialplan does).
+        "switch" | "lswitch" | "eswitch" => context.switches.push(setting(entry)),
         _ => warnings.push(Warning {
             location: entry.location.clone(),
             message: format!(

@@ -289,6 +289,12 @@ fn compile_context(ctx: &ast::Context, unsupported: &mut Vec<Unsupported>) -> Co
                         ),
                     });
                 }
+                for message in unrunnable_arguments(&line.application, &line.arguments) {
+                    unsupported.push(Unsupported {
+                        location: line.location.clone(),
+                        message,
+                    });
+                }
                 Some(Step {
                     priority,
                     label: line.label.clone(),
@@ -342,6 +348,65 @@ fn compile_context(ctx: &ast::Context, unsupported: &mut Vec<Unsupported>) -> Co
 
 /// Functions named in `${NAME(` that the router cannot evaluate (writable-only ones such
 /// as `TIMEOUT` count as supported).
+/// What a supported application is given that the router cannot do as Asterisk would:
+/// `Set()` of a function it does not write (the line is logged and skipped at run
+/// time), `Dial()` to a technology other than SIP (the Dial fails).
+fn unrunnable_arguments(application: &str, args: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    if application.eq_ignore_ascii_case("Set") || application.eq_ignore_ascii_case("MSet") {
+        for assignment in top_level_split(args, ',') {
+            let Some((name, _)) = assignment.split_once('=') else {
+                continue;
+            };
+            let name = name.trim().trim_start_matches('_');
+            let Some(open) = name.find('(') else {
+                continue;
+            };
+            let function = &name[..open];
+            let upper = function.to_ascii_uppercase();
+            if !function.is_empty()
+                && !function.contains('$')
+                && !crate::apps::WRITABLE_FUNCTIONS.contains(&upper.as_str())
+            {
+                found.push(format!(
+                    "Set({function}(...)=...): the router does not write {function}(); the line is skipped"
+                ));
+            }
+        }
+    }
+    if application.eq_ignore_ascii_case("Dial") {
+        let targets = top_level_split(args, ',').into_iter().next().unwrap_or("");
+        for target in top_level_split(targets, '&') {
+            let tech = target.split('/').next().unwrap_or("").trim();
+            if target.contains('/') && !tech.eq_ignore_ascii_case("SIP") && !tech.contains('$') {
+                found.push(format!(
+                    "Dial({tech}/...): only SIP channels can be dialled here; that target fails"
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// `text` split at `sep` outside parentheses, brackets and `${...}`.
+fn top_level_split(text: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth -= 1,
+            c if c == sep && depth <= 0 => {
+                parts.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
 fn unsupported_functions(args: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut rest = args;

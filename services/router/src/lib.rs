@@ -125,8 +125,8 @@ pub enum Error {
     Runtime(#[from] service_runtime::Error),
     #[error("the Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("{count} line(s) of the dialplan cannot run here (listed above)")]
-    Unsupported { count: usize },
+    #[error("{lines} lines in {files} files cannot run (listed above)")]
+    Unsupported { lines: usize, files: usize },
 }
 
 /// Reads and compiles `extensions.conf` in `dir`.
@@ -137,19 +137,45 @@ pub fn load_dialplan(
     Ok((Dialplan::compile(&ast), ast))
 }
 
-/// The check mode: every unsupported line, as `file:line: message`.
-pub fn check(dir: &Path) -> Result<Vec<String>, Error> {
-    let (plan, _) = load_dialplan(dir)?;
-    Ok(plan.check().iter().map(ToString::to_string).collect())
+/// What the check finds: the lines Asterisk itself would warn about and skip (as the
+/// loader read them), and the lines the router cannot run as Asterisk would.
+#[derive(Debug, Default)]
+pub struct Check {
+    pub warnings: Vec<String>,
+    pub unsupported: Vec<String>,
+    /// How many distinct lines, and in how many files, cannot run.
+    pub lines: usize,
+    pub files: usize,
+}
+
+/// The check mode: every warning and every unsupported line, as `file:line: message`.
+pub fn check(dir: &Path) -> Result<Check, Error> {
+    let (plan, ast) = load_dialplan(dir)?;
+    let found = plan.check();
+    let lines: std::collections::BTreeSet<(String, u32)> = found
+        .iter()
+        .map(|u| (u.location.file.display().to_string(), u.location.line))
+        .collect();
+    let files: std::collections::BTreeSet<&String> = lines.iter().map(|(f, _)| f).collect();
+    let mut warnings = ast.warnings.clone();
+    warnings.sort_by(|a, b| {
+        (&a.location.file, a.location.line).cmp(&(&b.location.file, b.location.line))
+    });
+    Ok(Check {
+        warnings: warnings.iter().map(ToString::to_string).collect(),
+        unsupported: found.iter().map(ToString::to_string).collect(),
+        lines: lines.len(),
+        files: files.len(),
+    })
 }
 
 /// Prints the check's findings and turns them into the exit status.
 pub fn run_check(dir: &Path) -> Result<(), Error> {
-    let findings = check(dir)?;
-    for line in &findings {
+    let found = check(dir)?;
+    for line in found.warnings.iter().chain(&found.unsupported) {
         println!("{line}");
     }
-    if findings.is_empty() {
+    if found.unsupported.is_empty() {
         println!(
             "{}: every line can run",
             dir.join("extensions.conf").display()
@@ -157,7 +183,8 @@ pub fn run_check(dir: &Path) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::Unsupported {
-            count: findings.len(),
+            lines: found.lines,
+            files: found.files,
         })
     }
 }

@@ -65,7 +65,79 @@ fn unsupported_lines_are_listed_with_file_and_line() {
         ]
     );
     assert!(
-        stderr.contains("router: 5 line(s) of the dialplan cannot run here"),
+        stderr.contains("router: 5 lines in 1 files cannot run"),
         "{stderr}"
+    );
+}
+
+/// What used to pass the check silently and then fail during the call (issue #21):
+/// writes to functions the router does not write, Dial to other technologies, and
+/// variables in extension names (substituted from [globals], as pbx_config does).
+#[test]
+fn lines_that_would_fail_during_the_call_are_listed_too() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("extensions.conf"),
+        "[globals]\n\
+         NODE=1234\n\
+         [c]\n\
+         exten => ${NODE},1,Set(DB(cf/${EXTEN})=1)\n\
+         same => n,Set(CALLERID(num)=100)\n\
+         same => n,Set(CDR(userfield)=x,CHANNEL(language)=fr)\n\
+         same => n,Dial(PJSIP/desk&SIP/phone&IAX2/far,20)\n\
+         same => n,Dial(SIP/phone,20)\n\
+         same => n,Dial(${TRUNK}/123)\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = check(dir.path());
+    assert!(!ok);
+    let path = dir.path().join("extensions.conf");
+    let p = path.display();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{p}:4: Set(DB(...)=...): the router does not write DB(); the line is skipped"),
+            format!("{p}:6: Set(CDR(...)=...): the router does not write CDR(); the line is skipped"),
+            format!("{p}:6: Set(CHANNEL(...)=...): the router does not write CHANNEL(); the line is skipped"),
+            format!("{p}:7: Dial(PJSIP/...): only SIP channels can be dialled here; that target fails"),
+            format!("{p}:7: Dial(IAX2/...): only SIP channels can be dialled here; that target fails"),
+        ]
+    );
+    assert!(
+        stderr.contains("router: 3 lines in 1 files cannot run"),
+        "{stderr}"
+    );
+    // The extension is the global's value.
+    let plan = asterisk_conf::extensions::load(&path).unwrap();
+    assert_eq!(plan.context("c").unwrap().lines[0].extension, "1234");
+}
+
+/// Lines Asterisk itself warns about and skips are listed as warnings, and the file
+/// still loads.
+#[test]
+fn lines_asterisk_skips_are_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("extensions.conf"),
+        ";------------------------------\n\
+         [c]\n\
+         exten => s,1,Answer()\n\
+         same => n,Wait(1)\n\
+         exten => s,2,NoOp(again)\n\
+         /* a stray comment */\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = check(dir.path());
+    assert!(ok, "{stdout}{stderr}");
+    let p = dir.path().join("extensions.conf");
+    let p = p.display();
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            format!("{p}:5: warning: extension 's' priority 2 is already defined at {p}:4; line ignored"),
+            format!("{p}:6: warning: no '=' in line '/* a stray comment */'; line ignored"),
+            format!("{p}: every line can run"),
+        ]
     );
 }
