@@ -108,20 +108,12 @@ pub enum SyntaxError {
     EmptySectionName,
     #[error("section options have no closing ')'")]
     UnterminatedSectionOptions,
-    #[error("unexpected text after section header: '{0}'")]
-    TrailingText(String),
     #[error("'{0}' appears before any [section]")]
     NoSection(String),
-    #[error("no '=' in line: '{0}'")]
-    MissingEquals(String),
-    #[error("empty key before '='")]
-    EmptyKey,
     #[error("template '{0}' is not defined above this line")]
     UnknownTemplate(String),
     #[error("[{0}](+) appends to a section that does not exist above this line")]
     AppendToMissing(String),
-    #[error("{directive} needs a file name")]
-    IncludeWithoutFile { directive: &'static str },
     #[error("cannot include {}: {source}", path.display())]
     Include {
         path: PathBuf,
@@ -132,8 +124,6 @@ pub enum SyntaxError {
     IncludeCycle { path: PathBuf, chain: String },
     #[error("includes nest deeper than {0} files")]
     IncludeTooDeep(usize),
-    #[error("block comment ';--' is never closed with '--;'")]
-    UnterminatedBlockComment,
     #[error("{0}")]
     Dialplan(String),
 }
