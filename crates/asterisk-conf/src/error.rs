@@ -124,6 +124,4 @@ pub enum SyntaxError {
     IncludeCycle { path: PathBuf, chain: String },
     #[error("includes nest deeper than {0} files")]
     IncludeTooDeep(usize),
-    #[error("{0}")]
-    Dialplan(String),
 }
