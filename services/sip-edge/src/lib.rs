@@ -798,19 +798,23 @@ impl Edge for EdgeApi {
         if update.mailbox.is_empty() {
             return Err(Status::invalid_argument("mailbox is empty"));
         }
-        // Each shard lights the lamps of the subscriptions and bindings it keeps.
+        // Each shard lights the lamps of the subscriptions and bindings it keeps; a line
+        // subscribed on any shard gets no unsolicited NOTIFY from its own.
+        let subscribed: Vec<String> = self
+            .edge
+            .each(|core| core.subscribed_lines(&update.mailbox, &update.context))
+            .into_iter()
+            .flatten()
+            .collect();
+        let counts = [
+            update.new_messages,
+            update.old_messages,
+            update.urgent_new,
+            update.urgent_old,
+        ];
         let notified = self
             .edge
-            .each(|core| {
-                core.update_mailbox(
-                    &update.mailbox,
-                    &update.context,
-                    update.new_messages,
-                    update.old_messages,
-                    update.urgent_new,
-                    update.urgent_old,
-                )
-            })
+            .each(|core| core.update_mailbox(&update.mailbox, &update.context, counts, &subscribed))
             .into_iter()
             .sum();
         Ok(Response::new(MailboxUpdateResponse { notified }))

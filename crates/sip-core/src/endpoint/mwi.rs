@@ -46,23 +46,34 @@ impl SipCore {
         self.mwi_lines = lines;
     }
 
-    /// New message counts of `mailbox@context` (RFC 3842): a NOTIFY to every reachable
-    /// binding of the lines that show it. Returns how many were sent.
+    /// The lines with a subscription to `mailbox@context` on this endpoint.
+    pub fn subscribed_lines(&self, mailbox: &str, context: &str) -> Vec<String> {
+        let key = mailbox_in(mailbox, context);
+        self.subscriptions
+            .values()
+            .filter(|s| s.mailbox == key)
+            .map(|s| s.line.clone())
+            .collect()
+    }
+
+    /// New message counts (new, old, urgent new, urgent old) of `mailbox@context` (RFC
+    /// 3842): a NOTIFY in each subscription's dialog, and an unsolicited one to every
+    /// reachable binding of the lines that show it and have no subscription, here or
+    /// on another shard (`subscribed_elsewhere`: a subscription lives on the shard of
+    /// its subscriber, which need not be its line's). Returns how many were sent.
     pub fn update_mailbox(
         &mut self,
         mailbox: &str,
         context: &str,
-        new: u32,
-        old: u32,
-        urgent_new: u32,
-        urgent_old: u32,
+        [new, old, urgent_new, urgent_old]: [u32; 4],
+        subscribed_elsewhere: &[String],
     ) -> u32 {
         let context = if context.is_empty() {
             "default"
         } else {
             context
         };
-        let key = format!("{mailbox}@{context}");
+        let key = mailbox_in(mailbox, context);
         self.mwi_counts
             .insert(key.clone(), [new, old, urgent_new, urgent_old]);
         // Subscribers get the counts in their dialogs; lines without a subscription get
@@ -74,7 +85,7 @@ impl SipCore {
             .map(|(id, _)| id.clone())
             .collect();
         let mut sent = 0;
-        let mut subscribed_lines = Vec::new();
+        let mut subscribed_lines = subscribed_elsewhere.to_vec();
         for call_id in subscribed {
             if let Some(line) = self.subscriptions.get(&call_id).map(|s| s.line.clone()) {
                 subscribed_lines.push(line);
@@ -272,4 +283,14 @@ impl SipCore {
         );
         response
     }
+}
+
+/// `mailbox@context`, the context `default` when empty.
+fn mailbox_in(mailbox: &str, context: &str) -> String {
+    let context = if context.is_empty() {
+        "default"
+    } else {
+        context
+    };
+    format!("{mailbox}@{context}")
 }
