@@ -1178,12 +1178,13 @@ async fn the_router_follows_the_dialplans_configmap_with_its_own_account() {
         "{command:?}"
     );
 
-    // A broken version is counted and refused; the running dialplan stays.
+    // A version Asterisk would refuse (a header without its ']') is counted and
+    // refused; the running dialplan stays.
     let current = router.dialplan();
     merge_patch(
         &api,
         &dialplan,
-        r#"{"data":{"more.conf":"[inbound]\nexten => 13235550100,1,Dial(SIP/broken\n"}}"#,
+        r#"{"data":{"more.conf":"[inbound\nexten => 13235550100,1,Dial(SIP/broken)\n"}}"#,
     );
     let metrics = wait_until(Duration::from_secs(20), || async {
         let text = service_runtime::server::scrape_metrics(admin).await.ok()?;

@@ -288,24 +288,26 @@ async fn sigterm_reports_not_serving_then_exits_cleanly_within_the_deadline() {
 
 #[test]
 fn broken_config_files_stop_phone_with_file_line_and_message() {
+    // What Asterisk itself refuses (config.c); what it only warns about loads (the
+    // asterisk-conf tests).
     let cases = [
         (
             "sip.conf",
-            "type=friend",
-            "type=sometimes",
-            "sip.conf:6: type: expected friend, peer or user (got 'sometimes')",
+            "[flowroute]",
+            "[flowroute",
+            "sip.conf:1: section header has no closing ']'",
         ),
         (
             "extensions.conf",
-            "  same => n,Dial(SIP/${EXTEN},20)",
-            "  same => n,Dial(SIP/${EXTEN},20",
-            "extensions.conf:3: application 'Dial' has no closing ')'",
+            "[inbound]",
+            "[inbound](nope)",
+            "extensions.conf:1: template 'nope' is not defined above this line",
         ),
         (
             "voicemail.conf",
-            "maxlogins=3",
-            "maxlogins=three",
-            "voicemail.conf:8: maxlogins: expected a whole number (got 'three')",
+            "[general]",
+            "maxlogins=3\n[general]",
+            "voicemail.conf:1: 'maxlogins' appears before any [section]",
         ),
         (
             "voicemail.conf",
