@@ -28,6 +28,12 @@ pub enum App {
     VoiceMailMain,
     Log,
     Verbose,
+    /// app_while: `While(expr)` ... `EndWhile()`, with `ExitWhile()` and
+    /// `ContinueWhile()`.
+    While,
+    EndWhile,
+    ExitWhile,
+    ContinueWhile,
     Unsupported,
 }
 
@@ -55,6 +61,10 @@ impl App {
             "voicemailmain" => App::VoiceMailMain,
             "log" => App::Log,
             "verbose" => App::Verbose,
+            "while" => App::While,
+            "endwhile" => App::EndWhile,
+            "exitwhile" => App::ExitWhile,
+            "continuewhile" => App::ContinueWhile,
             _ => App::Unsupported,
         }
     }
@@ -73,6 +83,10 @@ impl App {
                 | App::Wait
                 | App::Log
                 | App::Verbose
+                | App::While
+                | App::EndWhile
+                | App::ExitWhile
+                | App::ContinueWhile
         )
     }
 }

@@ -762,6 +762,25 @@ impl Call {
                 self.log(LogLevel::Notice, message.into_string());
                 self.advance();
             }
+            App::While => {
+                if apps::condition_is_true(args.as_str()) {
+                    self.advance();
+                } else {
+                    self.leave_loop(&step, step.priority);
+                }
+            }
+            // Back to the loop's While, which tests its condition again.
+            App::EndWhile | App::ContinueWhile => match self.enclosing_while(step.priority) {
+                Some(priority) => {
+                    self.position.priority = priority;
+                    self.state = State::Running;
+                }
+                None => self.bad_args(&step, "no While() before it in this extension"),
+            },
+            App::ExitWhile => match self.enclosing_while(step.priority) {
+                Some(priority) => self.leave_loop(&step, priority),
+                None => self.bad_args(&step, "no While() before it in this extension"),
+            },
             App::Unsupported => {
                 self.log(
                     LogLevel::Error,
@@ -789,6 +808,54 @@ impl Call {
     fn advance(&mut self) {
         self.position.priority += 1;
         self.state = State::Running;
+    }
+
+    /// The While() of the loop that holds `priority` (app_while matches them by
+    /// nesting in the extension's priorities): the nearest While before it whose
+    /// EndWhile does not come before `priority`.
+    fn enclosing_while(&self, priority: u32) -> Option<u32> {
+        let steps = &self.current_extension()?.steps;
+        let mut depth = 0u32;
+        for step in steps.iter().rev().filter(|s| s.priority < priority) {
+            match step.app {
+                App::EndWhile => depth += 1,
+                App::While if depth == 0 => return Some(step.priority),
+                App::While => depth -= 1,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Out of the loop that `while_priority` opens: to the priority after its matching
+    /// EndWhile (or the end of the extension when it has none, with a warning).
+    fn leave_loop(&mut self, step: &crate::dialplan::Step, while_priority: u32) {
+        let end = self.current_extension().and_then(|e| {
+            let mut depth = 0u32;
+            e.steps
+                .iter()
+                .filter(|s| s.priority > while_priority)
+                .find(|s| match s.app {
+                    App::While => {
+                        depth += 1;
+                        false
+                    }
+                    App::EndWhile if depth == 0 => true,
+                    App::EndWhile => {
+                        depth -= 1;
+                        false
+                    }
+                    _ => false,
+                })
+                .map(|s| s.priority)
+        });
+        match end {
+            Some(priority) => {
+                self.position.priority = priority + 1;
+                self.state = State::Running;
+            }
+            None => self.bad_args(step, "no matching EndWhile() in this extension"),
+        }
     }
 
     /// The priority after the last one does not exist: Asterisk's autofallthrough.

@@ -345,3 +345,52 @@ fn a_dialled_number_with_ampersand_cannot_add_a_target() {
     );
     assert_eq!(h.var("1 | 1"), "");
 }
+
+/// app_while: While() tests its condition each time round, EndWhile() goes back to it,
+/// ContinueWhile() too, ExitWhile() leaves for the priority after the EndWhile; loops
+/// nest by priority order, and a Goto out of a loop leaves it.
+#[test]
+fn while_loops_nest_continue_and_exit() {
+    let plan = "[c]\nexten => s,1,Set(I=0)\n\
+        same => n,Set(SEEN=)\n\
+        same => n,While($[${I} < 4])\n\
+        same => n,Set(I=$[${I} + 1])\n\
+        same => n,GotoIf($[${I} = 2]?skip)\n\
+        same => n,Set(J=0)\n\
+        same => n,While($[${J} < 2])\n\
+        same => n,Set(J=$[${J} + 1])\n\
+        same => n,Set(SEEN=${SEEN}${I}.${J} )\n\
+        same => n,EndWhile()\n\
+        same => n(skip),GotoIf($[${I} = 3]?out)\n\
+        same => n,EndWhile()\n\
+        same => n(out),NoOp(seen ${SEEN}I=${I})\n";
+    let h = run(plan, "c", "s", "");
+    assert_eq!(last_noop(&h), "seen 1.1 1.2 3.1 3.2 I=3", "{:?}", h.steps);
+
+    let plan = "[c]\nexten => s,1,Set(I=0)\n\
+        same => n,While(1)\n\
+        same => n,Set(I=$[${I} + 1])\n\
+        same => n,GotoIf($[${I} < 3]?again)\n\
+        same => n,ExitWhile()\n\
+        same => n(again),ContinueWhile()\n\
+        same => n,EndWhile()\n\
+        same => n,NoOp(out at ${I})\n";
+    let h = run(plan, "c", "s", "");
+    assert_eq!(last_noop(&h), "out at 3", "{:?}", h.steps);
+}
+
+/// A While() whose condition is false at once skips to after its EndWhile; one with
+/// no EndWhile is a broken dialplan: logged, and the call is hung up.
+#[test]
+fn while_without_a_way_out() {
+    let plan = "[c]\nexten => s,1,While(0)\nsame => n,NoOp(inside)\nsame => n,EndWhile()\nsame => n,NoOp(after)\n";
+    let h = run(plan, "c", "s", "");
+    assert_eq!(first_noop(&h), "after");
+    let plan = "[c]\nexten => s,1,While(0)\nsame => n,NoOp(inside)\n";
+    let h = run(plan, "c", "s", "");
+    assert!(
+        h.steps.iter().all(|s| !s.starts_with("NoOp")),
+        "{:?}",
+        h.steps
+    );
+}
