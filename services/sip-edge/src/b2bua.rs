@@ -36,7 +36,7 @@ use crate::relays::{Relay, RelayPool};
 /// How long the router has to close the stream after a hang-up (it runs `h` first).
 const HANGUP_GRACE: Duration = Duration::from_secs(5);
 /// The same after the drain's deadline ended the call.
-const STOP_GRACE: Duration = Duration::from_secs(1);
+const HANGUP_GRACE_AT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Routes the relays' media-timeout events to the calls they belong to: one
 /// `WatchEvents` stream per relay (not per call), opened when a call first uses it.
@@ -421,7 +421,7 @@ impl Call {
                         CallEvent::Stopped { cause } => {
                             // The drain's deadline: the endpoint sent BYE both ways.
                             ended(Some(200), cause, "edge shutting down");
-                            Some((cause, "edge shutting down", STOP_GRACE))
+                            Some((cause, "edge shutting down", HANGUP_GRACE_AT_DEADLINE))
                         }
                         CallEvent::HandedOver => {
                             // The next edge takes the call over: its session stays. The

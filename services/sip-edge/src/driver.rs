@@ -284,21 +284,7 @@ impl Driver {
             busy = true;
             match event {
                 Event::NewCall(call) => {
-                    let (notify, events) = mpsc::unbounded_channel();
-                    let id = call.id;
-                    let task = CallTask {
-                        call,
-                        events,
-                        notify: notify.clone(),
-                        restored: None,
-                    };
-                    let started = self.spawner.get().is_some_and(|s| s.send(task).is_ok());
-                    if started {
-                        state.calls.insert(id, notify);
-                    } else {
-                        // The spawner is gone (shutting down): the caller hears 503.
-                        state.core.call_hangup(id, 41);
-                    }
+                    self.start_task(state, call, None);
                 }
                 Event::Call { id, event } => {
                     if let Some(events) = state.calls.get(&id) {
@@ -344,23 +330,37 @@ impl Driver {
                 self.calls_journal.add(HashMap::from([(key, None)]), false);
                 continue;
             };
-            let (notify, events) = mpsc::unbounded_channel();
-            let id = call.id;
-            let task = CallTask {
-                call,
-                events,
-                notify: notify.clone(),
-                restored: Some(Box::new(record)),
-            };
-            if self.spawner.get().is_some_and(|s| s.send(task).is_ok()) {
-                state.calls.insert(id, notify);
+            if self.start_task(&mut state, call, Some(Box::new(record))) {
                 restored += 1;
-            } else {
-                state.core.call_hangup(id, 41);
             }
             self.pump(&mut state);
         }
         restored
+    }
+
+    /// Hands a call to a task of its own, with the channel its events go through;
+    /// false (and the call hung up: the caller hears 503) if the spawner is gone.
+    fn start_task(
+        &self,
+        state: &mut State,
+        call: NewCall,
+        restored: Option<Box<CallRecord>>,
+    ) -> bool {
+        let (notify, events) = mpsc::unbounded_channel();
+        let id = call.id;
+        let task = CallTask {
+            call,
+            events,
+            notify: notify.clone(),
+            restored,
+        };
+        let started = self.spawner.get().is_some_and(|s| s.send(task).is_ok());
+        if started {
+            state.calls.insert(id, notify);
+        } else {
+            state.core.call_hangup(id, 41);
+        }
+        started
     }
 
     /// Where new calls get their task; INVITEs are taken from now on.

@@ -765,7 +765,7 @@ impl Bound {
         // At the deadline the endpoint sent the BYEs; the calls' tasks tell their
         // routers and delete their relay sessions.
         if !calls.is_empty() {
-            let _ = tokio::time::timeout(STOP_GRACE, calls.wait()).await;
+            let _ = tokio::time::timeout(ENDED_CALLS_GRACE, calls.wait()).await;
         }
         sip_stop.trigger();
         // The ticker writes the last registration changes to disk as it stops.
@@ -776,7 +776,7 @@ impl Bound {
 
 /// After the drain deadline, how long the calls it ended have to finish (their BYEs
 /// sent, their relay sessions deleted).
-const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+const ENDED_CALLS_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Loads, binds and serves until `shutdown`, then drains.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {

@@ -232,19 +232,7 @@ async fn baresip_answers_a_carrier_call_and_audio_flows_both_ways() {
 
     // The carrier talks (a sound of its own) while listening for baresip's tone.
     let carrier_rtp = std::sync::Arc::new(carrier_rtp);
-    let speaking = {
-        let socket = carrier_rtp.clone();
-        tokio::spawn(async move {
-            for seq in 0..150u16 {
-                let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
-                packet[2..4].copy_from_slice(&seq.to_be_bytes());
-                packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-                packet.extend((0..160).map(|i| if i % 2 == 0 { 0x10 } else { 0x90 }));
-                let _ = socket.send_to(&packet, relay_a).await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let speaking = common::phone::speak(carrier_rtp.clone(), relay_a, 150);
     assert!(
         heard(&carrier_rtp, 25).await >= 25,
         "the carrier hears baresip's tone through the relay"

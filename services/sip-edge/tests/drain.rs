@@ -22,16 +22,6 @@ async fn edge_exits(system: &mut System, within: Duration) -> Instant {
     Instant::now()
 }
 
-async fn relay_sessions_reach_zero(system: &System) -> bool {
-    for _ in 0..100 {
-        if system.relay_sessions().await == 0 {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_draining_edge_keeps_its_call_refuses_new_ones_and_stops_when_it_ends() {
     let Scene {
@@ -85,7 +75,7 @@ async fn a_draining_edge_keeps_its_call_refuses_new_ones_and_stops_when_it_ends(
         "the edge stopped {:?} after its last call ended",
         stopped - ended
     );
-    assert!(relay_sessions_reach_zero(&system).await);
+    assert!(relay_sessions_reach(&system.relay, 0).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,7 +122,7 @@ async fn at_the_drain_deadline_both_legs_get_a_bye_and_the_relay_session_goes() 
         .await;
     phone.send(&response_to(&to_phone, 200, "OK", "", "")).await;
     assert!(
-        relay_sessions_reach_zero(&system).await,
+        relay_sessions_reach(&system.relay, 0).await,
         "the session is deleted"
     );
     edge_exits(&mut system, Duration::from_secs(10)).await;

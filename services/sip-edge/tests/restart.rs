@@ -114,28 +114,34 @@ fn rand_suffix() -> u64 {
         .as_nanos() as u64
 }
 
-async fn sessions_reach(backend: &Backend, count: usize) -> bool {
-    for _ in 0..100 {
-        if backend.relay_sessions().await.len() == count {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn an_answered_call_survives_a_killed_edge() {
+/// The backend (relay flags `relay_flags`), an edge process (flags `edge_flags`) up on
+/// its SIP address, and the carrier.
+async fn edge_scene(
+    relay_flags: &[&str],
+    edge_flags: &[&str],
+) -> (Backend, SocketAddr, EdgeProcess, Peer) {
     let carrier_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let backend = Backend::start(carrier_socket.local_addr().unwrap(), None, &[]).await;
+    let backend = Backend::start(carrier_socket.local_addr().unwrap(), None, relay_flags).await;
     let sip = free_sip_addr();
-    let mut edge = EdgeProcess::start(&backend, sip);
+    let edge = EdgeProcess::start_with(&backend, sip, edge_flags);
     until_up(sip).await;
     let carrier = Peer {
         socket: carrier_socket,
         edge: sip,
     };
+    (backend, sip, edge, carrier)
+}
+
+/// The same with the desk phone registered.
+async fn scene(relay_flags: &[&str]) -> (Backend, SocketAddr, EdgeProcess, Peer, Peer) {
+    let (backend, sip, edge, carrier) = edge_scene(relay_flags, &[]).await;
     let phone = registered_phone(sip).await;
+    (backend, sip, edge, carrier, phone)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answered_call_survives_a_killed_edge() {
+    let (backend, sip, mut edge, carrier, phone) = scene(&[]).await;
     let (carrier_rtp, phone_rtp) = (rtp_socket().await, rtp_socket().await);
 
     let offer = did_call(&carrier, &carrier_rtp, "k1", "13105550199");
@@ -207,7 +213,7 @@ async fn an_answered_call_survives_a_killed_edge() {
     assert_eq!(header(&bye, "Call-ID"), header(&ring, "Call-ID"));
     phone.send(&response_to(&bye, 200, "OK", "", "")).await;
     assert!(
-        sessions_reach(&backend, 0).await,
+        backend.relay_sessions_reach(0).await,
         "the relay session is deleted"
     );
 }
@@ -223,21 +229,6 @@ fn with_sdp(request: &str, sdp: &str) -> String {
     )
 }
 
-/// The edge, the backend, the carrier and the registered phone.
-async fn scene(relay_flags: &[&str]) -> (Backend, SocketAddr, EdgeProcess, Peer, Peer) {
-    let carrier_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let backend = Backend::start(carrier_socket.local_addr().unwrap(), None, relay_flags).await;
-    let sip = free_sip_addr();
-    let edge = EdgeProcess::start(&backend, sip);
-    until_up(sip).await;
-    let carrier = Peer {
-        socket: carrier_socket,
-        edge: sip,
-    };
-    let phone = registered_phone(sip).await;
-    (backend, sip, edge, carrier, phone)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_that_ended_while_the_edge_was_away_is_cleaned_up() {
     // The relay ends sessions whose media stopped for 2 s.
@@ -251,7 +242,7 @@ async fn a_call_that_ended_while_the_edge_was_away_is_cleaned_up() {
     edge.kill();
 
     // Both ends went quiet while the edge was away: the relay timed the session out.
-    assert!(sessions_reach(&backend, 0).await);
+    assert!(backend.relay_sessions_reach(0).await);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _edge = EdgeProcess::start(&backend, sip);
     // The restored call finds no session: both legs get a BYE in their dialogs.
@@ -263,7 +254,7 @@ async fn a_call_that_ended_while_the_edge_was_away_is_cleaned_up() {
         .send(&response_to(&to_carrier, 200, "OK", "", ""))
         .await;
     phone.send(&response_to(&to_phone, 200, "OK", "", "")).await;
-    assert!(sessions_reach(&backend, 0).await);
+    assert!(backend.relay_sessions_reach(0).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -274,14 +265,14 @@ async fn a_session_no_kept_call_owns_is_deleted_after_the_restart() {
     let offer = did_call(&carrier, &carrier_rtp, "k3", "13105550124");
     carrier.send(&offer).await;
     phone.expect("INVITE ").await;
-    assert!(sessions_reach(&backend, 1).await);
+    assert!(backend.relay_sessions_reach(1).await);
     edge.kill();
     assert_eq!(backend.relay_sessions().await.len(), 1);
 
     let _edge = EdgeProcess::start(&backend, sip);
     until_up(sip).await;
     assert!(
-        sessions_reach(&backend, 0).await,
+        backend.relay_sessions_reach(0).await,
         "sessions left: {:?}",
         backend.relay_sessions().await
     );
@@ -292,15 +283,7 @@ async fn a_session_no_kept_call_owns_is_deleted_after_the_restart() {
 /// carries the call's end.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rollout_hands_the_answered_call_over_to_the_next_edge() {
-    let carrier_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let backend = Backend::start(carrier_socket.local_addr().unwrap(), None, &[]).await;
-    let sip = free_sip_addr();
-    let mut edge = EdgeProcess::start_with(&backend, sip, &["--drain-deadline", "2s"]);
-    until_up(sip).await;
-    let carrier = Peer {
-        socket: carrier_socket,
-        edge: sip,
-    };
+    let (backend, sip, mut edge, carrier) = edge_scene(&[], &["--drain-deadline", "2s"]).await;
     let phone = registered_phone(sip).await;
     let (carrier_rtp, phone_rtp) = (rtp_socket().await, rtp_socket().await);
     let offer = did_call(&carrier, &carrier_rtp, "r1", "13105550199");
@@ -341,7 +324,7 @@ async fn a_rollout_hands_the_answered_call_over_to_the_next_edge() {
     assert_eq!(header(&bye, "Call-ID"), header(&offer, "Call-ID"));
     carrier.send(&response_to(&bye, 200, "OK", "", "")).await;
     assert!(
-        sessions_reach(&backend, 0).await,
+        backend.relay_sessions_reach(0).await,
         "the relay session is deleted"
     );
 }
@@ -383,15 +366,7 @@ async fn no_bye(peer: &Peer) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn baresip_keeps_talking_through_a_killed_edge() {
     use common::phone::{heard, talking_baresip};
-    let carrier_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let backend = Backend::start(carrier_socket.local_addr().unwrap(), None, &[]).await;
-    let sip = free_sip_addr();
-    let mut edge = EdgeProcess::start(&backend, sip);
-    until_up(sip).await;
-    let carrier = Peer {
-        socket: carrier_socket,
-        edge: sip,
-    };
+    let (backend, sip, mut edge, carrier) = edge_scene(&[], &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let _baresip = talking_baresip(dir.path(), sip, "", ";answermode=auto");
     // Once baresip has registered (the edge's file of bindings says so), the call.
@@ -422,19 +397,7 @@ async fn baresip_keeps_talking_through_a_killed_edge() {
     let relay_a = sdp_media(&ok);
 
     // The carrier talks all along (a sound of its own).
-    let speaking = {
-        let socket = carrier_rtp.clone();
-        tokio::spawn(async move {
-            for seq in 0..1000u16 {
-                let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
-                packet[2..4].copy_from_slice(&seq.to_be_bytes());
-                packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-                packet.extend((0..160).map(|i| if i % 2 == 0 { 0x10 } else { 0x90 }));
-                let _ = socket.send_to(&packet, relay_a).await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let speaking = common::phone::speak(carrier_rtp.clone(), relay_a, 1000);
     assert!(
         heard(&carrier_rtp, 25).await >= 25,
         "before: the carrier hears baresip"
@@ -482,7 +445,7 @@ async fn baresip_keeps_talking_through_a_killed_edge() {
     carrier.expect_status(200).await;
     speaking.abort();
     assert!(
-        sessions_reach(&backend, 0).await,
+        backend.relay_sessions_reach(0).await,
         "the relay session is deleted"
     );
 }

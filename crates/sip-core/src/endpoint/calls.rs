@@ -204,6 +204,17 @@ fn uri_of(value: &str) -> String {
     sip_wire::build::uri(value).to_owned()
 }
 
+/// The caller's number (the From URI's user) and display name.
+fn caller_of(request: &rsip::Request) -> (String, String) {
+    let from = request.from_header().map(|h| h.value()).unwrap_or_default();
+    NameAddr::parse(from)
+        .map(|from| {
+            let user = SipUri::parse(from.uri).and_then(|uri| uri.user);
+            (user.unwrap_or("").to_owned(), from.display.to_owned())
+        })
+        .unwrap_or_default()
+}
+
 /// The tag of a From or To value (`sip_wire::build::tag`), owned.
 fn tag_of(value: &str) -> Option<String> {
     sip_wire::build::tag(value).map(str::to_owned)
@@ -481,18 +492,9 @@ impl SipCore {
             "SIP/{peer}-{:08x}",
             (self.tag_seed as u32).wrapping_add(id as u32)
         );
-        let from = request
-            .from_header()
-            .map(|h| h.value().to_owned())
-            .unwrap_or_default();
         let (caller_number, caller_name) = match &info.caller_id {
             Some(forced) => forced.clone(),
-            None => NameAddr::parse(&from)
-                .map(|from| {
-                    let user = SipUri::parse(from.uri).and_then(|uri| uri.user);
-                    (user.unwrap_or("").to_owned(), from.display.to_owned())
-                })
-                .unwrap_or_default(),
+            None => caller_of(&request),
         };
         let call_id = request
             .call_id_header()

@@ -68,11 +68,7 @@ impl SipCore {
         [new, old, urgent_new, urgent_old]: [u32; 4],
         subscribed_elsewhere: &[String],
     ) -> u32 {
-        let context = if context.is_empty() {
-            "default"
-        } else {
-            context
-        };
+        let context = default_context(context);
         let key = mailbox_in(mailbox, context);
         self.mwi_counts
             .insert(key.clone(), [new, old, urgent_new, urgent_old]);
@@ -287,10 +283,13 @@ impl SipCore {
 
 /// `mailbox@context`, the context `default` when empty.
 fn mailbox_in(mailbox: &str, context: &str) -> String {
-    let context = if context.is_empty() {
+    format!("{mailbox}@{}", default_context(context))
+}
+
+fn default_context(context: &str) -> &str {
+    if context.is_empty() {
         "default"
     } else {
         context
-    };
-    format!("{mailbox}@{context}")
+    }
 }

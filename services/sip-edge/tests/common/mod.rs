@@ -156,15 +156,36 @@ impl Backend {
     }
 
     pub async fn relay_sessions(&self) -> Vec<media::Session> {
-        MediaRelayClient::connect(self.relay_url.clone())
-            .await
-            .unwrap()
-            .list_sessions(media::ListSessionsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .sessions
+        list_relay_sessions(&self.relay_url).await
     }
+
+    /// Whether the relay comes to hold `count` sessions within 5 s.
+    pub async fn relay_sessions_reach(&self, count: usize) -> bool {
+        relay_sessions_reach(&self.relay_url, count).await
+    }
+}
+
+/// The sessions of the relay at `url`.
+pub async fn list_relay_sessions(url: &str) -> Vec<media::Session> {
+    MediaRelayClient::connect(url.to_owned())
+        .await
+        .unwrap()
+        .list_sessions(media::ListSessionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions
+}
+
+/// Whether the relay at `url` comes to hold `count` sessions within 5 s.
+pub async fn relay_sessions_reach(url: &str, count: usize) -> bool {
+    for _ in 0..100 {
+        if list_relay_sessions(url).await.len() == count {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 pub struct System {
@@ -271,15 +292,7 @@ impl System {
     }
 
     pub async fn relay_sessions(&self) -> usize {
-        MediaRelayClient::connect(self.relay.clone())
-            .await
-            .unwrap()
-            .list_sessions(media::ListSessionsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .sessions
-            .len()
+        list_relay_sessions(&self.relay).await.len()
     }
 }
 

@@ -132,3 +132,22 @@ pub async fn heard(socket: &tokio::net::UdpSocket, want: usize) -> usize {
     }
     loud
 }
+
+/// Sends `packets` RTP packets of a sound (not silence) to `to`, one each 20 ms, from
+/// `socket`: the far end talking.
+pub fn speak(
+    socket: std::sync::Arc<tokio::net::UdpSocket>,
+    to: std::net::SocketAddr,
+    packets: u16,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for seq in 0..packets {
+            let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+            packet[2..4].copy_from_slice(&seq.to_be_bytes());
+            packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            packet.extend((0..160).map(|i| if i % 2 == 0 { 0x10 } else { 0x90 }));
+            let _ = socket.send_to(&packet, to).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}

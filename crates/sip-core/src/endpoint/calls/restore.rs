@@ -248,17 +248,7 @@ impl SipCore {
         tracing::info!(channel = %record.channel, "call restored");
         self.gauge_calls();
         let call = self.calls.get(&id)?;
-        let (caller_number, caller_name) = NameAddr::parse(
-            call.a_invite
-                .from_header()
-                .map(|h| h.value())
-                .unwrap_or_default(),
-        )
-        .map(|from| {
-            let user = SipUri::parse(from.uri).and_then(|uri| uri.user);
-            (user.unwrap_or("").to_owned(), from.display.to_owned())
-        })
-        .unwrap_or_default();
+        let (caller_number, caller_name) = caller_of(&call.a_invite);
         Some(NewCall {
             id,
             channel: call.channel.clone(),
